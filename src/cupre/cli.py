@@ -1,0 +1,69 @@
+"""The ``cupre`` command line.
+
+Every subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
+``main(args)`` (its module docstring is the command's description). The table below is the whole map; modules
+are imported only when their command runs, so ``cupre --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from cupre.errors import CupreError, CupreWarning
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("cupre.experiments.demo", "the whole method on synthetic data, on a laptop"),
+    "synth": ("cupre.data.synthetic", "write a synthetic cell or natural-object dataset"),
+    "convert": ("cupre.data.convert", "any supported layout -> COCO instances JSON"),
+    "split": ("cupre.data.splits", "a deterministic few-shot split of a dataset"),
+    "evaluate": ("cupre.evaluation.cli", "COCO AP of results, LIVECell protocol by default"),
+    "pretrain": ("cupre.train.pretrain", "COCO warm-up + AMT2 (the CUPre pre-training)"),
+    "finetune": ("cupre.train.finetune", "few-shot fine-tuning from a named initialisation"),
+    "experiment": ("cupre.experiments.runner", "a grid of initialisations x fractions x seeds"),
+    "predict": ("cupre.inference.predict", "segment your own images with a trained model"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cupre", description="Few-shot cell instance segmentation with CUPre pre-training."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    only = first if first in COMMANDS else "__none__"
+    parser = build_parser(only=only)
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    warnings.simplefilter("default", CupreWarning)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"cupre: warning: {msg}\n"
+    try:
+        code = args._module.main(args)
+    except CupreError as exc:
+        print(f"cupre: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cupre: interrupted (run again with --resume to continue where it stopped)", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
