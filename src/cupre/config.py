@@ -24,8 +24,11 @@ class ConfigBase:
     """Mixin: strict construction from dicts, and back."""
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
+    def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "", base: T | None = None) -> T:
+        """Build from a mapping; keys not given keep the values of ``base`` (or the
+        defaults), so a partial nested mapping overrides only what it names."""
         data = dict(data or {})
+        base = cls() if base is None else base
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -36,8 +39,12 @@ class ConfigBase:
             )
         kwargs = {}
         for name, value in data.items():
-            kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
-        return cls(**kwargs)
+            hint = hints[name]
+            if isinstance(hint, type) and issubclass(hint, ConfigBase) and isinstance(value, dict):
+                kwargs[name] = hint.from_dict(value, where=f"{where}.{name}", base=getattr(base, name))
+            else:
+                kwargs[name] = _coerce(hint, value, f"{where}.{name}")
+        return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))  # type: ignore[arg-type]
@@ -149,3 +156,96 @@ class DetectorConfig(ConfigBase):
     detections_per_img: int = 2000
     cascade_ious: tuple[float, ...] = (0.5, 0.6, 0.7)
     mask_threshold: float = 0.5
+
+
+@dataclass
+class OptimConfig(ConfigBase):
+    """One training stage: optimiser, schedule and batches (iteration-based)."""
+
+    iterations: int = 1000
+    batch_size: int = 4
+    optimizer: typing.Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 100  # linear warm-up of the learning rate
+    schedule: typing.Literal["cosine", "step", "constant"] = "cosine"
+    lr_steps: tuple[float, ...] = (0.75, 0.9)  # "step" schedule: fractions of iterations, x0.1 each
+    grad_clip: float = 10.0  # max gradient norm; 0 disables
+    crop_size: int | None = 512  # random crop for training (None: whole images)
+
+
+@dataclass
+class MocoConfig(ConfigBase):
+    """MoCo v2 on the backbone (He et al. 2020; Chen et al. 2020)."""
+
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            iterations=1000, batch_size=32, lr=0.03, weight_decay=1e-4, warmup_iterations=50, crop_size=224
+        )
+    )
+    dim: int = 128
+    hidden_dim: int = 2048
+    queue_size: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+@dataclass
+class L2SPConfig(ConfigBase):
+    """Omega(w) = weight * (alpha*||w - w0||^2 + (1 - alpha)*||w||^2) on the backbone."""
+
+    alpha: float = 0.5
+    weight: float = 1e-4
+
+
+@dataclass
+class Amt2Config(ConfigBase):
+    """Alternating multi-task training: K rounds of (MoCo on cells, COCO subset k with L2-SP)."""
+
+    rounds: int = 10
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    coco: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=1000))
+    l2sp: L2SPConfig = field(default_factory=L2SPConfig)
+    use_l2sp: bool = True
+    freeze_backbone: bool = False  # freeze the backbone during the COCO step instead of L2-SP
+
+
+@dataclass
+class PretrainConfig(ConfigBase):
+    """``cupre pretrain``: COCO warm-up, then AMT2 (plus optional baselines/ablations)."""
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    coco: list[str] = field(default_factory=list)  # COCO-format datasets (class-aware)
+    unlabeled: list[str] = field(default_factory=list)  # cell image folders / datasets
+    warmup: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=4000))
+    amt2: Amt2Config = field(default_factory=Amt2Config)
+    cells_moco: bool = False  # also train the Cells-MoCo baseline backbone (MoCo from scratch)
+    nol2sp: bool = False  # also run the CUPre-without-L2-SP ablation
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 2
+    checkpoint_every: int = 200
+
+
+@dataclass
+class FinetuneConfig(ConfigBase):
+    """``cupre finetune``: few-shot fine-tuning of the whole model from a named initialisation."""
+
+    init: typing.Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"] = "cupre"
+    pretrain_dir: str | None = None  # the pretrain run folder (all inits but scratch)
+    detector: dict[str, Any] = field(default_factory=dict)  # DetectorConfig keys overriding the init's
+    train: str = ""  # dataset (any supported format)
+    split: str | None = None  # split JSON from `cupre split` (None: the whole train set)
+    fraction: float | None = None  # or: make the split here
+    val: str | None = None
+    val_split: str | None = None  # split JSON selecting the validation images of `val`
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=2000))
+    l2sp: L2SPConfig = field(default_factory=lambda: L2SPConfig(alpha=0.5, weight=1e-4))  # cupre++
+    eval_every: int = 500
+    eval_batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 2
+    checkpoint_every: int = 200

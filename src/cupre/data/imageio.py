@@ -36,12 +36,7 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
         raise file_error(path, "image file not found")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                arr = series.asarray()
-                arr = _tiff_page(arr, series.axes, page)
+            arr = _read_tiff(path, page)
         else:
             with Image.open(path) as im:
                 im.load()
@@ -55,6 +50,38 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise file_error(path, f"unsupported image shape {arr.shape}")
     return arr
+
+
+def _read_tiff(path: Path, page: int | None) -> np.ndarray:
+    """Read a TIFF with tifffile; fall back to Pillow for compressions that tifffile
+    decodes only with the optional ``imagecodecs`` package (LZW, as in LIVECell)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError("no image data in the TIFF")
+        series = tif.series[0]
+        try:
+            arr = series.asarray()
+        except ValueError as exc:
+            try:
+                return _read_pil_frame(path, page)
+            except (OSError, ValueError, SyntaxError, UnidentifiedImageError):
+                raise exc from None
+        return _tiff_page(arr, series.axes, page)
+
+
+def _read_pil_frame(path: Path, page: int | None) -> np.ndarray:
+    """One frame of a (multi-page) image read with Pillow."""
+    with Image.open(path) as im:
+        if page:
+            im.seek(min(page, getattr(im, "n_frames", 1) - 1))
+        im.load()
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.array(im, dtype=np.uint16)
+        return np.asarray(im)
 
 
 def _tiff_page(arr: np.ndarray, axes: str, page: int | None) -> np.ndarray:
@@ -87,7 +114,7 @@ def count_pages(path: str | Path) -> int:
                 if ax not in ("Y", "X", "S"):
                     n *= size
             return max(1, n)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError) as exc:
         raise file_error(path, f"cannot read TIFF ({exc})") from None
 
 
@@ -120,10 +147,10 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> torch.T
         a = a[..., 0]
     a = a.astype(np.float32, copy=False)
     a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = np.percentile(a, [norm.low, norm.high])
+    lo, hi = (float(v) for v in np.percentile(a, [norm.low, norm.high]))
     if hi - lo < 1e-6:
         hi = lo + 1.0
-    a = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    a = np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))

@@ -1,0 +1,87 @@
+"""Images per second of ``cupre predict`` on 512x512 images, CPU and (when present) GPU.
+
+A randomly initialised detector (no weights are downloaded) with the score threshold at 0
+and 2,000 detections per image, so every image carries the full detection load of a
+crowded cell image. Two figures per device: the model plus tile merging
+(:func:`cupre.inference.tiling.predict_images`), and the whole ``run_predict`` including
+the label TIFF, overlay PNG, CSV and COCO results it writes.
+
+Usage: python benchmarks/predict_speed.py [--backbone resnet50] [--images 4] [--batch-size 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cupre.config import DetectorConfig
+from cupre.inference.predict import run_predict
+from cupre.inference.tiling import predict_images
+from cupre.models.detector import build_detector
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """uint8 grey images with bright blobs on a noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for _ in range(n):
+        img = rng.normal(30, 8, (size, size))
+        for cy, cx, r in zip(rng.uniform(0, size, 150), rng.uniform(0, size, 150), rng.uniform(4, 12, 150)):
+            img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np.ndarray]) -> None:
+    torch.manual_seed(0)
+    cfg = DetectorConfig.from_dict({"backbone": args.backbone, "detections_per_img": args.max_detections,
+                                    "box_score_thresh": 0.0})
+    model = build_detector(cfg).eval().to(device)
+    images = [torch.from_numpy(a).float().div(255)[None].expand(3, -1, -1).contiguous() for a in arrays]
+    kwargs = dict(tile_size=1024, overlap=128, batch_size=args.batch_size, score_threshold=0.0, device=device)
+    predict_images(model, images[: args.batch_size], **kwargs)  # warm-up (allocator, cuDNN autotune)
+    start = time.perf_counter()
+    found = predict_images(model, images, **kwargs)
+    model_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, a in enumerate(arrays):
+            Image.fromarray(a).save(Path(tmp) / f"img{k:03d}.png")
+        start = time.perf_counter()
+        summary = run_predict(model, [tmp], out=Path(tmp) / "out", score_threshold=0.0,
+                              max_detections=args.max_detections, batch_size=args.batch_size,
+                              device=str(device), progress=False)
+        full_s = time.perf_counter() - start
+    n = len(images)
+    per_image = np.mean([len(o) for o in found])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{device.type:4s} {n / model_s:6.2f} images/s model + merge | {n / full_s:6.2f} images/s whole predict "
+          f"(files written) | {per_image:.0f} detections/image ({summary.objects / n:.0f} in label images) | "
+          f"{args.backbone}, batch {args.batch_size}, {n} images {args.size}x{args.size}, {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50", help="timm backbone (resnet18, resnet50 ...)")
+    parser.add_argument("--images", type=int, default=4, help="images per device")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-detections", type=int, default=2000)
+    parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped when absent")
+    args = parser.parse_args()
+    arrays = synthetic_images(args.images, args.size)
+    for name in args.devices.split(","):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            print("cuda: not available, skipped")
+            continue
+        bench_device(torch.device(name), args, arrays)
+
+
+if __name__ == "__main__":
+    main()

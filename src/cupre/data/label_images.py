@@ -1,0 +1,196 @@
+"""Image + instance label image pairs (the Cellpose / StarDist convention).
+
+A folder holds ``name.tif`` (or ``.tiff``, ``.png``, ``.jpg``) next to
+``name_masks.tif`` (or ``.tiff``, ``.png``): an integer image (uint8, uint16 or uint32)
+in which every nonzero value is one instance and 0 is background. Images without a
+``_masks`` file are not part of the labeled dataset (use
+:class:`cupre.data.unlabeled.UnlabeledImages` for them).
+
+The helpers :func:`label_image_to_masks` and :func:`image_size` are shared with the
+Cell Tracking Challenge reader, whose ``man_seg`` files are label images too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from cupre.data.imageio import TIFF_SUFFIXES, Normalization, read_image
+from cupre.data.sample import CELL_CATEGORIES, ImageRecord, InstanceDataset, RawInstances
+from cupre.errors import file_error, warn_or_raise
+
+MASK_SUFFIX = "_masks"
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+PAIR_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image, read from its header (no pixel decoding).
+
+    Raises:
+        CupreError: the file is missing or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "image file not found")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                dims = dict(zip(series.axes, series.shape))
+                return int(dims["Y"]), int(dims["X"])
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, KeyError, IndexError, UnidentifiedImageError) as exc:
+        raise file_error(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
+
+
+def label_image_to_masks(label: np.ndarray, path: str | Path) -> np.ndarray:
+    """Split an instance label image into one bool mask per nonzero id.
+
+    Args:
+        label: integer ``HxW`` label image (any nonzero value is an instance).
+        path: the file it came from (for error messages).
+
+    Returns:
+        bool ``NxHxW``, instances in increasing label order.
+
+    Raises:
+        CupreError: the label image is not 2-D or holds non-integer values.
+    """
+    label = np.asarray(label)
+    if label.ndim == 3 and label.shape[-1] == 1:
+        label = label[..., 0]
+    if label.ndim != 2:
+        raise file_error(path, f"label image must be 2-D (HxW), got shape {label.shape}")
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+            raise file_error(path, "label image holds non-integer values (expected instance ids)")
+        label = label.astype(np.int64)
+    elif label.dtype.kind == "b":
+        label = label.astype(np.uint8)
+    elif label.dtype.kind not in "iu":
+        raise file_error(path, f"label image has unsupported dtype {label.dtype}")
+    if label.size and label.min() < 0:
+        raise file_error(path, "label image holds negative values (expected instance ids >= 0)")
+    ids, dense = np.unique(label, return_inverse=True)
+    dense = dense.reshape(label.shape)
+    # ``dense`` numbers the distinct values 0..K-1 in sorted order; shift so 0 is background.
+    has_background = ids.size > 0 and ids[0] == 0
+    if not has_background:
+        dense = dense + 1
+    n = int(ids.size) - int(has_background)
+    masks = np.zeros((n, *label.shape), dtype=bool)
+    for i, window in enumerate(ndimage.find_objects(dense, max_label=n)):
+        if window is not None:
+            masks[i][window] = dense[window] == i + 1
+    return masks
+
+
+def find_label_pairs(root: Path, *, recursive: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """``(image, label)`` pairs under ``root``, sorted by image path, and the label
+    files that have no image."""
+    pattern = "**/*" if recursive else "*"
+    pairs, orphans = [], []
+    for label in sorted(root.glob(pattern)):
+        if not (label.is_file() and label.suffix.lower() in LABEL_SUFFIXES and label.stem.endswith(MASK_SUFFIX)):
+            continue
+        stem = label.stem[: -len(MASK_SUFFIX)]
+        candidates = [label.with_name(stem + s) for s in PAIR_IMAGE_SUFFIXES]
+        candidates += [label.with_name(stem + s.upper()) for s in PAIR_IMAGE_SUFFIXES]
+        image = next((c for c in candidates if c.is_file()), None)
+        if image is None:
+            orphans.append(label)
+        else:
+            pairs.append((image, label))
+    pairs.sort(key=lambda p: str(p[0]))
+    return pairs, orphans
+
+
+class LabelImageDataset(InstanceDataset):
+    """Pairs ``name.(tif|tiff|png)`` + ``name_masks.(tif|tiff|png)`` in one folder.
+
+    Every nonzero value of a label image is one instance of the single category
+    "cell". Image ids are 1..N in sorted file order. Pairs whose sizes differ, and
+    label files without an image, are skipped with a warning (errors when ``strict``).
+
+    Args:
+        root: the folder.
+        recursive: also look in sub-folders.
+        strict: turn skipped-item warnings into errors.
+        norm: intensity normalisation of the images.
+        transforms: optional ``(image, target) -> (image, target)``.
+        class_agnostic: accepted for symmetry (there is one category anyway).
+    """
+
+    format_name = "label-images"
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        recursive: bool = False,
+        strict: bool = False,
+        norm: Normalization = Normalization(),
+        transforms: Callable | None = None,
+        class_agnostic: bool = False,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise file_error(root, "label-image folder not found")
+        self.strict = strict
+        pairs, orphans = find_label_pairs(root, recursive=recursive)
+        for label in orphans:
+            warn_or_raise(label, "label image without a matching image file", strict=strict)
+        if not pairs and not orphans:
+            raise file_error(root, f"no '*{MASK_SUFFIX}.(tif|tiff|png)' label images found")
+        records = []
+        for image, label in pairs:
+            size = _checked_pair_size(image, label, strict=strict)
+            if size is not None:
+                rec = ImageRecord(len(records) + 1, image, height=size[0], width=size[1], extra={"label": label})
+                records.append(rec)
+        super().__init__(
+            records,
+            list(CELL_CATEGORIES),
+            transforms=transforms,
+            norm=norm,
+            class_agnostic=class_agnostic,
+            root=root,
+        )
+
+    def read_image_array(self, index: int) -> np.ndarray:
+        return read_image(self.records[index].file)
+
+    def read_raw(self, index: int) -> RawInstances:
+        rec = self.records[index]
+        label_file = rec.extra["label"]
+        masks = label_image_to_masks(read_image(label_file), label_file)
+        if masks.shape[1:] != (rec.height, rec.width):
+            h, w = masks.shape[1:]
+            raise file_error(label_file, f"label image is {h}x{w} but its image is {rec.height}x{rec.width}")
+        n = masks.shape[0]
+        return RawInstances(masks=masks, labels=np.ones(n, dtype=np.int64), iscrowd=np.zeros(n, dtype=bool))
+
+
+def _checked_pair_size(image: Path, label: Path, *, strict: bool) -> tuple[int, int] | None:
+    """The common size of an image and its label image, or None (warned) if they differ."""
+    size = image_size(image)
+    label_size = image_size(label)
+    if size != label_size:
+        warn_or_raise(
+            label,
+            f"label image is {label_size[0]}x{label_size[1]} but its image {image.name} is {size[0]}x{size[1]}",
+            strict=strict,
+        )
+        return None
+    return size
+
+
+__all__ = ["LabelImageDataset", "label_image_to_masks", "image_size", "find_label_pairs"]

@@ -1,0 +1,182 @@
+"""Training augmentations: two views for MoCo, and joint image/box/mask ones for detection.
+
+Both work on the float32 ``3xHxW`` images in [0, 1] that every reader yields
+(:mod:`cupre.data.sample`) and are built from :mod:`torchvision.transforms.v2`. Neither
+resizes: the detector resizes its inputs itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision import ops, tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def is_colour(image: torch.Tensor) -> bool:
+    """Whether a ``CxHxW`` image has colour, i.e. is not one grey plane replicated."""
+    if image.shape[0] < 3:
+        return False
+    return not (torch.equal(image[0], image[1]) and torch.equal(image[0], image[2]))
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by a random multiple of 90 degrees (images, boxes and masks together)."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"angle": 90.0 * int(torch.randint(4, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["angle"] == 0:
+            return inpt
+        return F.rotate(inpt, params["angle"], expand=True)
+
+
+class RandomGamma(v2.Transform):
+    """Gamma correction ``x -> x ** gamma`` with ``gamma`` uniform in ``gamma`` (images only)."""
+
+    def __init__(self, gamma: tuple[float, float] = (0.7, 1.5)) -> None:
+        super().__init__()
+        self.gamma = tuple(gamma)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        low, high = self.gamma
+        return {"gamma": low + (high - low) * float(torch.rand(()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
+            return inpt
+        return F.adjust_gamma(inpt, params["gamma"])
+
+
+class TwoViews:
+    """Two independent MoCo v2-style augmentations of one image (the query and key views).
+
+    Random resized crop, horizontal/vertical flips, 90-degree rotations,
+    brightness/contrast, gamma, Gaussian blur and Gaussian noise, all of which keep a
+    grey image grey (it is augmented as one plane and replicated); colour images also
+    get saturation/hue jitter.
+
+    Args:
+        crop_size: output side length.
+        scale: area fraction range of the random resized crop.
+        brightness, contrast: ColorJitter strengths.
+        saturation, hue: ColorJitter strengths for colour images.
+        gamma: range of the random gamma.
+        blur_sigma: Gaussian blur sigma range (applied with probability 0.5).
+        noise_sigma: Gaussian noise standard deviation (applied with probability 0.5).
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        *,
+        scale: tuple[float, float] = (0.2, 1.0),
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        gamma: tuple[float, float] = (0.7, 1.5),
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        noise_sigma: float = 0.03,
+    ) -> None:
+        self.crop_size = crop_size
+        kernel = max(3, (crop_size // 10) // 2 * 2 + 1)  # odd, about a tenth of the crop
+        self.geometric = v2.Compose([
+            v2.RandomResizedCrop(crop_size, scale=tuple(scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            RandomRot90(),
+        ])
+        self.colour = v2.RandomApply([v2.ColorJitter(saturation=saturation, hue=hue)], p=0.8)
+        self.intensity = v2.Compose([
+            v2.RandomApply([v2.ColorJitter(brightness=brightness, contrast=contrast)], p=0.8),
+            v2.RandomApply([RandomGamma(gamma)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(blur_sigma))], p=0.5),
+            v2.RandomApply([v2.GaussianNoise(sigma=noise_sigma, clip=True)], p=0.5),
+        ])
+
+    def view(self, image: torch.Tensor) -> torch.Tensor:
+        """One augmented ``3 x crop_size x crop_size`` view of a ``3xHxW`` image in [0, 1]."""
+        colour = is_colour(image)
+        x = image if colour else image[:1]
+        x = self.geometric(x)
+        if colour:
+            x = self.colour(x)
+        x = self.intensity(x).clamp_(0.0, 1.0)
+        return x if colour else x.expand(3, -1, -1).contiguous()
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view(image), self.view(image)
+
+
+class DetectionTrainTransform:
+    """Joint augmentation of an image and its instances for detector training.
+
+    Random crop (zero-padding images smaller than the crop), flips, 90-degree rotations
+    and mild brightness/contrast. Boxes are then recomputed from the transformed masks
+    (tight, exclusive max) and instances with fewer than ``min_area`` mask pixels are
+    dropped, labels kept aligned. Other target keys (``image_id``, ``file``,
+    ``cell_type`` ...) pass through unchanged.
+
+    Args:
+        crop_size: side of the random square crop; ``None``: no crop.
+        flips: random horizontal and vertical flips.
+        rot90: random rotations by multiples of 90 degrees.
+        intensity: mild random brightness/contrast.
+        min_area: minimum mask area (pixels) of a kept instance.
+    """
+
+    def __init__(
+        self,
+        *,
+        crop_size: int | None = None,
+        flips: bool = True,
+        rot90: bool = True,
+        intensity: bool = True,
+        min_area: int = 4,
+    ) -> None:
+        self.min_area = min_area
+        steps: list[v2.Transform] = []
+        if crop_size is not None:
+            steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=0))
+        if flips:
+            steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if rot90:
+            steps.append(RandomRot90())
+        if intensity:
+            steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
+        self.transform = v2.Compose(steps) if steps else None
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        """Args: ``image`` float ``3xHxW`` in [0, 1]; ``target`` as in :mod:`cupre.data.sample`.
+
+        Returns:
+            ``(image, target)``: plain tensors, ``boxes`` float32 ``Mx4`` XYXY,
+            ``labels`` int64 ``M``, ``masks`` uint8 ``MxH'xW'`` with ``M <= N``.
+        """
+        img = tv_tensors.Image(image)
+        masks = tv_tensors.Mask(target["masks"])
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        if self.transform is not None:
+            img, boxes, masks = self.transform(img, boxes, masks)
+        img = img.as_subclass(torch.Tensor).clamp(0.0, 1.0)
+        masks = masks.as_subclass(torch.Tensor)
+        keep = masks.flatten(1).sum(dim=1) >= self.min_area  # N
+        masks = masks[keep]
+        out = dict(target)
+        out["masks"] = masks.to(torch.uint8)
+        out["labels"] = target["labels"][keep]
+        out["boxes"] = masks_to_boxes_exclusive(masks)
+        return img, out
+
+
+def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY boxes, ``x2``/``y2`` exclusive, of non-empty masks ``NxHxW`` -> float32 ``Nx4``."""
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    boxes = ops.masks_to_boxes(masks.bool()).to(torch.float32)
+    boxes[:, 2:] += 1.0
+    return boxes

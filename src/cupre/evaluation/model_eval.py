@@ -1,0 +1,36 @@
+"""Run a detector over an annotated dataset and score it (LIVECell protocol by default)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from cupre.evaluation.results import masks_to_results
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, batch_size: int = 2) -> list[dict]:
+    """COCO results (bbox + RLE segmentation + score) for every image of ``dataset``.
+
+    Predicted label ``l`` is written as ``dataset.categories[l - 1]["id"]``.
+    """
+    was_training = model.training
+    model.eval()
+    cat_ids = [c["id"] for c in dataset.categories]
+    results: list[dict] = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", leave=False, dynamic_ncols=True):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = [image.to(device) for image, _ in items]
+        outputs = model(images)
+        for (_, target), out in zip(items, outputs):
+            labels = out["labels"].clamp(1, len(cat_ids)).cpu()
+            results += masks_to_results(
+                image_id=target["image_id"],
+                boxes=out["boxes"].float().cpu(),
+                scores=out["scores"].float().cpu(),
+                labels=labels,
+                masks=out["masks"].cpu(),
+                category_ids=cat_ids,
+            )
+    model.train(was_training)
+    return results

@@ -1,0 +1,279 @@
+"""COCO results: reading and checking a results JSON, and writing model outputs as results.
+
+A COCO *results* file is a JSON list with one dict per detection::
+
+    {"image_id": int, "category_id": int, "score": float,
+     "bbox": [x, y, w, h],                                  # XYWH, pixels
+     "segmentation": {"size": [H, W], "counts": "RLE..."}}  # compressed RLE
+
+:func:`load_results` checks every entry against the ground truth and fails with one
+line naming the file, the entry and the problem; :func:`masks_to_results` turns one
+image's model output (XYXY boxes, binary masks) into such entries. Polygons and
+uncompressed RLE are accepted on reading and normalised to compressed RLE; a result
+without ``bbox`` gets the box of its mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import reprlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faster_coco_eval.mask_api_new_cpp as rle_api  # the C++ RLE codec: decodes run lengths without masks
+import numpy as np
+from faster_coco_eval.core import mask as mask_api
+from pycocotools import mask as pycoco_mask
+
+from cupre.errors import CupreError, file_error
+
+REQUIRED_KEYS = ("image_id", "category_id", "score")
+_RLE_CHUNK = 2048
+
+
+def load_results(path: str | Path, gt: dict) -> list[dict]:
+    """Read a COCO results JSON file and check it against the ground truth.
+
+    Args:
+        path: JSON file holding a list of result dicts.
+        gt: the COCO instances dict the results refer to (its ``images`` give the
+            valid ``image_id`` values and each image's ``height``/``width``).
+
+    Returns:
+        New result dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH
+        floats) and, when the file has one, ``segmentation`` as compressed RLE with a
+        ``str`` counts.
+
+    Raises:
+        CupreError: one line naming ``path`` and the problem: missing file, not JSON,
+            not a list, a missing key, an unknown ``image_id``, a bad ``bbox`` or
+            ``score``, or a malformed segmentation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "results file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise file_error(path, f"a COCO results file is a JSON list of detections, found a {type(data).__name__}")
+    return check_results(data, gt, source=path)
+
+
+def check_results(results: Sequence[Any], gt: dict, *, source: str | Path = "results") -> list[dict]:
+    """Check result dicts against the ground truth; see :func:`load_results`.
+
+    Args:
+        results: the decoded results list.
+        gt: COCO instances dict.
+        source: the name used in error messages (the file).
+    """
+    sizes = {img["id"]: _image_size(img) for img in gt.get("images", [])}
+    out = [_check_one(i, r, sizes, source) for i, r in enumerate(results)]
+    _check_rle_counts(out, source)
+    for r in out:
+        if "bbox" not in r:
+            r["bbox"] = [float(v) for v in mask_api.toBbox(r["segmentation"])]
+    return out
+
+
+def _image_size(image: dict) -> tuple[int, int] | None:
+    height, width = image.get("height"), image.get("width")
+    return (int(height), int(width)) if height and width else None
+
+
+def _where(source: str | Path, index: int, result: Any) -> str:
+    image = result.get("image_id") if isinstance(result, dict) else None
+    return f"{source}: result #{index}" + (f" (image_id {image})" if image is not None else "")
+
+
+def _check_one(index: int, result: Any, sizes: dict[int, tuple[int, int] | None], source: str | Path) -> dict:
+    """Check and normalise one result dict (RLE counts are checked later, in bulk)."""
+    where = _where(source, index, result)
+    if not isinstance(result, dict):
+        raise CupreError(f"{where}: expected a dict, found {type(result).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if "bbox" not in result and "segmentation" not in result:
+        missing.append("bbox or segmentation")
+    if missing:
+        raise CupreError(f"{where}: missing key(s) {', '.join(missing)}")
+    image_id, category_id = result["image_id"], result["category_id"]
+    if not _is_int(image_id) or int(image_id) not in sizes:
+        raise CupreError(f"{where}: image_id {image_id!r} is not an image of the ground truth")
+    if not _is_int(category_id):
+        raise CupreError(f"{where}: category_id {category_id!r} is not an integer")
+    score = result["score"]
+    if not _is_number(score) or not math.isfinite(score):
+        raise CupreError(f"{where}: score {score!r} is not a finite number")
+    out: dict = {"image_id": int(image_id), "category_id": int(category_id), "score": float(score)}
+    if "bbox" in result:
+        out["bbox"] = _check_bbox(result["bbox"], where)
+    if "segmentation" in result:
+        out["segmentation"] = _check_segmentation(result["segmentation"], sizes[int(image_id)], where)
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_bbox(bbox: Any, where: str) -> list[float]:
+    ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+    if not ok or not all(math.isfinite(v) for v in bbox):
+        raise CupreError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], found {reprlib.repr(bbox)}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise CupreError(f"{where}: bbox {list(bbox)} has a negative width or height (expected XYWH)")
+    return [float(v) for v in bbox]
+
+
+def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> dict:
+    """Normalise a result's segmentation to compressed RLE of the image's size."""
+    if size is None:
+        raise CupreError(f"{where}: the ground-truth image has no height/width to check the segmentation against")
+    h, w = size
+    if isinstance(segm, list):  # polygons
+        polys_ok = all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_number(v) for v in p) for p in segm
+        )
+        if not segm or not polys_ok:
+            raise CupreError(f"{where}: segmentation is neither an RLE dict nor a list of polygons [x1, y1, x2, ...]")
+        return _compressed(pycoco_mask.merge(pycoco_mask.frPyObjects(segm, h, w)))
+    if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
+        raise CupreError(f"{where}: segmentation must be an RLE dict with 'size' and 'counts'")
+    rle_size = segm["size"]
+    if not (isinstance(rle_size, (list, tuple)) and len(rle_size) == 2 and all(_is_int(v) for v in rle_size)):
+        raise CupreError(f"{where}: segmentation size {rle_size!r} is not [height, width]")
+    if [int(v) for v in rle_size] != [h, w]:
+        raise CupreError(f"{where}: segmentation size {list(rle_size)} is not the image's [height, width] {[h, w]}")
+    counts = segm["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        return {"size": [h, w], "counts": counts}
+    if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
+        if sum(counts) != h * w:
+            raise CupreError(f"{where}: uncompressed RLE counts cover {sum(counts)} pixels, the image has {h * w}")
+        return _compressed(pycoco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w))
+    raise CupreError(f"{where}: segmentation counts must be an RLE string or a list of run lengths")
+
+
+def _compressed(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def _check_rle_counts(results: list[dict], source: str | Path) -> None:
+    """Decode every compressed RLE's run lengths (C++, no mask) and check they cover the image."""
+    indexed = [(i, r["segmentation"]) for i, r in enumerate(results) if "segmentation" in r]
+    for start in range(0, len(indexed), _RLE_CHUNK):
+        chunk = indexed[start : start + _RLE_CHUNK]
+        try:
+            decoded = rle_api.toUncompressedRLE([rle for _, rle in chunk])
+        except (RuntimeError, ValueError):
+            decoded = None
+        for k, (i, rle) in enumerate(chunk):
+            runs = decoded[k]["counts"] if decoded is not None else _runs_or_none(rle)
+            h, w = rle["size"]
+            if runs is None or sum(runs) != h * w:
+                problem = "cannot be decoded" if runs is None else f"covers {sum(runs)} pixels, the image {h * w}"
+                raise CupreError(f"{_where(source, i, results[i])}: segmentation RLE counts string {problem}")
+
+
+def _runs_or_none(rle: dict) -> list[int] | None:
+    try:
+        return rle_api.toUncompressedRLE([rle])[0]["counts"]
+    except (RuntimeError, ValueError):
+        return None
+
+
+def masks_to_results(
+    image_id: int,
+    boxes: Any,
+    scores: Any,
+    labels: Any,
+    masks: Any | None,
+    category_ids: Sequence[int] | Mapping[int, int] | None = None,
+) -> list[dict]:
+    """Encode one image's detections as COCO result dicts (compressed RLE masks).
+
+    Args:
+        image_id: the COCO ``id`` of the image.
+        boxes: ``Nx4`` XYXY boxes in pixels (tensor or ndarray).
+        scores: ``N`` confidences.
+        labels: ``N`` integer class labels of the model.
+        masks: ``NxHxW`` (or ``Nx1xHxW``) masks: bool/integer masks are used as they
+            are, float masks are thresholded at 0.5; ``None`` writes box-only results.
+        category_ids: COCO ``category_id`` of each label. A sequence is read in the
+            torchvision convention, label 0 being the background: label ``l`` is
+            written as ``category_ids[l - 1]``; a mapping is read as
+            ``category_ids[l]``; ``None`` writes the label itself.
+
+    Returns:
+        ``N`` dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and,
+        with masks, ``segmentation`` ``{"size": [H, W], "counts": str}``.
+    """
+    boxes = _numpy(boxes).reshape(-1, 4).astype(np.float64)
+    scores, labels = _numpy(scores).reshape(-1), _numpy(labels).reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"boxes, scores and labels differ in length: {len(boxes)}, {len(scores)}, {len(labels)}")
+    rles = _encode_masks(masks, len(boxes)) if masks is not None else None
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        result = {
+            "image_id": int(image_id),
+            "category_id": _category_id(int(labels[i]), category_ids),
+            "score": float(scores[i]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+        }
+        if rles is not None:
+            result["segmentation"] = rles[i]
+        out.append(result)
+    return out
+
+
+def _category_id(label: int, category_ids: Sequence[int] | Mapping[int, int] | None) -> int:
+    if category_ids is None:
+        return label
+    if isinstance(category_ids, Mapping):
+        if label not in category_ids:
+            raise ValueError(f"label {label} has no entry in category_ids {dict(category_ids)}")
+        return int(category_ids[label])
+    if not 1 <= label <= len(category_ids):
+        raise ValueError(f"label {label} outside 1..{len(category_ids)} (0 is the background)")
+    return int(category_ids[label - 1])
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _encode_masks(masks: Any, n: int) -> list[dict]:
+    masks = _numpy(masks)
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.ndim != 3 or masks.shape[0] != n:
+        raise ValueError(f"masks must be {n}xHxW, found shape {masks.shape}")
+    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    if n == 0:
+        return []
+    encoded = pycoco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    return [_compressed(rle) for rle in encoded]
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if isinstance(segmentation, list):
+        return pycoco_mask.merge(pycoco_mask.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return pycoco_mask.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}

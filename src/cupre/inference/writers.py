@@ -1,0 +1,267 @@
+"""What ``cupre predict`` writes: label TIFF, overlay PNG, object table, COCO results, ROIs.
+
+Everything starts from :func:`paint_labels`, which turns an image's :class:`Objects`
+(cropped masks) into one label image: object ``k`` (1-based) is the ``k``-th highest
+scoring, and where masks overlap the higher-scoring object wins. Objects left with no
+visible pixel are dropped from every output, so the ids of the label image, the rows of
+the CSV table, the COCO results (``object_id``) and the ROI names are the same set.
+"""
+
+from __future__ import annotations
+
+import csv
+import struct
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import tifffile
+from PIL import Image, ImageDraw
+from pycocotools import mask as coco_mask
+from scipy import ndimage
+
+from cupre.evaluation.results import masks_to_results
+from cupre.inference.tiling import Objects
+
+CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
+               "mean_intensity", "category")
+UINT16_MAX_OBJECTS = 65535
+
+
+def paint_labels(objs: Objects, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paint objects into an instance label image, highest score first.
+
+    Args:
+        objs: an image's objects (any order).
+        height, width: the image size.
+
+    Returns:
+        label: ``HxW`` uint16 (uint32 past 65,535 objects); 0 is background, id ``k`` is
+            the ``k``-th highest-scoring object that kept at least one pixel.
+        kept: int64 ``K``: ``kept[k - 1]`` is the index into ``objs`` of id ``k``.
+    """
+    order = np.argsort(-objs.scores, kind="stable")
+    label = np.zeros((height, width), dtype=np.uint32)
+    painted = np.zeros(len(order), dtype=bool)
+    next_id = 1
+    for n, i in enumerate(order.tolist()):
+        (y0, x0), crop = objs.origins[i], objs.crops[i]
+        region = label[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
+        free = crop & (region == 0)  # overlaps go to the higher score, painted before
+        if free.any():
+            region[free] = next_id
+            painted[n] = True
+            next_id += 1
+    kept = order[painted]
+    dtype = np.uint16 if len(kept) <= UINT16_MAX_OBJECTS else np.uint32
+    return label.astype(dtype, copy=False), kept
+
+
+def intensity_plane(raw: np.ndarray) -> np.ndarray:
+    """The raw image as one intensity per pixel: grey as is, colour averaged over its
+    channels (alpha dropped, as in :func:`cupre.data.imageio.normalize`). Returns a view
+    or a float32 ``HxW`` array."""
+    a = np.asarray(raw)
+    if a.ndim == 2:
+        return a
+    if a.shape[-1] in (2, 1):
+        return a[..., 0]
+    return a[..., :3].astype(np.float32).mean(axis=-1)
+
+
+def object_rows(label: np.ndarray, kept: np.ndarray, objs: Objects, raw: np.ndarray,
+                categories: Mapping[int, str] | None = None) -> list[dict]:
+    """One row per id of ``label``: the columns of :data:`CSV_COLUMNS`.
+
+    Area, centroid, box (XYXY, ``x1``/``y1`` exclusive) and mean intensity describe the
+    object's pixels in the label image (its visible part); ``score`` and ``category``
+    are the detector's. ``mean_intensity`` is read from the raw (not normalised) image.
+    """
+    plane = intensity_plane(raw)
+    rows = []
+    for k, sl in enumerate(ndimage.find_objects(label), start=1):
+        if sl is None:
+            continue
+        inside = label[sl] == k
+        ys, xs = np.nonzero(inside)
+        i = int(kept[k - 1])
+        rows.append({
+            "id": k,
+            "score": round(float(objs.scores[i]), 6),
+            "area": int(ys.size),
+            "centroid_y": round(float(ys.mean() + sl[0].start), 3),
+            "centroid_x": round(float(xs.mean() + sl[1].start), 3),
+            "bbox_x0": sl[1].start, "bbox_y0": sl[0].start, "bbox_x1": sl[1].stop, "bbox_y1": sl[0].stop,
+            "mean_intensity": round(float(plane[sl][inside].astype(np.float64).mean()), 4),
+            "category": (categories or {}).get(int(objs.labels[i]), str(int(objs.labels[i]))),
+        })
+    return rows
+
+
+def write_label_tiff(path: Path, label: np.ndarray) -> None:
+    """The label image as a zlib-compressed TIFF (uint16 or uint32)."""
+    tifffile.imwrite(path, label, compression="zlib", photometric="minisblack")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _palette(n: int) -> np.ndarray:
+    """``(n + 1) x 3`` uint8 distinct bright colours (golden-ratio hues); row 0 unused."""
+    hue = (np.arange(n + 1) * 0.618033988749895) % 1.0
+    k = (np.array([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6) % 6
+    rgb = 1 - np.clip(np.minimum(k, 4 - k), 0, 1)  # HSV -> RGB with S = V = 1
+    return (rgb * 255).astype(np.uint8)
+
+
+def outlines(label: np.ndarray) -> np.ndarray:
+    """bool ``HxW``: object pixels with a 4-neighbour of another id (or background)."""
+    edge = np.zeros(label.shape, dtype=bool)
+    edge[1:, :] |= label[1:, :] != label[:-1, :]
+    edge[:-1, :] |= label[:-1, :] != label[1:, :]
+    edge[:, 1:] |= label[:, 1:] != label[:, :-1]
+    edge[:, :-1] |= label[:, :-1] != label[:, 1:]
+    return edge & (label > 0)
+
+
+def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[dict]) -> None:
+    """Outlines and ids drawn over the normalised image.
+
+    Args:
+        image: uint8 ``HxWx3`` (the normalised image the model saw).
+        label: the label image; rows: its object table (for the id positions).
+    """
+    canvas = np.array(image, dtype=np.uint8, copy=True)
+    colours = _palette(int(label.max()) if label.size else 0)
+    edge = outlines(label)
+    canvas[edge] = colours[label[edge]]
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
+    for row in rows:
+        xy = (row["centroid_x"], row["centroid_y"])
+        draw.text(xy, str(row["id"]), fill=(255, 255, 255), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+    pil.save(path, compress_level=1)
+
+
+def crop_rle(crop: np.ndarray, origin: tuple[int, int], height: int, width: int) -> dict:
+    """Compressed COCO RLE of a cropped mask placed at ``origin = (y0, x0)`` in an
+    ``height x width`` image, without building the full-size mask.
+
+    RLE runs go down the columns (Fortran order); the crop's foreground pixels in that
+    order have image indices ``(x0 + c) * H + (y0 + r)``, increasing, so runs are where
+    consecutive indices differ by one.
+    """
+    y0, x0 = int(origin[0]), int(origin[1])
+    cols, rows = np.nonzero(crop.T)  # Fortran order of the crop
+    pos = (cols.astype(np.int64) + x0) * height + rows + y0
+    if pos.size == 0:
+        counts = [height * width]
+    else:
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        starts = pos[np.concatenate([[0], breaks])]
+        ends = pos[np.concatenate([breaks - 1, [pos.size - 1]])] + 1
+        gaps = starts - np.concatenate([[0], ends[:-1]])
+        runs = np.stack([gaps, ends - starts], axis=1).reshape(-1)
+        counts = runs.tolist() + [int(height * width - ends[-1])]
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height: int, width: int,
+                       category_ids: Mapping[int, int] | None = None) -> list[dict]:
+    """COCO results (``cupre evaluate --dt``) of the objects in the label image.
+
+    Entry ``k - 1`` is label id ``k`` (also stored as ``object_id``); its mask is the
+    detector's whole mask (overlaps allowed, as COCO evaluation expects), its ``bbox``
+    the detector's box (XYWH).
+    """
+    sel = objs.select(kept)
+    results = masks_to_results(image_id, sel.boxes, sel.scores, sel.labels, None, category_ids=category_ids)
+    for k, (res, crop, origin) in enumerate(zip(results, sel.crops, sel.origins), start=1):
+        res["segmentation"] = crop_rle(crop, tuple(origin), height, width)
+        res["object_id"] = k
+    return results
+
+
+def trace_outline(mask: np.ndarray) -> np.ndarray:
+    """Outer boundary of the largest 8-connected part of a bool mask, along pixel edges.
+
+    The walk keeps the object on its right (clockwise on screen) and turns left whenever
+    it can, so diagonal neighbours stay connected; vertices are pixel corners, as in
+    ImageJ's traced ROIs (pixel ``(r, c)`` spans corners ``(c, r)``..``(c + 1, r + 1)``).
+
+    Returns:
+        int64 ``Kx2`` polygon vertices ``(x, y)`` in the mask's corner coordinates (only
+        the corners where the direction changes).
+    """
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if n > 1:
+        mask = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
+    fg = np.pad(mask, 1)
+    r, c = np.argwhere(fg)[0]  # first pixel in raster order: walk right along its top edge
+    start = (int(c), int(r), 1, 0)
+    x, y, dx, dy = start
+    vertices = []
+    while True:
+        x, y = x + dx, y + dy
+        # the two pixels ahead: left and right of the edge (x, y) -> (x + dx, y + dy)
+        left = fg[y + (dy - dx - 1) // 2, x + (dx + dy - 1) // 2]
+        right = fg[y + (dx + dy - 1) // 2, x + (dx - dy - 1) // 2]
+        if left:
+            ndx, ndy = dy, -dx
+        elif right:
+            ndx, ndy = dx, dy
+        else:
+            ndx, ndy = -dy, dx
+        if (ndx, ndy) != (dx, dy):
+            vertices.append((x - 1, y - 1))
+        dx, dy = ndx, ndy
+        if (x, y, dx, dy) == start:
+            break
+    return np.array(vertices, dtype=np.int64)
+
+
+def roi_bytes(polygon: np.ndarray) -> bytes:
+    """An ImageJ polygon ``.roi`` (version 228, big-endian, 64-byte header).
+
+    Header: ``Iout``, version, type (0 = polygon), top, left, bottom, right, the number of
+    vertices; then the x coordinates and the y coordinates as shorts relative to left/top.
+    """
+    xs, ys = polygon[:, 0], polygon[:, 1]
+    left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    header = bytearray(64)
+    header[0:4] = b"Iout"
+    struct.pack_into(">hBxhhhhh", header, 4, 228, 0, top, left, bottom, right, len(polygon))
+    coords = np.concatenate([xs - left, ys - top]).astype(">i2")
+    return bytes(header) + coords.tobytes()
+
+
+def write_roi_zip(path: Path, label: np.ndarray) -> int:
+    """One ImageJ polygon ROI per id of ``label`` (entries ``00001.roi`` ...), zipped as
+    the ImageJ ROI Manager reads them. Returns the number of ROIs written."""
+    written = 0
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for k, sl in enumerate(ndimage.find_objects(label), start=1):
+            if sl is None:
+                continue
+            poly = trace_outline(label[sl] == k)
+            if len(poly) < 3:
+                continue
+            poly = poly + np.array([sl[1].start, sl[0].start])
+            zf.writestr(f"{k:05d}.roi", roi_bytes(poly))
+            written += 1
+    return written
+
+
+def normalised_rgb(image) -> np.ndarray:
+    """uint8 ``HxWx3`` of a float ``3xHxW`` tensor in [0, 1]."""
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    return (np.clip(arr, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+

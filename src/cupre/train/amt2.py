@@ -1,0 +1,117 @@
+"""AMT2: alternating multi-task training (the paper's Algorithm 1).
+
+COCO is split into K disjoint, equal, seeded subsets. Round k:
+
+(a) MoCo v2 on the backbone with all unlabeled cell images;
+(b) the whole detector trained on COCO subset k, the backbone regularised by L2-SP
+    towards ``w0``, the backbone as (a) left it:
+    Omega(w) = weight * (alpha*||w - w0||^2 + (1 - alpha)*||w||^2)
+    (or, with ``freeze_backbone``, the backbone frozen instead).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Subset
+
+from cupre.config import Amt2Config, DetectorConfig
+from cupre.data.sample import collate
+from cupre.data.transforms import DetectionTrainTransform
+from cupre.losses.l2sp import l2sp_penalty, snapshot
+from cupre.train import distributed
+from cupre.train.moco import build_moco, run_moco_stage
+from cupre.train.optim import param_groups
+from cupre.train.run import Run
+from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.weights import save_model
+
+
+def coco_subsets(n: int, k: int, seed: int) -> list[list[int]]:
+    """``k`` disjoint subsets of ``range(n)`` of equal size (within one), seeded."""
+    if k < 1 or n < k:
+        raise ValueError(f"cannot split {n} COCO images into {k} subsets")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def run_amt2(
+    *,
+    model: torch.nn.Module,
+    coco,
+    unlabeled,
+    cfg: Amt2Config,
+    detector_cfg: DetectorConfig,
+    run: Run,
+    device: torch.device,
+    seed: int,
+    use_l2sp: bool = True,
+    num_workers: int = 0,
+    checkpoint_every: int = 200,
+) -> None:
+    """Run all rounds, writing ``coco++.pt`` (after the first MoCo step: MoCo backbone +
+    COCO neck/head) and ``model.pt`` (CUPre) into ``run``. Resumable."""
+    if run.path("model.pt").is_file():
+        return
+    moco = build_moco(model, cfg.moco).to(device)
+    state_file = StateFile(run.path("state.pt"))
+    resume = state_file.load()
+    done: set[str] = set()
+    w0: dict[str, torch.Tensor] | None = None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        moco.load_state_dict(resume["moco"])
+        done, w0 = set(resume["done"]), resume["w0"]
+
+    def extra_state() -> dict:
+        return {"model": model.state_dict(), "moco": moco.state_dict(), "w0": w0, "done": sorted(done)}
+
+    def finish(stage: str) -> None:
+        done.add(stage)
+        state_file.save({"stage": f"{stage}:done", **extra_state()})
+
+    subsets = coco_subsets(len(coco), cfg.rounds, seed)
+    common = dict(run=run, device=device, seed=seed, state_file=state_file, resume=resume,
+                  extra_state=extra_state, num_workers=num_workers, checkpoint_every=checkpoint_every)
+    for k in range(cfg.rounds):
+        name = f"amt2/round{k + 1}"
+        if f"{name}/moco" not in done:
+            if resume is None or resume.get("stage") != f"{name}/moco":
+                moco.sync_key_encoder()  # the COCO step moved the backbone: restart the momentum copy
+            run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, **common)
+            w0 = snapshot(model.backbone)
+            if k == 0:
+                save_model(run.path("coco++.pt"), model, detector_cfg, coco.categories, stage="coco++")
+            finish(f"{name}/moco")
+        if f"{name}/coco" not in done:
+            _coco_step(stage=f"{name}/coco", model=model, data=Subset(coco, subsets[k]), cfg=cfg,
+                       w0=w0, use_l2sp=use_l2sp, **common)
+            finish(f"{name}/coco")
+    save_model(run.path("model.pt"), model, detector_cfg, coco.categories, stage="cupre" if use_l2sp else "cupre-nol2sp")
+
+
+def _coco_step(*, stage, model, data, cfg: Amt2Config, w0, use_l2sp: bool, **common) -> None:
+    """AMT2 step (b): the whole detector on one COCO subset, backbone under L2-SP (or frozen)."""
+    frozen = cfg.freeze_backbone
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    regularizer = None
+    if use_l2sp and not frozen:
+        def regularizer() -> dict[str, torch.Tensor]:
+            return {"l2sp": l2sp_penalty(model.backbone, w0, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)}
+
+    no_decay = ("backbone",) if regularizer is not None else ()
+    groups = param_groups(model.parts(), weight_decay=cfg.coco.weight_decay, no_decay=no_decay)
+    try:
+        run_stage(
+            stage=stage,
+            step_fn=detection_step(distributed.wrap(model, common["device"]), common["device"], regularizer),
+            groups=groups,
+            cfg=cfg.coco,
+            dataset=data,
+            transform=DetectionTrainTransform(crop_size=cfg.coco.crop_size),
+            collate_fn=collate,
+            **common,
+        )
+    finally:
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)

@@ -1,0 +1,57 @@
+"""COCO warm-up: the whole detector trained on natural images, L_cls + L_box + L_mask."""
+
+from __future__ import annotations
+
+import torch
+
+from cupre.config import DetectorConfig, OptimConfig
+from cupre.data.sample import collate
+from cupre.data.transforms import DetectionTrainTransform
+from cupre.train import distributed
+from cupre.train.optim import param_groups
+from cupre.train.run import Run
+from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.weights import save_model
+
+
+def run_coco_warmup(
+    *,
+    model: torch.nn.Module,
+    dataset,
+    cfg: OptimConfig,
+    detector_cfg: DetectorConfig,
+    run: Run,
+    device: torch.device,
+    seed: int,
+    num_workers: int = 0,
+    checkpoint_every: int = 200,
+) -> None:
+    """Train ``model`` on ``dataset`` (class-aware) and write ``run/model.pt``.
+
+    Resumes from ``run/state.pt`` when it exists; does nothing when ``model.pt`` exists.
+    """
+    product = run.path("model.pt")
+    if product.is_file():
+        return
+    state_file = StateFile(run.path("state.pt"))
+    resume = state_file.load()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    run_stage(
+        stage="warmup",
+        step_fn=detection_step(distributed.wrap(model, device), device),
+        groups=param_groups(model.parts(), weight_decay=cfg.weight_decay),
+        cfg=cfg,
+        dataset=dataset,
+        transform=DetectionTrainTransform(crop_size=cfg.crop_size),
+        collate_fn=collate,
+        seed=seed,
+        run=run,
+        device=device,
+        state_file=state_file,
+        resume=resume,
+        extra_state=lambda: {"model": model.state_dict()},
+        num_workers=num_workers,
+        checkpoint_every=checkpoint_every,
+    )
+    save_model(product, model, detector_cfg, dataset.categories, stage="warmup")

@@ -1,0 +1,178 @@
+"""Few-shot fine-tuning of the whole model from a named initialisation.
+
+``cupre finetune --init cupre --from PRETRAIN_DIR --train DATA --fraction 0.1 --val VAL -o OUT``
+fine-tunes on a seeded few-shot split of DATA (or the images of ``--split split.json``),
+evaluating on VAL every ``eval_every`` iterations. With ``--init cupre++`` the backbone
+and neck are regularised by L2-SP towards their pre-trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from cupre.config import FinetuneConfig, load_yaml
+from cupre.data.formats import open_dataset
+from cupre.data.sample import collate
+from cupre.data.splits import fewshot_split, load_split
+from cupre.data.transforms import DetectionTrainTransform
+from cupre.errors import CupreError
+from cupre.evaluation.livecell import evaluate
+from cupre.evaluation.model_eval import predict_dataset
+from cupre.data.convert import dataset_to_coco
+from cupre.losses.l2sp import l2sp_penalty
+from cupre.train import distributed
+from cupre.train.inits import build_init
+from cupre.train.optim import param_groups
+from cupre.train.run import Run
+from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.weights import save_model
+
+
+def choose_images(cfg: FinetuneConfig, dataset) -> list[int]:
+    """The image ids to fine-tune on: a split file, a fraction, or everything."""
+    if cfg.split is not None:
+        ids = load_split(cfg.split)["image_ids"]
+        known = {r.image_id for r in dataset.records}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise CupreError(f"{cfg.split}: image ids {missing[:5]} are not in {cfg.train}")
+        return ids
+    if cfg.fraction is not None:
+        return fewshot_split(dataset.records, cfg.fraction, cfg.seed)
+    return [r.image_id for r in dataset.records]
+
+
+def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
+    """Fine-tune, evaluate, and write ``model.pt``, ``split.json``, ``val_metrics.json``.
+
+    Resumable: a second call on the same folder continues from ``state.pt``.
+    Returns the last validation metrics (empty without a validation set).
+    """
+    device = distributed.pick_device(cfg.device)
+    distributed.init(device)
+    run = Run(out_dir)
+    run.save_config(cfg.to_dict())
+    if run.path("model.pt").is_file() and run.path("val_metrics.json").is_file():
+        return json.loads(run.path("val_metrics.json").read_text()).get("last", {})
+    train_all = open_dataset(cfg.train, class_agnostic=True)
+    ids = choose_images(cfg, train_all)
+    run.save_json({"dataset": str(cfg.train), "image_ids": ids,
+                   "files": [str(r.file) for r in train_all.subset(ids).records]}, "split.json")
+    train = train_all.subset(ids)
+    val = open_dataset(cfg.val, class_agnostic=True) if cfg.val else None
+    if val is not None and cfg.val_split is not None:
+        val = val.subset(load_split(cfg.val_split)["image_ids"])
+
+    model, det_cfg, reference = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
+    model.to(device)
+    state_file = StateFile(run.path("state.pt"))
+    resume = state_file.load()
+    history: list[dict] = resume.get("history", []) if resume else []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+
+    regularizer = None
+    if reference is not None:
+        ref = {part: {k: v.to(device) for k, v in snap.items()} for part, snap in reference.items()}
+
+        def regularizer() -> dict[str, torch.Tensor]:
+            parts = model.parts()
+            return {"l2sp": sum(l2sp_penalty(parts[p], ref[p], alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
+                                for p in ref)}
+
+    gt = dataset_to_coco(val) if val is not None else None
+    last: dict = {}
+
+    def validate(iteration: int) -> None:
+        nonlocal last
+        if val is None or not distributed.is_main():
+            return
+        if iteration % cfg.eval_every and iteration != cfg.optim.iterations:
+            return
+        if any(h["iteration"] == iteration for h in history):
+            return
+        results = predict_dataset(model, val, device=device, batch_size=cfg.eval_batch_size)
+        metrics = evaluate(gt, results, protocol="livecell")
+        last = {"iteration": iteration, "bbox": metrics["bbox"], "segm": metrics["segm"]}
+        history.append(last)
+        run.log("val", iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
+        run.save_json(results, "predictions_val.json")
+
+    stage_result = run_stage(
+        stage="finetune",
+        step_fn=detection_step(distributed.wrap(model, device), device, regularizer),
+        groups=param_groups(model.parts(), weight_decay=cfg.optim.weight_decay,
+                            no_decay=tuple(reference or ())),
+        cfg=cfg.optim,
+        dataset=train,
+        transform=DetectionTrainTransform(crop_size=cfg.optim.crop_size),
+        collate_fn=collate,
+        seed=cfg.seed,
+        run=run,
+        device=device,
+        state_file=state_file,
+        resume=resume,
+        extra_state=lambda: {"model": model.state_dict(), "history": history},
+        num_workers=cfg.num_workers,
+        checkpoint_every=cfg.checkpoint_every,
+        on_step=validate,
+    )
+    del stage_result
+    validate(cfg.optim.iterations)
+    if distributed.is_main():
+        save_model(run.path("model.pt"), model, det_cfg, [{"id": 1, "name": "cell"}], stage=f"finetune:{cfg.init}")
+        last = history[-1] if history else {}
+        run.save_json({"history": history, "last": last}, "val_metrics.json")
+    run.close()
+    return last
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it)")
+    p.add_argument("--init", help="scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++")
+    p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder")
+    p.add_argument("--train", help="annotated dataset (any supported format)")
+    p.add_argument("--split", help="split JSON from `cupre split`")
+    p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
+    p.add_argument("--val", help="validation dataset")
+    p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("-o", "--out", required=True, help="output run folder")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.yaml").is_file():
+            raise CupreError(f"{out}: nothing to resume (no config.yaml)")
+        cfg = FinetuneConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
+        data = load_yaml(args.config) if args.config else {}
+        flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
+                "fraction": args.fraction, "val": args.val, "val_split": args.val_split, "seed": args.seed, "device": args.device}
+        data.update({k: v for k, v in flat.items() if v is not None})
+        optim = dict(data.get("optim", {}))
+        for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):
+            if value is not None:
+                optim[key] = value
+        data["optim"] = optim
+        cfg = FinetuneConfig.from_dict(data, where=args.config or "finetune")
+    if not cfg.train:
+        raise CupreError("finetune: --train DATA is required")
+    last = run_finetune(cfg, out)
+    if last:
+        print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
+              f"(iteration {last['iteration']}, {out / 'val_metrics.json'})")
+    print(f"model: {out / 'model.pt'}")
+    return 0

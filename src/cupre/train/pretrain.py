@@ -1,0 +1,126 @@
+"""CUPre pre-training: COCO warm-up, then AMT2 (and, on request, baselines/ablations).
+
+``cupre pretrain CONFIG.yaml -o RUN_DIR`` writes::
+
+    RUN_DIR/config.yaml            the resolved config
+    RUN_DIR/warmup/model.pt        COCO warm-up            (--init coco)
+    RUN_DIR/amt2/coco++.pt         MoCo backbone + COCO neck/head (--init coco++)
+    RUN_DIR/amt2/model.pt          after K AMT2 rounds     (--init cupre, cupre++)
+    RUN_DIR/amt2-nol2sp/model.pt   AMT2 without L2-SP      (--init cupre-nol2sp; nol2sp: true)
+    RUN_DIR/cells-moco/model.pt    MoCo on cells only      (--init cells-moco; cells_moco: true)
+
+Each part keeps its own ``state.pt``; ``--resume`` continues where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from cupre.config import PretrainConfig, load_yaml
+from cupre.data.concat import MergedDataset
+from cupre.data.formats import open_dataset
+from cupre.data.unlabeled import UnlabeledImages
+from cupre.errors import CupreError
+from cupre.train import distributed
+from cupre.train.amt2 import run_amt2
+from cupre.train.coco import run_coco_warmup
+from cupre.train.moco import build_moco, run_moco_stage
+from cupre.train.run import Run
+from cupre.train.stage import StateFile
+from cupre.train.weights import save_model
+
+
+def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
+    """Run every pre-training part that is not finished yet; returns ``out_dir``."""
+    from cupre.models.detector import build_detector
+
+    if not cfg.coco:
+        raise CupreError("pretrain: no COCO-format dataset given (config key `coco`)")
+    if not cfg.unlabeled:
+        raise CupreError("pretrain: no unlabeled cell images given (config key `unlabeled`)")
+    device = distributed.pick_device(cfg.device)
+    distributed.init(device)
+    out = Path(out_dir)
+    Run(out, tensorboard=False).save_config(cfg.to_dict())
+    coco = MergedDataset([open_dataset(p) for p in cfg.coco])
+    unlabeled = UnlabeledImages(cfg.unlabeled)
+    det_cfg = dataclasses.replace(cfg.detector, num_classes=len(coco.categories))
+    common = dict(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every)
+    print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
+          f"{len(unlabeled)} unlabeled cell images, {cfg.amt2.rounds} AMT2 rounds, device {device}")
+
+    model = build_detector(det_cfg).to(device)
+    warm = Run(out / "warmup")
+    run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg, run=warm, **common)
+    warm_weights = _load_weights(out / "warmup" / "model.pt", device)
+    variants = [("amt2", True)] + ([("amt2-nol2sp", False)] if cfg.nol2sp else [])
+    for folder, use_l2sp in variants:
+        model.load_state_dict(warm_weights)
+        run_amt2(model=model, coco=coco, unlabeled=unlabeled, cfg=cfg.amt2, detector_cfg=det_cfg,
+                 run=Run(out / folder), use_l2sp=use_l2sp, **common)
+    if cfg.cells_moco:
+        run_cells_moco(cfg=cfg, det_cfg=det_cfg, unlabeled=unlabeled, run=Run(out / "cells-moco"),
+                       categories=coco.categories, **common)
+    distributed.barrier()
+    return out
+
+
+def _load_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    from cupre.train.weights import load_model_file
+
+    return {k: v.to(device) for k, v in load_model_file(path)["model"].items()}
+
+
+def run_cells_moco(*, cfg: PretrainConfig, det_cfg, unlabeled, run: Run, categories, device, seed,
+                   num_workers, checkpoint_every) -> None:
+    """The Cells-MoCo baseline: MoCo v2 from scratch on the cells, as many MoCo
+    iterations as all AMT2 rounds together."""
+    from cupre.models.detector import build_detector
+
+    if run.path("model.pt").is_file():
+        return
+    model = build_detector(det_cfg).to(device)
+    moco_cfg = dataclasses.replace(
+        cfg.amt2.moco, optim=dataclasses.replace(cfg.amt2.moco.optim, iterations=cfg.amt2.moco.optim.iterations * cfg.amt2.rounds)
+    )
+    moco = build_moco(model, moco_cfg).to(device)
+    state_file = StateFile(run.path("state.pt"))
+    resume = state_file.load()
+    if resume is not None:
+        moco.load_state_dict(resume["moco"])
+    run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, run=run, device=device,
+                   seed=seed, state_file=state_file, resume=resume, extra_state=lambda: {"moco": moco.state_dict()},
+                   num_workers=num_workers, checkpoint_every=checkpoint_every)
+    save_model(run.path("model.pt"), model, det_cfg, categories, stage="cells-moco")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML with PretrainConfig keys (see configs/)")
+    p.add_argument("-o", "--out", required=True, help="output run folder")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    p.add_argument("--device", help="auto, cpu, cuda ...")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.yaml").is_file():
+            raise CupreError(f"{out}: nothing to resume (no config.yaml)")
+        data = load_yaml(out / "config.yaml")
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
+        if not args.config:
+            raise CupreError("pretrain: give a config YAML (e.g. configs/demo.yaml's `pretrain` part)")
+        data = load_yaml(args.config)
+        data = data.get("pretrain", data)
+    if args.device:
+        data["device"] = args.device
+    cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))
+    run_pretrain(cfg, out)
+    print(f"pretrained models in {out}: warmup/model.pt, amt2/coco++.pt, amt2/model.pt")
+    return 0

@@ -1,0 +1,132 @@
+"""One resumable training stage: optimiser, schedule, batches, loop and checkpoints.
+
+Every procedure (COCO warm-up, each AMT2 step, fine-tuning) is a sequence of stages
+with unique names such as ``amt2/round3/coco``. A procedure keeps one ``state.pt``; it
+names the stage in progress and the iteration reached, so ``--resume`` continues there.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from cupre.config import OptimConfig
+from cupre.train import distributed
+from cupre.train.batches import batch_stream, hash_seed
+from cupre.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from cupre.train.loop import train_loop
+from cupre.train.optim import build_optimizer, build_scheduler
+from cupre.train.run import Run
+
+
+class StateFile:
+    """The resumable state of one procedure (``state.pt`` in its run folder)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        return load_checkpoint(self.path) if self.path.is_file() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        if distributed.is_main():
+            atomic_save(state, self.path)
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    return hash_seed(seed, zlib.crc32(stage.encode()))
+
+
+def run_stage(
+    *,
+    stage: str,
+    step_fn: Callable[[Any], dict[str, torch.Tensor]],
+    groups: list[dict],
+    cfg: OptimConfig,
+    dataset: Dataset,
+    transform: Callable | None,
+    collate_fn: Callable | None,
+    seed: int,
+    run: Run,
+    device: torch.device,
+    state_file: StateFile,
+    resume: dict[str, Any] | None,
+    extra_state: Callable[[], dict[str, Any]],
+    num_workers: int = 0,
+    checkpoint_every: int = 200,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Train one stage, resuming from ``resume`` when it names this stage.
+
+    The caller restores model weights (and anything else in ``extra_state``) before
+    calling; this function restores the optimiser, the schedule, the RNG and the
+    position in the data stream.
+    """
+    optimizer = build_optimizer(groups, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    resuming = resume is not None and resume.get("stage") == stage
+    start = int(resume["iteration"]) if resuming else 0
+    if not resuming:
+        seed_everything(stage_seed(seed, stage) % (2**31))
+    batches = batch_stream(  # creating the loader draws from the global RNG: restore it after
+        dataset,
+        batch_size=cfg.batch_size,
+        seed=stage_seed(seed, stage),
+        start_iteration=start,
+        transform=transform,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+    )
+    if resuming:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+
+    def save(iteration: int) -> None:
+        state = {
+            "stage": stage,
+            "iteration": iteration,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+        state.update(extra_state())
+        state_file.save(state)
+
+    if start >= cfg.iterations:
+        return {}
+    return train_loop(
+        stage=stage,
+        step_fn=step_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=batches,
+        start=start,
+        iterations=cfg.iterations,
+        run=run,
+        save_fn=save,
+        checkpoint_every=checkpoint_every,
+        grad_clip=cfg.grad_clip,
+        device=device,
+        on_step=on_step,
+    )
+
+
+def detection_step(model: torch.nn.Module, device: torch.device, regularizer: Callable | None = None):
+    """``step_fn`` for a detector: images + targets -> the detector's named losses
+    (plus the regulariser's, e.g. ``l2sp``)."""
+
+    def step(batch) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks")} for t in targets]
+        losses = dict(model(images, targets))
+        if regularizer is not None:
+            losses.update(regularizer())
+        return losses
+
+    return step

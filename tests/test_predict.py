@@ -1,0 +1,270 @@
+"""``cupre predict``: output file contracts on real images, bad inputs, ROI files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from faster_coco_eval.core import mask as coco_mask
+from scipy import ndimage
+
+from cupre import cli
+from cupre.config import DetectorConfig
+from cupre.data.imageio import read_image
+from cupre.errors import CupreError
+from cupre.inference.predict import expand_inputs, run_predict
+from cupre.inference.writers import crop_rle, paint_labels, roi_bytes, trace_outline
+from cupre.inference.tiling import Objects
+
+TINY = dict(backbone="resnet18", fpn_channels=32, min_size=256, max_size=512, rpn_pre_nms_top_n_train=300,
+            rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=200,
+            box_batch_size_per_image=64, rpn_batch_size_per_image=64, detections_per_img=100)
+
+
+class ComponentDetector:
+    """Deterministic stand-in for the detector: each bright connected region is an object."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+        self.calls += 1
+        outs = []
+        for img in images:
+            lab, n = ndimage.label(img[0].numpy() > 0.5)
+            sl = ndimage.find_objects(lab)
+            masks = torch.from_numpy((lab[None] == np.arange(1, n + 1)[:, None, None]).astype(np.uint8))
+            boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in sl]
+            outs.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                         "scores": torch.linspace(0.9, 0.6, n), "labels": torch.ones(n, dtype=torch.int64),
+                         "masks": masks})
+        return outs
+
+
+def _discs(size: int, centres: list[tuple[int, int]], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    fg = np.zeros((size, size), bool)
+    for cy, cx in centres:
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    return fg
+
+
+def _train_tiny_model(folder: Path, path: Path) -> None:
+    """A few SGD steps of a tiny detector on the labeled images, saved as a model file."""
+    from cupre.data.formats import open_dataset
+    from cupre.models.detector import build_detector
+    from cupre.train.weights import save_model
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig.from_dict(TINY)
+    model = build_detector(cfg)
+    data = open_dataset(folder, class_agnostic=True)
+    batch = [data[i] for i in range(len(data))]
+    images = [img.float() for img, _ in batch]
+    targets = [{k: t[k] for k in ("boxes", "labels", "masks")} for _, t in batch]
+    opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    model.train()
+    for _ in range(3):
+        losses = model(images, targets)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    save_model(path, model, cfg, data.categories)
+
+
+def test_predict_real_images_writes_consistent_outputs(shared_data, tmp_path):
+    from cupre.data.convert import dataset_to_coco
+    from cupre.data.formats import open_dataset
+    from cupre.evaluation.livecell import evaluate
+    from cupre.evaluation.results import load_results
+
+    folder = shared_data / "samples" / "label-images"
+    run = tmp_path / "run"
+    run.mkdir()
+    _train_tiny_model(folder, run / "model.pt")
+    out = tmp_path / "out"
+    # tiles of 320 px: the 512 px image is tiled (2 x 2), the 256 px one is not
+    argv = ["predict", str(run), str(folder), "-o", str(out), "--score-threshold", "0", "--max-detections", "40",
+            "--tile-size", "320", "--tile-overlap", "64", "--device", "cpu", "--roi-zip"]
+    assert cli.main(argv) == 0
+
+    index = json.loads((out / "images.json").read_text())
+    names = [Path(e["file"]).name for e in index["images"]]
+    assert names == ["nuclei_img.tif", "nuclei_small.tif"] and [e["id"] for e in index["images"]] == [1, 2]
+    total = 0
+    for entry in index["images"]:
+        raw = read_image(entry["file"])
+        stem = out / entry["name"]
+        label = tifffile.imread(f"{stem}_masks.tif")
+        assert label.dtype == np.uint16 and label.shape == raw.shape[:2]
+        with Image.open(f"{stem}_overlay.png") as im:
+            assert im.size == (raw.shape[1], raw.shape[0]) and im.mode == "RGB"
+        with open(f"{stem}_objects.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        ids = np.unique(label[label > 0])
+        assert len(rows) == len(ids) == entry["objects"] > 0
+        assert [int(r["id"]) for r in rows] == ids.tolist() == list(range(1, len(ids) + 1))
+        counts = np.bincount(label.ravel())
+        scores = [float(r["score"]) for r in rows]
+        assert scores == sorted(scores, reverse=True)  # id 1 scores highest
+        for r in rows:
+            k = int(r["id"])
+            ys, xs = np.nonzero(label == k)
+            assert int(r["area"]) == counts[k]
+            assert float(r["centroid_y"]) == pytest.approx(ys.mean(), abs=1e-3)
+            assert [int(r[c]) for c in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")] == \
+                   [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert float(r["mean_intensity"]) == pytest.approx(raw[ys, xs].astype(float).mean(), abs=1e-3)
+        _check_rois(Path(f"{stem}_rois.zip"), label)
+        total += len(rows)
+
+    gt = dataset_to_coco(open_dataset(folder))
+    assert [Path(im["file_name"]).name for im in gt["images"]] == names  # same ids, same files
+    results = json.loads((out / "results_coco.json").read_text())
+    assert len(results) == total
+    for res in results[:20]:  # each COCO mask holds the visible pixels of its label id
+        entry = index["images"][res["image_id"] - 1]
+        label = tifffile.imread(out / f"{entry['name']}_masks.tif")
+        decoded = coco_mask.decode({"size": res["segmentation"]["size"], "counts": res["segmentation"]["counts"]})
+        assert decoded.shape == label.shape and decoded[label == res["object_id"]].all()
+    metrics = evaluate(gt, load_results(out / "results_coco.json", gt))
+    assert 0.0 <= metrics["segm"]["AP"] <= 1.0 and 0.0 <= metrics["bbox"]["AP"] <= 1.0
+
+
+def _check_rois(path: Path, label: np.ndarray) -> None:
+    """Every ROI is a valid ImageJ polygon ROI named by its id, inside that object's box."""
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert sorted(int(n.removesuffix(".roi")) for n in names) == list(range(1, int(label.max()) + 1))
+        for name in names:
+            top, left, bottom, right, xs, ys = _decode_roi(zf.read(name))
+            sl = ndimage.find_objects((label == int(name[:-4])).astype(np.uint8))[0]
+            assert sl[0].start <= top and bottom <= sl[0].stop and sl[1].start <= left and right <= sl[1].stop
+            assert xs.min() == 0 and ys.min() == 0 and xs.max() == right - left and ys.max() == bottom - top
+
+
+def _decode_roi(data: bytes):
+    """Read an ImageJ polygon ROI per the documented 64-byte header (big-endian)."""
+    assert data[:4] == b"Iout"
+    version, roi_type = struct.unpack_from(">hB", data, 4)
+    top, left, bottom, right, n = struct.unpack_from(">5h", data, 8)
+    assert version >= 218 and roi_type == 0 and n >= 3 and len(data) == 64 + 4 * n
+    xs = np.frombuffer(data, ">i2", n, 64).astype(int)
+    ys = np.frombuffer(data, ">i2", n, 64 + 2 * n).astype(int)
+    return top, left, bottom, right, xs, ys
+
+
+def test_traced_outlines_enclose_exactly_the_mask():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        field = ndimage.gaussian_filter(rng.random((40, 50)), 3)
+        mask = field > np.quantile(field, 0.6)
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        biggest = ndimage.binary_fill_holes(lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+        poly = trace_outline(biggest)
+        x, y = poly[:, 0].astype(float), poly[:, 1].astype(float)
+        area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        assert area == biggest.sum()  # pixel corners: the polygon's area is the pixel count
+        rows, cols = np.nonzero(biggest)
+        assert (x.min(), y.min(), x.max(), y.max()) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+        top, left, bottom, right, xs, ys = _decode_roi(roi_bytes(poly))
+        assert (top, left) == (rows.min(), cols.min()) and (xs + left == x).all() and (ys + top == y).all()
+
+
+def test_crop_rle_matches_full_mask_encoding():
+    rng = np.random.default_rng(0)
+    crop = rng.random((9, 13)) > 0.4
+    full = np.zeros((30, 40), np.uint8)
+    full[17:26, 5:18] = crop
+    assert crop_rle(crop, (17, 5), 30, 40)["counts"] == coco_mask.encode(np.asfortranarray(full))["counts"].decode()
+
+
+def test_overlaps_go_to_the_higher_score_and_hidden_objects_are_dropped():
+    a = np.ones((10, 10), bool)
+    objs = Objects(np.zeros((3, 4), np.float32), np.array([0.5, 0.9, 0.3], np.float32), np.ones(3, np.int64),
+                   np.array([[0, 0], [5, 5], [6, 6]]), [a, a, np.ones((3, 3), bool)])
+    label, kept = paint_labels(objs, 20, 20)
+    assert kept.tolist() == [1, 0]  # the third lies under the second: no pixel left
+    assert label[7, 7] == 1 and label[2, 2] == 2 and label[14, 14] == 1 and label.dtype == np.uint16
+
+
+def _write_inputs(folder: Path) -> None:
+    folder.mkdir()
+    fg = _discs(96, [(20, 20), (60, 70), (80, 15)], 9)
+    Image.fromarray((fg * 200 + 10).astype(np.uint8)).save(folder / "a_grey.png")
+    rgba = np.dstack([fg * 180, fg * 90, fg * 30 + 5, np.full(fg.shape, 255)]).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "b_rgba.png")
+    stack = np.stack([_discs(64, [(16 + 10 * p, 30)], 8) * (1000 + p) for p in range(3)]).astype(np.uint16)
+    tifffile.imwrite(folder / "c_stack.tif", stack, photometric="minisblack")
+    tifffile.imwrite(folder / "d_float.tif", fg.astype(np.float32) * 3.5 - 1)
+    (folder / "e_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (folder / "f_broken.tif").write_bytes(b"II*\x00garbage")
+    Image.fromarray(fg.astype(np.uint16)).save(folder / "a_grey_masks.png")  # a label file: not an input
+
+
+def test_bad_inputs_are_skipped_and_counted(tmp_path):
+    _write_inputs(tmp_path / "in")
+    model = ComponentDetector()
+    summary = run_predict(model, [tmp_path / "in"], out=tmp_path / "out", score_threshold=0.1, progress=False)
+    assert summary.predicted == 6  # a, b, three pages of c, d
+    assert sorted(Path(f).name for f, _ in summary.failed) == ["e_broken.png", "f_broken.tif"]
+    index = json.loads((tmp_path / "out" / "images.json").read_text())
+    by_name = {e["name"]: e for e in index["images"]}
+    assert [e["id"] for e in index["images"]] == list(range(1, 9))
+    assert by_name["c_stack_p002"]["page"] == 2 and "error" in by_name["e_broken"]
+    assert by_name["a_grey"]["objects"] == 3 and by_name["b_rgba"]["objects"] == 3
+    for p in range(3):
+        assert tifffile.imread(tmp_path / "out" / f"c_stack_p{p:03d}_masks.tif").max() == 1
+    with open(tmp_path / "out" / "c_stack_p001_objects.csv") as fh:
+        assert float(next(csv.DictReader(fh))["mean_intensity"]) == 1001.0  # raw 16-bit values
+    assert not list((tmp_path / "out").glob("*broken*"))
+    results = json.loads((tmp_path / "out" / "results_coco.json").read_text())
+    assert len(results) == 3 + 3 + 3 + 3 and {r["image_id"] for r in results} == {1, 2, 3, 4, 5, 6}
+
+
+def test_cli_exit_codes_and_no_overwrite(tmp_path, capsys):
+    from cupre.models.detector import build_detector
+    from cupre.train.weights import save_model
+
+    cfg = DetectorConfig.from_dict(TINY)
+    save_model(tmp_path / "model.pt", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((_discs(64, [(30, 30)], 10) * 200).astype(np.uint8)).save(folder / "good.png")
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff broken")
+    argv = ["predict", str(tmp_path / "model.pt"), str(folder / "*.*"), "-o", str(tmp_path / "out"),
+            "--score-threshold", "0.0", "--max-detections", "5", "--device", "cpu"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "bad.jpg" in err and "good.png" not in err
+    label_file = tmp_path / "out" / "good_masks.tif"
+    before = label_file.stat().st_mtime_ns
+
+    model = ComponentDetector()
+    with pytest.raises(CupreError, match="output file exists"):
+        run_predict(model, [folder / "good.png"], out=tmp_path / "out", progress=False)
+    assert model.calls == 0 and label_file.stat().st_mtime_ns == before  # failed before any work
+    assert cli.main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert cli.main(argv + ["--overwrite"]) == 1
+
+
+def test_inputs_errors_and_output_names(tmp_path):
+    with pytest.raises(CupreError, match="no such image"):
+        expand_inputs([tmp_path / "missing.png"])
+    with pytest.raises(CupreError, match="matches no image"):
+        expand_inputs([str(tmp_path / "*.png")])
+    (tmp_path / "x" / "sub").mkdir(parents=True)
+    for rel in ("x/one.png", "x/sub/one.png", "two.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / rel)
+    found = expand_inputs([tmp_path / "x", str(tmp_path / "tw*.png")])
+    assert [name for _, name in found] == ["two", "one", "sub/one"]  # sorted by path, sub-folders mirrored
+    with pytest.raises(CupreError, match="same name"):
+        expand_inputs([tmp_path / "x" / "one.png", tmp_path / "x" / "sub" / "one.png"])
