@@ -264,7 +264,9 @@ def test_inputs_errors_and_output_names(tmp_path):
     (tmp_path / "x" / "sub").mkdir(parents=True)
     for rel in ("x/one.png", "x/sub/one.png", "two.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / rel)
-    found = expand_inputs([tmp_path / "x", str(tmp_path / "tw*.png")])
+    (tmp_path / "x" / "out").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x" / "out" / "one_overlay.png")
+    found = expand_inputs([tmp_path / "x", str(tmp_path / "tw*.png")], exclude=tmp_path / "x" / "out")
     assert [name for _, name in found] == ["two", "one", "sub/one"]  # sorted by path, sub-folders mirrored
     with pytest.raises(CupreError, match="same name"):
         expand_inputs([tmp_path / "x" / "one.png", tmp_path / "x" / "sub" / "one.png"])

@@ -10,7 +10,8 @@ import torch
 from scipy import ndimage
 
 from cupre.errors import CupreError
-from cupre.inference.tiling import Objects, crop_output, in_core, make_tiles, predict_images, remove_duplicates
+from cupre.inference.tiling import (FixedScaleTransform, Objects, crop_output, in_core, make_tiles, predict_images,
+                                    remove_duplicates, set_scale)
 from cupre.inference.writers import paint_labels
 
 
@@ -162,3 +163,25 @@ def test_large_image_merge_is_exact_and_cropped():
     pairs = np.unique(np.stack([label[truth > 0], truth[truth > 0]]), axis=1)
     assert pairs.shape[1] == n_cells  # one-to-one: every output object is exactly one cell
     assert len(np.unique(pairs[0])) == n_cells and len(np.unique(pairs[1])) == n_cells
+
+
+def test_fixed_scale_feeds_resized_tiles_and_maps_outputs_back():
+    from cupre.config import DetectorConfig
+    from cupre.models.detector import build_detector
+
+    cfg = DetectorConfig.from_dict(dict(backbone="resnet18", fpn_channels=32, min_size=64, max_size=64,
+                                        detections_per_img=5, box_score_thresh=0.0))
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    own = model.transform
+    set_scale(model, "model")
+    assert model.transform is own
+    img = torch.rand(3, 40, 60)
+    assert own([img])[0].image_sizes == [(42, 64)]  # the model's resize depends on the input size
+    set_scale(model, 2.0)
+    assert isinstance(model.transform, FixedScaleTransform)
+    assert model.transform([img])[0].image_sizes == [(80, 120)]
+    (objs,) = predict_images(model, [img], tile_size=64, overlap=8)
+    assert all(y + c.shape[0] <= 40 and x + c.shape[1] <= 60 for (y, x), c in zip(objs.origins, objs.crops))
+    set_scale(model, 1.0)
+    assert model.transform([img])[0].image_sizes == [(40, 60)]

@@ -39,14 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from tqdm import tqdm
 
 from cupre.data.imageio import IMAGE_SUFFIXES, count_pages, normalize, read_image
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, file_error
-from cupre.inference.tiling import predict_images
+from cupre.inference.tiling import predict_images, set_scale
 from cupre.inference import writers
 
 OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip"}
@@ -75,39 +73,16 @@ class PredictSummary:
     out: Path | None = None
 
 
-class FixedScaleTransform(GeneralizedRCNNTransform):
-    """The detector's transform with one fixed resize factor instead of min/max sizes.
-
-    Outputs still come back in original image pixels (the detector maps boxes and
-    pastes masks at each input's own size).
-    """
-
-    def __init__(self, *, scale: float, image_mean: list[float], image_std: list[float], size_divisible: int = 32):
-        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std,
-                         size_divisible=size_divisible)
-        self.scale = float(scale)
-
-    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
-        if self.scale == 1.0:
-            return image, target
-        size = [max(1, round(s * self.scale)) for s in image.shape[-2:]]
-        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0], target
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
 
 
-def set_scale(model: torch.nn.Module, scale: float | str) -> None:
-    """Feed images to ``model`` at ``scale`` (``"model"``: keep its own resizing)."""
-    old = getattr(model, "transform", None)
-    if scale == "model" or not isinstance(old, GeneralizedRCNNTransform):
-        return
-    model.transform = FixedScaleTransform(scale=float(scale), image_mean=list(old.image_mean),
-                                          image_std=list(old.image_std), size_divisible=old.size_divisible)
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[tuple[Path, str]]:
+def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, str]]:
     """Image files named by ``inputs`` with their output stems, sorted by path.
 
     Files are taken as given (stem = file stem), folders walked recursively (stem =
-    path relative to the folder, so sub-folders are mirrored), globs expanded.
+    path relative to the folder, so sub-folders are mirrored), globs expanded. Files
+    under ``exclude`` (the output folder) are never inputs of a folder or glob.
 
     Raises:
         CupreError: an input matches nothing, or two inputs would write the same outputs.
@@ -117,13 +92,14 @@ def expand_inputs(inputs: list[str | Path]) -> list[tuple[Path, str]]:
         path = Path(item)
         if path.is_dir():
             for f in walk_images(path, recursive=True):
-                found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
+                if not _under(f, exclude):
+                    found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
         elif path.is_file():
             found.setdefault(path, path.stem)
-        elif glob.has_magic(str(item)):
+        elif _has_magic(str(item)):
             matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
             matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
-                       and not is_label_file(m)]
+                       and not is_label_file(m) and not _under(m, exclude)]
             if not matches:
                 raise CupreError(f"{item}: the pattern matches no image file")
             for m in matches:
@@ -139,6 +115,10 @@ def expand_inputs(inputs: list[str | Path]) -> list[tuple[Path, str]]:
                              "predict them in separate runs")
         by_name[name] = f
     return sorted(found.items())
+
+
+def _under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
 def plan_jobs(files: list[tuple[Path, str]]) -> list[Job]:
@@ -283,7 +263,8 @@ def run_predict(
 
     Args:
         model: a model file or run folder, or an already built detector (eval
-            interface; its ``categories`` then default to one "cell" category).
+            interface; a module is put in eval mode on ``device``, and its transform is
+            restored afterwards; its ``categories`` default to one "cell" category).
         inputs: image files, folders and glob patterns.
         out: the output folder (created).
         score_threshold, max_detections: detection filter (per image or per tile).
@@ -305,21 +286,43 @@ def run_predict(
 
     _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, scale)
     out = Path(out)
-    jobs = plan_jobs(expand_inputs(inputs))
+    jobs = plan_jobs(expand_inputs(inputs, exclude=out))
     check_outputs(out, jobs, roi_zip=roi_zip, overwrite=overwrite)
     dev = pick_device(device)
     if isinstance(model, (str, Path)):
         net, cats = load_model(model, score_threshold=score_threshold, max_detections=max_detections, device=dev)
     else:
         net, cats = model, DEFAULT_CATEGORIES
+        if isinstance(net, torch.nn.Module):
+            net.eval().to(dev)
     cats = categories or cats
-    if isinstance(net, torch.nn.Module):
-        net.eval()
-        set_scale(net, scale)
     out.mkdir(parents=True, exist_ok=True)
+    previous = getattr(net, "transform", None)
+    set_scale(net, scale)
+    try:
+        summary, results, entries = _predict_jobs(
+            net, jobs, out=out, categories=cats, roi_zip=roi_zip, progress=progress, tile_size=tile_size,
+            overlap=tile_overlap, batch_size=batch_size, score_threshold=score_threshold, device=dev)
+    finally:
+        if previous is not None:
+            net.transform = previous
+    _write_json(out / "results_coco.json", results)
+    _write_json(out / "images.json", {"images": entries, "categories": cats,
+                                      "failed": [{"file": f, "error": p} for f, p in summary.failed]})
+    return summary
+
+
+def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], roi_zip: bool, progress: bool,
+                  **tiling: Any) -> tuple[PredictSummary, list[dict], list[dict]]:
+    """Read, predict and write every job, ``tiling["batch_size"]`` images at a time.
+
+    Returns:
+        the summary, the COCO results of all images, and the ``images.json`` entries.
+    """
     summary = PredictSummary(out=out)
     results: list[dict] = []
     entries: list[dict] = []
+    batch_size = tiling["batch_size"]
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), batch_size):
         loaded = []
@@ -331,22 +334,18 @@ def run_predict(
                 entries.append(_image_entry(job, None, 0, str(exc)))
                 tqdm.write(f"cupre: warning: {exc} (skipped)", file=sys.stderr)
                 bar.update(1)
-        found = predict_images(net, [img for _, _, img in loaded], tile_size=tile_size, overlap=tile_overlap,
-                               batch_size=batch_size, score_threshold=score_threshold, device=dev)
+        found = predict_images(net, [img for _, _, img in loaded], **tiling)
         for (job, raw, image), objs in zip(loaded, found):
             paths = job_outputs(out, job, roi_zip=roi_zip)
-            res, count = write_image_outputs(paths, objs, raw, image, job, cats)
+            res, count = write_image_outputs(paths, objs, raw, image, job, categories)
             results += res
             entries.append(_image_entry(job, image, count, None))
             summary.predicted += 1
             summary.objects += count
             bar.update(1)
     bar.close()
-    _write_json(out / "results_coco.json", results)
     entries.sort(key=lambda e: e["id"])
-    _write_json(out / "images.json", {"images": entries, "categories": cats,
-                                      "failed": [{"file": f, "error": p} for f, p in summary.failed]})
-    return summary
+    return summary, results, entries
 
 
 def _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, scale) -> None:

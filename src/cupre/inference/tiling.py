@@ -18,6 +18,11 @@ Memory. Kept objects are stored as :class:`Objects`: a box plus a bool mask crop
 the mask's own extent, never a full-size mask, so a 4,000 x 4,000 image with thousands
 of cells needs little more than its label image. The detector's per-tile output (one
 ``uint8`` mask per detection over the tile) is cropped as soon as the tile is done.
+
+Scale. Training crops are fed to the detector at native resolution (a ``crop_size``
+crop resized to ``min_size``, equal by default), whereas the detector's own transform
+resizes each input by its size (a 1,024 px tile would be halved). :func:`set_scale`
+swaps in :class:`FixedScaleTransform`, which resizes every tile by one fixed factor.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from cupre.errors import CupreError
@@ -268,6 +275,34 @@ def remove_duplicates(
                 if objs.scores[j] <= objs.scores[i]:
                     keep[j] = False
     return keep
+
+
+class FixedScaleTransform(GeneralizedRCNNTransform):
+    """The detector's transform with one fixed resize factor instead of min/max sizes.
+
+    Outputs still come back in original image pixels (the detector maps boxes and
+    pastes masks at each input's own size).
+    """
+
+    def __init__(self, *, scale: float, image_mean: list[float], image_std: list[float], size_divisible: int = 32):
+        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std,
+                         size_divisible=size_divisible)
+        self.scale = float(scale)
+
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        if self.scale == 1.0:
+            return image, target
+        size = [max(1, round(s * self.scale)) for s in image.shape[-2:]]
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0], target
+
+
+def set_scale(model: torch.nn.Module, scale: float | str) -> None:
+    """Feed images to ``model`` at ``scale`` (``"model"``: keep its own resizing)."""
+    old = getattr(model, "transform", None)
+    if scale == "model" or not isinstance(old, GeneralizedRCNNTransform):
+        return
+    model.transform = FixedScaleTransform(scale=float(scale), image_mean=list(old.image_mean),
+                                          image_std=list(old.image_std), size_divisible=old.size_divisible)
 
 
 @torch.no_grad()

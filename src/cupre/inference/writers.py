@@ -178,10 +178,12 @@ def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height
 
     Entry ``k - 1`` is label id ``k`` (also stored as ``object_id``); its mask is the
     detector's whole mask (overlaps allowed, as COCO evaluation expects), its ``bbox``
-    the detector's box (XYWH).
+    the detector's box (XYWH). Model label ``l`` is written as ``category_ids[l]``
+    (``l`` itself when missing).
     """
     sel = objs.select(kept)
-    results = masks_to_results(image_id, sel.boxes, sel.scores, sel.labels, None, category_ids=category_ids)
+    mapping = {int(v): int((category_ids or {}).get(int(v), v)) for v in np.unique(sel.labels)}
+    results = masks_to_results(image_id, sel.boxes, sel.scores, sel.labels, None, category_ids=mapping)
     for k, (res, crop, origin) in enumerate(zip(results, sel.crops, sel.origins), start=1):
         res["segmentation"] = crop_rle(crop, tuple(origin), height, width)
         res["object_id"] = k

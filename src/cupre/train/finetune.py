@@ -123,10 +123,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     )
     del stage_result
     validate(cfg.optim.iterations)
-    if distributed.is_main():
-        save_model(run.path("model.pt"), model, det_cfg, [{"id": 1, "name": "cell"}], stage=f"finetune:{cfg.init}")
-        last = history[-1] if history else {}
-        run.save_json({"history": history, "last": last}, "val_metrics.json")
+    save_model(run.path("model.pt"), model, det_cfg, [{"id": 1, "name": "cell"}], stage=f"finetune:{cfg.init}")
+    last = history[-1] if history else {}
+    run.save_json({"history": history, "last": last}, "val_metrics.json")
     run.close()
     return last
 
@@ -171,6 +170,8 @@ def main(args: argparse.Namespace) -> int:
     if not cfg.train:
         raise CupreError("finetune: --train DATA is required")
     last = run_finetune(cfg, out)
+    if not distributed.is_main():
+        return 0
     if last:
         print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
               f"(iteration {last['iteration']}, {out / 'val_metrics.json'})")

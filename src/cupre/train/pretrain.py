@@ -50,8 +50,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     unlabeled = UnlabeledImages(cfg.unlabeled)
     det_cfg = dataclasses.replace(cfg.detector, num_classes=len(coco.categories))
     common = dict(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every)
-    print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
-          f"{len(unlabeled)} unlabeled cell images, {cfg.amt2.rounds} AMT2 rounds, device {device}")
+    if distributed.is_main():
+        print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
+              f"{len(unlabeled)} unlabeled cell images, {cfg.amt2.rounds} AMT2 rounds, device {device}")
 
     model = build_detector(det_cfg).to(device)
     warm = Run(out / "warmup")
@@ -122,5 +123,6 @@ def main(args: argparse.Namespace) -> int:
         data["device"] = args.device
     cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))
     run_pretrain(cfg, out)
-    print(f"pretrained models in {out}: warmup/model.pt, amt2/coco++.pt, amt2/model.pt")
+    if distributed.is_main():
+        print(f"pretrained models in {out}: warmup/model.pt, amt2/coco++.pt, amt2/model.pt")
     return 0

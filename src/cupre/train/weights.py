@@ -9,14 +9,18 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
+from cupre.train import distributed
 from cupre.train.checkpoint import atomic_save, load_checkpoint
 
 
 def save_model(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig, categories: list[dict], **meta: Any) -> None:
-    """Write ``{"model", "detector", "categories", **meta}`` atomically."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"kind": "cupre-detector", "model": state, "detector": cfg.to_dict(),
-                 "categories": categories, **meta}, path)
+    """Write ``{"model", "detector", "categories", **meta}`` atomically (rank 0 writes,
+    every rank waits for it, so all can read the file afterwards)."""
+    if distributed.is_main():
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_save({"kind": "cupre-detector", "model": state, "detector": cfg.to_dict(),
+                     "categories": categories, **meta}, path)
+    distributed.barrier()
 
 
 def load_model_file(path: str | Path) -> dict[str, Any]:

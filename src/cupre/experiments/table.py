@@ -1,0 +1,186 @@
+"""results.csv and Table II: one row per evaluation, then mean ± std over seeds.
+
+Every seed of a (method, fraction) cell contributes the evaluation at its best
+**validation** iteration (by ``select_by``, earliest on ties); the test figure is the one
+at that same iteration. Test sets are scored on the checkpoint a cell keeps (its last
+iteration); when the validation-chosen iteration is an earlier one, the table shows the
+last iteration's test figure and marks it with a dagger.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+METRICS = tuple(f"{t}_{k}" for t in ("bbox", "segm") for k in FIGURES)
+KEYS = ("dataset", "method", "fraction", "seed")
+COLUMNS = (*KEYS, "iteration", "split", *METRICS)
+Key = tuple[str, str, float, int]
+
+
+def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
+    """Rows from finished cells: every history entry of ``val_metrics.json`` (split
+    ``val``) and ``test_metrics.json`` (split ``test``).
+
+    Args:
+        cells: ``(key, folder)`` pairs; ``key`` holds dataset, method, fraction, seed.
+    """
+    rows = []
+    for key, folder in cells:
+        for split, name in (("val", "val_metrics.json"), ("test", "test_metrics.json")):
+            path = Path(folder) / name
+            if not path.is_file() or not (Path(folder) / "model.pt").is_file():
+                continue
+            for entry in json.loads(path.read_text())["history"]:
+                row = {**key, "iteration": entry["iteration"], "split": split}
+                for t in ("bbox", "segm"):
+                    for k in FIGURES:
+                        row[f"{t}_{k}"] = entry.get(t, {}).get(k)
+                rows.append(row)
+    return rows
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows (metrics as fractions in [0, 1], -1 where undefined) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v)
+                         for k, v in row.items() if k in COLUMNS})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def read_results_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results.csv, typed (fraction float, seed/iteration int, metrics float or None)."""
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {"dataset": raw["dataset"], "method": raw["method"], "split": raw["split"],
+                                   "fraction": float(raw["fraction"]), "seed": int(raw["seed"]),
+                                   "iteration": int(raw["iteration"]) if raw["iteration"] else None}
+            row.update({m: float(raw[m]) if raw.get(m) else None for m in METRICS})
+            rows.append(row)
+    return rows
+
+
+def _value(row: dict[str, Any] | None, metric: str) -> float | None:
+    """A figure x100, or None where missing or undefined (-1)."""
+    v = None if row is None else row.get(metric)
+    return None if v is None or v < 0 else 100.0 * v
+
+
+def _score(row: dict[str, Any], metric: str) -> float:
+    v = _value(row, metric)
+    return -math.inf if v is None else v
+
+
+def select_best(rows: list[dict[str, Any]], select_by: str = "segm_AP") -> dict[Key, dict[str, Any]]:
+    """Per (dataset, method, fraction, seed): the best validation row, and the test row
+    at that iteration (``test_exact`` False when only another iteration was tested)."""
+    val, test = defaultdict(list), defaultdict(dict)
+    for r in rows:
+        key = tuple(r[k] for k in KEYS)
+        if r["split"] == "val":
+            val[key].append(r)
+        elif r["split"] == "test":
+            test[key][r["iteration"]] = r
+    chosen = {}
+    for key, rs in val.items():
+        best = max(rs, key=lambda r: (_score(r, select_by), -(r["iteration"] or 0)))
+        tested = test.get(key, {})
+        exact = best["iteration"] in tested
+        last = tested[max(tested, key=lambda i: i or 0)] if tested else None
+        chosen[key] = {"iteration": best["iteration"], "val": best,
+                       "test": tested[best["iteration"]] if exact else last, "test_exact": exact}
+    return chosen
+
+
+def summarize(rows: list[dict[str, Any]], select_by: str = "segm_AP") -> dict[tuple[str, str, float], dict]:
+    """Per (dataset, method, fraction): per-seed chosen figures (x100) and iterations."""
+    out: dict[tuple[str, str, float], dict] = {}
+    for (dataset, method, fraction, seed), c in sorted(select_best(rows, select_by).items()):
+        s = out.setdefault((dataset, method, fraction), {"seeds": [], "iterations": [], "exact": True,
+                                                         **{f"{sp}_{m}": [] for sp in ("val", "test")
+                                                            for m in METRICS}})
+        s["seeds"].append(seed)
+        s["iterations"].append(c["iteration"])
+        s["exact"] = s["exact"] and (c["test"] is None or c["test_exact"])
+        for m in METRICS:
+            s[f"val_{m}"].append(_value(c["val"], m))
+            s[f"test_{m}"].append(_value(c["test"], m))
+    return out
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (n-1) and count of the defined values."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return None
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def format_mean_std(values: list[float | None]) -> str:
+    ms = mean_std(values)
+    if ms is None:
+        return "n/a"
+    mean, std, n = ms
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f} (1 seed)"
+
+
+def ordered(values: Iterable, first: list) -> list:
+    """``first`` (those present) in its order, then the rest sorted."""
+    present = set(values)
+    return [v for v in first if v in present] + sorted(present - set(first))
+
+
+def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: str = "segm_AP") -> str:
+    """Table II in markdown: rows = methods, columns = fractions x (AP_bbox, AP_segm)."""
+    summary = summarize(rows, select_by)
+    if not summary:
+        return "### Table II\n\nno finished cells yet"
+    parts = []
+    for dataset in ordered((k[0] for k in summary), []):
+        cells = {(m, f): s for (d, m, f), s in summary.items() if d == dataset}
+        ms = ordered((m for m, _ in cells), methods)
+        fs = sorted({f for _, f in cells})
+        head = "| method | " + " | ".join(f"{100 * f:g}% AP_bbox | {100 * f:g}% AP_segm" for f in fs) + " |"
+        rule = "|---" * (1 + 2 * len(fs)) + "|"
+        parts.append(f"### Table II: {dataset}, AP (x100, LIVECell protocol), mean ± std over seeds\n")
+        parts.append(f"Validation; each seed at its best validation {select_by.replace('_', ' ')} iteration.\n")
+        parts += [head, rule] + [_row(m, fs, cells, "val") for m in ms]
+        if any(x is not None for s in cells.values() for x in s["test_bbox_AP"] + s["test_segm_AP"]):
+            parts += ["", "Test, at the iteration chosen on validation († test of the last iteration: the "
+                      "chosen one was earlier and its checkpoint is not kept).\n", head, rule]
+            parts += [_row(m, fs, cells, "test") for m in ms]
+        parts += ["", "Chosen iteration per seed.\n", "| method | " + " | ".join(f"{100 * f:g}%" for f in fs) + " |",
+                  "|---" * (1 + len(fs)) + "|"]
+        for m in ms:
+            its = [" / ".join(str(i) for i in cells[m, f]["iterations"]) if (m, f) in cells else "–" for f in fs]
+            parts.append(f"| {m} | " + " | ".join(its) + " |")
+        parts.append("")
+    parts.append("std: sample standard deviation over seeds (n-1); n/a: no defined figure.")
+    return "\n".join(parts)
+
+
+def _row(method: str, fractions: list[float], cells: dict, split: str) -> str:
+    out = []
+    for f in fractions:
+        s = cells.get((method, f))
+        for t in ("bbox", "segm"):
+            text = "–" if s is None else format_mean_std(s[f"{split}_{t}_AP"])
+            if s is not None and split == "test" and not s["exact"] and text != "n/a":
+                text += " †"
+            out.append(text)
+    return f"| {method} | " + " | ".join(out) + " |"
