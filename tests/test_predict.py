@@ -24,7 +24,7 @@ from cupre.inference.predict import expand_inputs, run_predict
 from cupre.inference.writers import crop_rle, paint_labels, roi_bytes, trace_outline
 from cupre.inference.tiling import Objects
 
-TINY = dict(backbone="resnet18", fpn_channels=32, min_size=256, max_size=512, rpn_pre_nms_top_n_train=300,
+TINY = dict(backbone="resnet18", fpn_channels=32, min_size=128, max_size=256, rpn_pre_nms_top_n_train=300,
             rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=200,
             box_batch_size_per_image=64, rpn_batch_size_per_image=64, detections_per_img=100)
 
@@ -60,6 +60,7 @@ def _discs(size: int, centres: list[tuple[int, int]], radius: int) -> np.ndarray
 def _train_tiny_model(folder: Path, path: Path) -> None:
     """A few SGD steps of a tiny detector on the labeled images, saved as a model file."""
     from cupre.data.formats import open_dataset
+    from cupre.data.sample import masks_to_boxes
     from cupre.models.detector import build_detector
     from cupre.train.weights import save_model
 
@@ -67,9 +68,14 @@ def _train_tiny_model(folder: Path, path: Path) -> None:
     cfg = DetectorConfig.from_dict(TINY)
     model = build_detector(cfg)
     data = open_dataset(folder, class_agnostic=True)
-    batch = [data[i] for i in range(len(data))]
-    images = [img.float() for img, _ in batch]
-    targets = [{k: t[k] for k in ("boxes", "labels", "masks")} for _, t in batch]
+    images, targets = [], []
+    for i in range(len(data)):  # a 128 px crop of each image keeps the steps cheap
+        image, target = data[i]
+        masks = target["masks"][:, 64:192, 64:192]
+        masks = masks[masks.flatten(1).any(1)]
+        images.append(image[:, 64:192, 64:192].float())
+        targets.append({"boxes": torch.from_numpy(masks_to_boxes(masks.numpy().astype(bool))),
+                        "labels": torch.ones(len(masks), dtype=torch.int64), "masks": masks})
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     model.train()
     for _ in range(3):

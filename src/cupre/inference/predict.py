@@ -11,11 +11,13 @@ For each image, in OUT (mirroring sub-folders of an input folder):
 * ``name_masks.tif``: instance label image, uint16 (uint32 past 65,535 objects), 0 is
   background; where masks overlap the higher-scoring object wins; id 1 has the highest score;
 * ``name_overlay.png``: outlines and ids over the normalised image;
-* ``name_objects.csv``: one row per id: score, area, centroid, box, mean raw intensity;
+* ``name_objects.csv``: one row per id: score, area, centroid, box, mean raw intensity,
+  category;
 * ``name_rois.zip`` (``--roi-zip``): one ImageJ polygon ROI per id.
 
-For the whole run: ``results_coco.json`` (COCO results, for ``cupre evaluate --gt GT
---dt OUT/results_coco.json``) and ``images.json`` (image id -> file, page, size). Image
+For the whole run: ``results_coco.json`` (COCO results with the detector's whole masks,
+each with the ``object_id`` of its label; for ``cupre evaluate --gt GT --dt
+OUT/results_coco.json``) and ``images.json`` (image id -> file, page, size). Image
 ids are 1..N over the inputs in sorted path order (pages in order), which is the order
 ``cupre convert`` numbers a label-image or BBBC038 folder.
 
@@ -267,7 +269,8 @@ def run_predict(
             restored afterwards; its ``categories`` default to one "cell" category).
         inputs: image files, folders and glob patterns.
         out: the output folder (created).
-        score_threshold, max_detections: detection filter (per image or per tile).
+        score_threshold, max_detections: detection filter (per image or per tile;
+            a built detector keeps its own detections_per_img).
         batch_size: images or tiles per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         tile_size, tile_overlap: tiling of large images (pixels).
@@ -285,6 +288,8 @@ def run_predict(
     from cupre.train.distributed import pick_device
 
     _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, scale)
+    if isinstance(model, (str, Path)):
+        resolve_model_file(model)  # a missing model is reported before anything else
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out))
     check_outputs(out, jobs, roi_zip=roi_zip, overwrite=overwrite)

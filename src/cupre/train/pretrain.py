@@ -99,6 +99,14 @@ def run_cells_moco(*, cfg: PretrainConfig, det_cfg, unlabeled, run: Run, categor
     save_model(run.path("model.pt"), model, det_cfg, categories, stage="cells-moco")
 
 
+def resolve_paths(data: dict, base: Path) -> dict:
+    """Dataset paths in a config file are relative to the file's folder."""
+    for key in ("coco", "unlabeled"):
+        if isinstance(data.get(key), list):
+            data[key] = [str(p) if Path(p).is_absolute() else str((base / p).resolve()) for p in data[key]]
+    return data
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML with PretrainConfig keys (see configs/)")
     p.add_argument("-o", "--out", required=True, help="output run folder")
@@ -118,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
         if not args.config:
             raise CupreError("pretrain: give a config YAML (e.g. configs/demo.yaml's `pretrain` part)")
         data = load_yaml(args.config)
-        data = data.get("pretrain", data)
+        data = resolve_paths(dict(data.get("pretrain", data)), Path(args.config).parent)
     if args.device:
         data["device"] = args.device
     cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))

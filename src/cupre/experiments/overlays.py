@@ -1,0 +1,139 @@
+"""Fig. 8: predicted instance outlines next to the ground truth on validation images.
+
+One PNG grid: a row per chosen validation image, a column for the ground truth (green)
+and one per method (magenta, detections scoring at least ``score_thresh``). Predictions
+come from each cell's ``predictions_val.json`` (its last validation pass). Images are
+chosen round-robin over cell types, so each imaging kind shows up before any repeats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from cupre.data.sample import ImageRecord
+from cupre.evaluation.results import segmentation_to_rle
+
+GT_COLOR = (0, 255, 0)
+PRED_COLOR = (255, 0, 255)
+LABEL_HEIGHT = 16
+
+
+def choose_images(records: list[ImageRecord], n: int) -> list[int]:
+    """Up to ``n`` image ids, round-robin over cell types (ids ascending within a type)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for rec in sorted(records, key=lambda r: r.image_id):
+        groups[str(rec.cell_type)].append(rec.image_id)
+    queues = [groups[k] for k in sorted(groups)]
+    chosen: list[int] = []
+    while len(chosen) < n and any(queues):
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return chosen
+
+
+def outline(image: np.ndarray, masks: np.ndarray, color: tuple[int, int, int], thickness: int = 1) -> np.ndarray:
+    """Draw instance boundaries on a copy of ``image``.
+
+    Args:
+        image: uint8 ``HxWx3``.
+        masks: bool or uint8 ``NxHxW`` (later instances drawn over earlier ones).
+        color: RGB of the outlines.
+        thickness: outline width in pixels.
+
+    Returns:
+        uint8 ``HxWx3``.
+    """
+    labels = np.zeros(image.shape[:2], dtype=np.int32)
+    for k, m in enumerate(masks, start=1):
+        labels[np.asarray(m, dtype=bool)] = k
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in (0, 1):
+        diff = np.diff(labels, axis=axis) != 0
+        lead = [slice(None)] * 2
+        lead[axis] = slice(1, None)
+        trail = [slice(None)] * 2
+        trail[axis] = slice(None, -1)
+        edge[tuple(lead)] |= diff
+        edge[tuple(trail)] |= diff
+    edge &= labels > 0
+    if thickness > 1:
+        edge = ndimage.binary_dilation(edge, iterations=thickness - 1) & (labels > 0)
+    out = image.copy()
+    out[edge] = color
+    return out
+
+
+def prediction_masks(results: list[dict], height: int, width: int, score_thresh: float) -> np.ndarray:
+    """Decoded masks ``NxHxW`` (uint8) of the results scoring at least ``score_thresh``."""
+    kept = sorted((r for r in results if r.get("score", 1.0) >= score_thresh and "segmentation" in r),
+                  key=lambda r: r.get("score", 1.0))
+    if not kept:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    rles = [segmentation_to_rle(r["segmentation"], height, width) for r in kept]
+    return np.moveaxis(mask_utils.decode(rles), -1, 0)
+
+
+def _panel(image: np.ndarray, title: str, size: int) -> Image.Image:
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    pic = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    panel = Image.new("RGB", (size, size + LABEL_HEIGHT), (255, 255, 255))
+    panel.paste(pic, (0, LABEL_HEIGHT))
+    ImageDraw.Draw(panel).text((2, 2), title, fill=(0, 0, 0))
+    return panel
+
+
+def render_overlays(val: str | Path, val_split: str | Path | None, predictions: dict[str, Path], path: Path, *,
+                    n_images: int = 4, score_thresh: float = 0.5, panel_size: int = 320) -> Path:
+    """Write the Fig. 8 grid for ``n_images`` validation images.
+
+    Args:
+        val: the validation dataset (any supported format).
+        val_split: split JSON selecting its validation images (None: all of them).
+        predictions: method name -> a COCO results JSON on ``val`` (``predictions_val.json``).
+        path: the PNG to write.
+        n_images: rows of the grid.
+        score_thresh: smallest score drawn.
+        panel_size: side of each panel in pixels.
+    """
+    from cupre.data.formats import open_dataset
+    from cupre.data.splits import load_split
+
+    ds = open_dataset(val, class_agnostic=True)
+    if val_split is not None:
+        ds = ds.subset(load_split(val_split)["image_ids"])
+    by_method = {}
+    for method, file in predictions.items():
+        grouped = defaultdict(list)
+        for r in json.loads(Path(file).read_text()) if Path(file).is_file() else []:
+            grouped[r["image_id"]].append(r)
+        by_method[method] = grouped
+    index = {r.image_id: i for i, r in enumerate(ds.records)}
+    rows = []
+    for image_id in choose_images(ds.records, n_images):
+        image, target = ds[index[image_id]]
+        rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        h, w = rgb.shape[:2]
+        thick = max(1, round(max(h, w) / panel_size))
+        gt = target["masks"].numpy()
+        panels = [_panel(outline(rgb, gt, GT_COLOR, thick), f"ground truth ({len(gt)})", panel_size)]
+        for method, grouped in by_method.items():
+            masks = prediction_masks(grouped.get(image_id, []), h, w, score_thresh)
+            panels.append(_panel(outline(rgb, masks, PRED_COLOR, thick), f"{method} ({len(masks)})", panel_size))
+        rows.append(panels)
+    cols = 1 + len(by_method)
+    sheet = Image.new("RGB", (cols * panel_size, max(1, len(rows)) * (panel_size + LABEL_HEIGHT)), (255, 255, 255))
+    for i, panels in enumerate(rows):
+        for j, panel in enumerate(panels):
+            sheet.paste(panel, (j * panel_size, i * (panel_size + LABEL_HEIGHT)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
