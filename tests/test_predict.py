@@ -72,7 +72,7 @@ def _train_tiny_model(folder: Path, path: Path) -> None:
     for i in range(len(data)):  # a 128 px crop of each image keeps the steps cheap
         image, target = data[i]
         masks = target["masks"][:, 64:192, 64:192]
-        masks = masks[masks.flatten(1).any(1)]
+        masks = masks[masks.flatten(1).any(1).bool()]
         images.append(image[:, 64:192, 64:192].float())
         targets.append({"boxes": torch.from_numpy(masks_to_boxes(masks.numpy().astype(bool))),
                         "labels": torch.ones(len(masks), dtype=torch.int64), "masks": masks})

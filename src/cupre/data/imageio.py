@@ -45,7 +45,7 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
                 elif im.mode in ("I;16", "I;16B", "I;16L"):
                     return np.array(im, dtype=np.uint16)
                 arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, IndexError, KeyError, EOFError) as exc:
         raise file_error(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise file_error(path, f"unsupported image shape {arr.shape}")

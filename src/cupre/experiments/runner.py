@@ -200,7 +200,9 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
 
 
 def dataset_name(d: DataConfig) -> str:
-    return d.name or Path(d.labeled).stem or "data"
+    """``name``, else the file or folder name (a generic ``annotations.json``: its folder's)."""
+    path = Path(d.labeled)
+    return d.name or (path.parent.name if path.stem == "annotations" else path.stem) or "data"
 
 
 def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path) -> PretrainConfig | None:
