@@ -349,6 +349,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         only_methods: run only these methods (the table still shows every finished cell).
         dry_run: print the plan and what is already done; write nothing.
     """
+    from cupre.experiments.table import collect_results, write_results_csv
     from cupre.train import distributed
     from cupre.train.finetune import run_finetune
     from cupre.train.pretrain import run_pretrain
@@ -377,6 +378,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         run_pretrain(pre, out / "pretrain")
         print(f"experiment: pre-training done after {time.time() - t0:.0f} s")
     device, gt_cache = distributed.pick_device(cfg.device), {}
+    everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
     for i, cell in enumerate(cells, start=1):
         ft = cell_config(cfg, cell, out / "pretrain")
         check_same_config(cell, ft)
@@ -386,8 +388,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         else:
             run_finetune(ft, cell.folder)
             print(f"{label}: done after {time.time() - t0:.0f} s")
-        evaluate_test(cell, device, cfg.finetune.eval_batch_size, gt_cache)
-    return report(cfg, out, plan_cells(cfg, targets, list(cfg.methods)))
+        if distributed.is_main():
+            evaluate_test(cell, device, cfg.finetune.eval_batch_size, gt_cache)
+            write_results_csv(collect_results([(c.key, c.folder) for c in everything]), out / "results.csv")
+    if not distributed.is_main():
+        return ""
+    return report(cfg, out, everything)
 
 
 def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:

@@ -1,0 +1,250 @@
+"""`cupre experiment`: the Table II grid end to end on tiny synthetic data, resuming,
+the table's statistics, the figures and the shipped configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cupre.cli import main as cli_main
+from cupre.data.synthetic import write_synthetic
+from cupre.errors import CupreError
+from cupre.experiments.overlays import choose_images, outline
+from cupre.experiments.runner import ExperimentConfig, load_experiment, pretrain_config
+from cupre.experiments.table import format_table2, read_results_csv, select_best
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+METHODS = ["scratch", "coco", "cupre"]
+FRACTIONS = [0.2, 0.5]
+SEEDS = [0, 1]
+DETECTOR = {"arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 32, "min_size": 64,
+            "max_size": 64, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 100,
+            "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32, "detections_per_img": 30}
+
+
+def _optim(iterations: int, batch: int) -> dict:
+    return {"iterations": iterations, "batch_size": batch, "optimizer": "adamw", "lr": 1e-3,
+            "warmup_iterations": 1, "crop_size": None}
+
+
+def tiny_config(root: Path) -> Path:
+    """Synthetic cells (10 images of 64 px) and a grid config using them."""
+    write_synthetic("cells", root / "cells", n_images=10, size=64, seed=0)
+    cfg = {
+        "pretrain": {
+            "detector": DETECTOR, "coco": [], "unlabeled": ["cells/images"], "warmup": _optim(2, 2),
+            "amt2": {"rounds": 1, "coco": _optim(2, 2),
+                     "moco": {"optim": {**_optim(2, 4), "crop_size": 32}, "dim": 16, "hidden_dim": 32,
+                              "queue_size": 16}},
+            "num_workers": 0,
+        },
+        "synthetic_objects": {"images": 6, "size": 64},  # the COCO stage is synthetic objects only
+        "data": {"labeled": "cells/annotations.json", "partition": [0.6, 0.2, 0.2]},
+        "fractions": FRACTIONS, "seeds": SEEDS, "methods": METHODS,
+        "finetune": {"optim": _optim(2, 2), "num_workers": 0},
+        "eval_every": 1, "device": "cpu", "overlays": {"images": 2, "methods": ["scratch", "cupre"]},
+    }
+    path = root / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("grid")
+    config = tiny_config(root)
+    assert cli_main(["experiment", str(config), "-o", str(root / "out")]) == 0
+    return config, root / "out"
+
+
+def cell_dir(out: Path, method: str, fraction: float, seed: int) -> Path:
+    return out / "cells" / method / f"f{fraction:g}" / f"s{seed}"
+
+
+def model_mtimes(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/*/*/model.pt"))}
+
+
+def test_results_csv_has_every_evaluation(grid):
+    _, out = grid
+    rows = read_results_csv(out / "results.csv")
+    got = {(r["method"], r["fraction"], r["seed"], r["split"], r["iteration"]) for r in rows}
+    want = {(m, f, s, "val", i) for m in METHODS for f in FRACTIONS for s in SEEDS for i in (1, 2)}
+    want |= {(m, f, s, "test", 2) for m in METHODS for f in FRACTIONS for s in SEEDS}
+    assert got == want and len(rows) == len(want)
+    assert {r["dataset"] for r in rows} == {"cells"}
+    for r in rows:  # the CSV holds exactly what the cells' metric files say
+        name = "val_metrics.json" if r["split"] == "val" else "test_metrics.json"
+        history = json.loads((cell_dir(out, r["method"], r["fraction"], r["seed"]) / name).read_text())["history"]
+        entry = next(h for h in history if h["iteration"] == r["iteration"])
+        assert r["segm_AP"] == pytest.approx(entry["segm"]["AP"], abs=1e-6)
+        assert r["bbox_AP50"] == pytest.approx(entry["bbox"]["AP50"], abs=1e-6)
+        assert -1 <= r["bbox_AP"] <= 1
+
+
+def test_splits_are_written_once_and_used_by_the_cells(grid):
+    _, out = grid
+    ids = {p: json.loads((out / "splits" / f"{p}.json").read_text())["image_ids"] for p in ("train", "val", "test")}
+    assert sorted(sum(ids.values(), [])) == list(range(1, 11))  # disjoint and covering
+    for seed in SEEDS:
+        small, large = (set(json.loads((out / "splits" / f"f{f:g}-s{seed}.json").read_text())["image_ids"])
+                        for f in FRACTIONS)
+        assert small and small <= large <= set(ids["train"])
+        for method in METHODS:
+            used = json.loads((cell_dir(out, method, 0.2, seed) / "split.json").read_text())["image_ids"]
+            assert set(used) == small
+    cfg = yaml.safe_load((cell_dir(out, "coco", 0.5, 1) / "config.yaml").read_text())
+    assert cfg["init"] == "coco" and cfg["seed"] == 1 and cfg["eval_every"] == 1
+    assert cfg["detector"]["backbone"] == "resnet18" and cfg["val_split"].endswith("val.json")
+    assert (out / "data" / "objects" / "annotations.json").is_file()  # synthetic_objects padding
+    assert not (out / "pretrain" / "cells-moco").exists()  # not requested by `methods`
+
+
+def test_table2_has_every_method_and_fraction(grid):
+    _, out = grid
+    text = (out / "table2.md").read_text()
+    assert "20% AP_bbox" in text and "50% AP_segm" in text and "Test" in text
+    for method in METHODS:
+        lines = [line for line in text.splitlines() if line.startswith(f"| {method} |")]
+        assert len(lines) == 3  # validation, test, chosen iterations
+        cells = [c.strip() for c in lines[0].strip("|").split("|")[1:]]
+        assert len(cells) == 4 and all("±" in c for c in cells)
+
+
+def test_figures_are_pngs(grid):
+    _, out = grid
+    for name in ("fig3_ap_vs_iterations", "fig4_ap_vs_fraction", "fig6_ablations", "fig8_overlays"):
+        with Image.open(out / "figures" / f"{name}.png") as im:
+            im.load()
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+    with Image.open(out / "figures" / "fig8_overlays.png") as im:
+        assert im.width == 3 * 320  # ground truth + two methods
+
+
+def test_rerun_skips_finished_cells(grid):
+    config, out = grid
+    before = model_mtimes(out)
+    splits = {p: p.read_bytes() for p in (out / "splits").glob("*.json")}
+    csv_before = (out / "results.csv").read_text()
+    assert len(before) == len(METHODS) * len(FRACTIONS) * len(SEEDS)
+    assert cli_main(["experiment", str(config), "-o", str(out)]) == 0
+    assert model_mtimes(out) == before
+    assert {p: p.read_bytes() for p in (out / "splits").glob("*.json")} == splits
+    assert (out / "results.csv").read_text() == csv_before
+
+
+def test_interrupted_cell_is_the_only_one_rerun(grid):
+    config, out = grid
+    victim = cell_dir(out, "cupre", 0.5, 1)
+    for name in ("val_metrics.json", "model.pt", "state.pt", "test_metrics.json"):
+        (victim / name).unlink()
+    before = model_mtimes(out)
+    assert cli_main(["experiment", str(config), "-o", str(out)]) == 0
+    after = model_mtimes(out)
+    assert (victim / "model.pt") in after and (victim / "val_metrics.json").is_file()
+    assert {p: t for p, t in after.items() if p != victim / "model.pt"} == before
+    rows = read_results_csv(out / "results.csv")
+    assert sum(r["method"] == "cupre" and r["fraction"] == 0.5 and r["seed"] == 1 for r in rows) == 3
+
+
+def test_dry_run_writes_nothing(grid, tmp_path, capsys):
+    config, _ = grid
+    assert cli_main(["experiment", str(config), "-o", str(tmp_path / "new"), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()
+    assert capsys.readouterr().out.count(": to run") == len(METHODS) * len(FRACTIONS) * len(SEEDS)
+
+
+def test_bad_configs_fail_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("fractionz: [0.1]\ndata: {labeled: x.json}\n")
+    with pytest.raises(CupreError) as err:
+        load_experiment(path)
+    assert "fractionz" in str(err.value) and "valid keys" in str(err.value) and "fractions" in str(err.value)
+    assert cli_main(["experiment", str(path), "-o", str(tmp_path / "o")]) == 2
+    assert "fractionz" in capsys.readouterr().err
+    path.write_text("data: {labeled: x.json}\nfinetune: {seed: 3}\n")
+    with pytest.raises(CupreError, match="finetune.seed is set by the experiment runner"):
+        load_experiment(path)
+    path.write_text("data: {labeled: x.json, partition: [1.0]}\n")
+    with pytest.raises(CupreError, match="validation set"):
+        load_experiment(path)
+    path.write_text("data: {labeled: x.json}\nmethods: [scratch, moco]\n")
+    with pytest.raises(CupreError, match="'moco' is not one of"):
+        load_experiment(path)
+
+
+def test_pretrain_parts_follow_the_methods(tmp_path):
+    cfg = ExperimentConfig.from_dict({"synthetic_objects": {"images": 5}, "pretrain": {"coco": ["c.json"]}})
+    assert pretrain_config(cfg, ["scratch"], tmp_path) is None
+    pre = pretrain_config(cfg, ["scratch", "cells-moco", "cupre"], tmp_path)
+    assert pre.cells_moco and not pre.nol2sp
+    assert pre.coco == ["c.json", str(tmp_path / "data" / "objects" / "annotations.json")]
+    assert pretrain_config(cfg, ["cupre-nol2sp"], tmp_path).nol2sp
+
+
+def _row(method, seed, iteration, split, bbox, segm):
+    return {"dataset": "d", "method": method, "fraction": 0.1, "seed": seed, "iteration": iteration,
+            "split": split, "bbox_AP": bbox, "segm_AP": segm}
+
+
+def test_table_selects_on_validation_and_averages_seeds():
+    rows = []
+    for seed, (early, late) in enumerate([(0.30, 0.20), (0.10, 0.40), (0.50, 0.50)]):
+        rows += [_row("cupre", seed, 100, "val", 0.9, early), _row("cupre", seed, 200, "val", 0.0, late)]
+        rows.append(_row("cupre", seed, 200, "test", 0.60 + 0.1 * seed, 0.05))
+    best = select_best(rows, "segm_AP")
+    assert [best["d", "cupre", 0.1, s]["iteration"] for s in range(3)] == [100, 200, 100]  # tie: earliest
+    text = format_table2(rows, methods=["cupre"], select_by="segm_AP")
+    val, test, its = [line for line in text.splitlines() if line.startswith("| cupre |")]
+    # segm at the chosen iterations: 30, 40, 50 -> 40.0 ± 10.0; bbox there: 90, 0, 90
+    assert "| 60.0 ± 52.0 | 40.0 ± 10.0 |" in val
+    assert "70.0 ± 10.0 †" in test  # seeds 0 and 2 chose an untested iteration
+    assert "100 / 200 / 100" in its
+
+
+def test_outline_and_image_choice():
+    image = np.zeros((9, 9, 3), dtype=np.uint8)
+    mask = np.zeros((1, 9, 9), dtype=bool)
+    mask[0, 2:7, 2:7] = True
+    drawn = outline(image, mask, (255, 0, 255))
+    painted = drawn.any(axis=2)
+    ring = mask[0] & ~np.pad(mask[0, 1:-1, 1:-1] & mask[0, :-2, 1:-1] & mask[0, 2:, 1:-1]
+                             & mask[0, 1:-1, :-2] & mask[0, 1:-1, 2:], 1)
+    assert np.array_equal(painted, ring) and painted.sum() == 16
+
+    class Rec:
+        def __init__(self, i, t):
+            self.image_id, self.cell_type = i, t
+
+    recs = [Rec(1, "a"), Rec(2, "a"), Rec(3, "b"), Rec(4, "a"), Rec(5, "c")]
+    assert choose_images(recs, 4) == [1, 3, 5, 2]
+
+
+def test_paper_config_parses_and_builds():
+    from cupre.models.detector import CupreDetector, build_detector
+
+    cfg = load_experiment(CONFIGS / "paper-livecell.yaml")
+    det = cfg.pretrain.detector
+    assert (det.arch, det.backbone) == ("cascade", "resnest200e")
+    warmup = cfg.pretrain.warmup
+    assert cfg.pretrain.amt2.rounds == 10 and warmup.iterations * warmup.batch_size >= 4 * 118_000
+    assert [d.name for d in cfg.data] == ["livecell", "bbbc038"]
+    assert cfg.fractions == [0.05, 0.1, 0.15, 0.2] and cfg.data[1].partition == (0.8, 0.1, 0.1)
+    assert cfg.data[0].test.endswith("livecell_coco_test.json") and len(cfg.methods) == 7
+    assert len(cfg.pretrain.unlabeled) >= 10 and all(Path(p).is_absolute() for p in cfg.pretrain.unlabeled)
+    assert isinstance(build_detector(det), CupreDetector)
+
+
+def test_bbbc038_configs_point_at_the_shared_data(shared_data):
+    for name, methods in (("bbbc038-fewshot", 7), ("bbbc038-cpu", 3)):
+        cfg = load_experiment(CONFIGS / f"{name}.yaml")
+        assert Path(cfg.data[0].labeled) == (shared_data / "bbbc038" / "stage1_train").resolve()
+        assert all(Path(p).exists() for p in cfg.pretrain.coco + cfg.pretrain.unlabeled)
+        assert len(cfg.methods) == methods
