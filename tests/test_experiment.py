@@ -3,7 +3,6 @@ the table's statistics, the figures and the shipped configs."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 

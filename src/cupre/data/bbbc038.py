@@ -14,7 +14,6 @@ numbered 1..N. Folders without ``masks/`` (the stage-1 test set) have no instanc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ from cupre.data.imageio import IMAGE_SUFFIXES, Normalization, read_image
 from cupre.data.label_images import image_size
 from cupre.data.sample import CELL_CATEGORIES, ImageRecord, InstanceDataset, RawInstances
 from cupre.errors import file_error, warn_or_raise
+from cupre.fileio import read_json
 
 SUMMARY_NAME = "summary.json"
 
@@ -36,12 +36,7 @@ def load_summary(path: str | Path) -> dict[str, dict]:
         CupreError: the file is missing, not JSON, or not a list of ``{"id", "kind"}``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "summary file not found")
-    try:
-        entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"not valid JSON ({exc})") from None
+    entries = read_json(path, missing="summary file not found")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "id" in e for e in entries):
         raise file_error(path, "expected a JSON list of objects with 'id' and 'kind'")
     return {str(e["id"]): e for e in entries}

@@ -18,7 +18,6 @@ the part before the first underscore.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from cupre.data.imageio import Normalization, read_image
 from cupre.data.label_images import image_size
 from cupre.data.sample import ImageRecord, InstanceDataset, RawInstances
 from cupre.errors import file_error, warn_or_raise
+from cupre.fileio import read_json
 
 LIVECELL_NAME = re.compile(r"^([A-Za-z0-9]+)_Phase_[A-Z]\d+_\d+_\d+d\d+h\d+m_\d+\.tiff?$")
 
@@ -38,15 +38,7 @@ LIVECELL_NAME = re.compile(r"^([A-Za-z0-9]+)_Phase_[A-Z]\d+_\d+_\d+d\d+h\d+m_\d+
 def load_coco_json(path: str | Path) -> dict[str, Any]:
     """Read a COCO instances JSON with one-line errors for every way it can be wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "annotation file not found")
-    try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise file_error(path, f"cannot read JSON ({exc.__class__.__name__}: {exc})") from None
+    data = read_json(path, missing="annotation file not found")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise file_error(path, "not a COCO instances file (expected an object with an 'images' list)")
     anns = data.get("annotations", [])

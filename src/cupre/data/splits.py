@@ -32,6 +32,7 @@ import numpy as np
 
 from cupre.data.sample import ImageRecord
 from cupre.errors import CupreError, file_error
+from cupre.fileio import read_json
 
 UNKNOWN_TYPE = "unknown"
 
@@ -175,12 +176,7 @@ def load_split(path: str | Path) -> dict:
         CupreError: missing file, not JSON, or not a split file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "split file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"split file is not valid JSON ({exc})") from None
+    data = read_json(path, missing="split file not found")
     if not isinstance(data, dict) or ("image_ids" not in data and "parts" not in data):
         raise file_error(path, "not a cupre split file (expected an 'image_ids' list or a 'parts' mapping)")
     lists = {"image_ids": data.get("image_ids")} if "image_ids" in data else {}

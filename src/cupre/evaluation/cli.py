@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from cupre.errors import file_error
+from cupre.fileio import read_json
 from cupre.evaluation.livecell import PROTOCOLS, evaluate, format_table
 from cupre.evaluation.results import load_results
 
@@ -48,10 +49,7 @@ def load_ground_truth(path: Path) -> dict:
     if not path.exists():
         raise file_error(path, "ground truth not found")
     if path.is_file() and path.suffix.lower() == ".json":
-        try:
-            gt = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise file_error(path, f"not valid JSON ({exc})") from None
+        gt = read_json(path)
         _check_ground_truth(gt, path)
         return gt
     from cupre.data.convert import dataset_to_coco

@@ -15,7 +15,6 @@ without ``bbox`` gets the box of its mask.
 
 from __future__ import annotations
 
-import json
 import math
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from faster_coco_eval.core import mask as mask_api
 from pycocotools import mask as pycoco_mask
 
 from cupre.errors import CupreError, file_error
+from cupre.fileio import read_json
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
 _RLE_CHUNK = 2048
@@ -52,12 +52,7 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
             ``score``, or a malformed segmentation.
     """
     path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "results file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"not valid JSON ({exc})") from None
+    data = read_json(path, missing="results file not found")
     if not isinstance(data, list):
         raise file_error(path, f"a COCO results file is a JSON list of detections, found a {type(data).__name__}")
     return check_results(data, gt, source=path)
