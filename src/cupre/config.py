@@ -241,6 +241,8 @@ class FinetuneConfig(ConfigBase):
     fraction: float | None = None  # or: make the split here
     val: str | None = None
     val_split: str | None = None  # split JSON selecting the validation images of `val`
+    test: str | None = None  # scored at every evaluation too (never used to choose anything)
+    test_split: str | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=2000))
     l2sp: L2SPConfig = field(default_factory=lambda: L2SPConfig(alpha=0.5, weight=1e-4))  # cupre++
     eval_every: int = 500

@@ -9,7 +9,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/pretrain/                            one `cupre pretrain` run shared by every cell
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
-    OUT/cells/<method>/f<fraction>/s<seed>/  one `cupre finetune` run (+ test_metrics.json)
+    OUT/cells/<method>/f<fraction>/s<seed>/  one `cupre finetune` run (val and test scored as it goes)
     OUT/results.csv                          every evaluation row, rebuilt from the cells
     OUT/table2.md                            Table II (iteration chosen on validation only)
     OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper
@@ -285,7 +285,9 @@ def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> Finetu
     data.update(
         init=cell.method, pretrain_dir=None if cell.method == "scratch" else str(pretrain_dir),
         train=cell.target.labeled, split=str(cell.split_file), fraction=None, val=cell.target.val,
-        val_split=str(cell.target.val_split) if cell.target.val_split else None, seed=cell.seed,
+        val_split=str(cell.target.val_split) if cell.target.val_split else None,
+        test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
+        seed=cell.seed,
         device=cfg.device, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
     )
     return FinetuneConfig.from_dict(data, where=f"cell {cell.folder}")
@@ -302,32 +304,6 @@ def check_same_config(cell: Cell, ft: FinetuneConfig) -> None:
     if diff:
         raise CupreError(f"{saved}: this cell was run with other settings ({', '.join(diff)}); "
                          "use another -o or delete the cell folder")
-
-
-def evaluate_test(cell: Cell, device, batch_size: int, gt_cache: dict) -> None:
-    """Score the cell's final checkpoint on the test set into ``test_metrics.json`` (once)."""
-    from cupre.data.convert import dataset_to_coco
-    from cupre.data.formats import open_dataset
-    from cupre.data.splits import load_split
-    from cupre.evaluation.livecell import evaluate
-    from cupre.evaluation.model_eval import predict_dataset
-    from cupre.train.weights import build_from_file
-
-    path = cell.folder / "test_metrics.json"
-    if cell.target.test is None or path.is_file():
-        return
-    if cell.target.name not in gt_cache:
-        test = open_dataset(cell.target.test, class_agnostic=True)
-        if cell.target.test_split is not None:
-            test = test.subset(load_split(cell.target.test_split)["image_ids"])
-        gt_cache[cell.target.name] = (test, dataset_to_coco(test))
-    test, gt = gt_cache[cell.target.name]
-    model, _, _ = build_from_file(cell.folder / "model.pt")
-    metrics = evaluate(gt, predict_dataset(model.to(device), test, device=device, batch_size=batch_size))
-    history = json.loads((cell.folder / "val_metrics.json").read_text())["history"]
-    iteration = history[-1]["iteration"] if history else None
-    entry = {"iteration": iteration, "bbox": metrics["bbox"], "segm": metrics.get("segm", {})}
-    write_text_atomic(path, json.dumps({"checkpoint": "model.pt", "history": [entry]}, indent=2))
 
 
 def plan_cells(cfg: ExperimentConfig, targets: list[Target], methods: list[str]) -> list[Cell]:
@@ -377,7 +353,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
             write_synthetic_objects(cfg.synthetic_objects, out / "data" / "objects")
         run_pretrain(pre, out / "pretrain")
         print(f"experiment: pre-training done after {time.time() - t0:.0f} s")
-    device, gt_cache = distributed.pick_device(cfg.device), {}
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
     for i, cell in enumerate(cells, start=1):
         ft = cell_config(cfg, cell, out / "pretrain")
@@ -389,7 +364,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
             run_finetune(ft, cell.folder)
             print(f"{label}: done after {time.time() - t0:.0f} s")
         if distributed.is_main():
-            evaluate_test(cell, device, cfg.finetune.eval_batch_size, gt_cache)
             write_results_csv(collect_results([(c.key, c.folder) for c in everything]), out / "results.csv")
     if not distributed.is_main():
         return ""

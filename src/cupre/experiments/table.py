@@ -2,9 +2,7 @@
 
 Every seed of a (method, fraction) cell contributes the evaluation at its best
 **validation** iteration (by ``select_by``, earliest on ties); the test figure is the one
-at that same iteration. Test sets are scored on the checkpoint a cell keeps (its last
-iteration); when the validation-chosen iteration is an earlier one, the table shows the
-last iteration's test figure and marks it with a dagger.
+at that same iteration (fine-tuning scores the test set at every evaluation).
 """
 
 from __future__ import annotations
@@ -29,22 +27,24 @@ Key = tuple[str, str, float, int]
 
 def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
     """Rows from finished cells: every history entry of ``val_metrics.json`` (split
-    ``val``) and ``test_metrics.json`` (split ``test``).
+    ``val``, and split ``test`` where the entry holds a test score).
 
     Args:
         cells: ``(key, folder)`` pairs; ``key`` holds dataset, method, fraction, seed.
     """
     rows = []
     for key, folder in cells:
-        for split, name in (("val", "val_metrics.json"), ("test", "test_metrics.json")):
-            path = Path(folder) / name
-            if not path.is_file() or not (Path(folder) / "model.pt").is_file():
-                continue
-            for entry in json.loads(path.read_text())["history"]:
+        path = Path(folder) / "val_metrics.json"
+        if not path.is_file() or not (Path(folder) / "model.pt").is_file():
+            continue
+        for entry in json.loads(path.read_text())["history"]:
+            for split, scores in (("val", entry), ("test", entry.get("test"))):
+                if scores is None:
+                    continue
                 row = {**key, "iteration": entry["iteration"], "split": split}
                 for t in ("bbox", "segm"):
                     for k in FIGURES:
-                        row[f"{t}_{k}"] = entry.get(t, {}).get(k)
+                        row[f"{t}_{k}"] = scores.get(t, {}).get(k)
                 rows.append(row)
     return rows
 
@@ -88,7 +88,7 @@ def _score(row: dict[str, Any], metric: str) -> float:
 
 def select_best(rows: list[dict[str, Any]], select_by: str = "segm_AP") -> dict[Key, dict[str, Any]]:
     """Per (dataset, method, fraction, seed): the best validation row, and the test row
-    at that iteration (``test_exact`` False when only another iteration was tested)."""
+    at that iteration (None without a test set)."""
     val, test = defaultdict(list), defaultdict(dict)
     for r in rows:
         key = tuple(r[k] for k in KEYS)
@@ -99,11 +99,7 @@ def select_best(rows: list[dict[str, Any]], select_by: str = "segm_AP") -> dict[
     chosen = {}
     for key, rs in val.items():
         best = max(rs, key=lambda r: (_score(r, select_by), -(r["iteration"] or 0)))
-        tested = test.get(key, {})
-        exact = best["iteration"] in tested
-        last = tested[max(tested, key=lambda i: i or 0)] if tested else None
-        chosen[key] = {"iteration": best["iteration"], "val": best,
-                       "test": tested[best["iteration"]] if exact else last, "test_exact": exact}
+        chosen[key] = {"iteration": best["iteration"], "val": best, "test": test[key].get(best["iteration"])}
     return chosen
 
 
@@ -111,12 +107,11 @@ def summarize(rows: list[dict[str, Any]], select_by: str = "segm_AP") -> dict[tu
     """Per (dataset, method, fraction): per-seed chosen figures (x100) and iterations."""
     out: dict[tuple[str, str, float], dict] = {}
     for (dataset, method, fraction, seed), c in sorted(select_best(rows, select_by).items()):
-        s = out.setdefault((dataset, method, fraction), {"seeds": [], "iterations": [], "exact": True,
+        s = out.setdefault((dataset, method, fraction), {"seeds": [], "iterations": [],
                                                          **{f"{sp}_{m}": [] for sp in ("val", "test")
                                                             for m in METRICS}})
         s["seeds"].append(seed)
         s["iterations"].append(c["iteration"])
-        s["exact"] = s["exact"] and (c["test"] is None or c["test_exact"])
         for m in METRICS:
             s[f"val_{m}"].append(_value(c["val"], m))
             s[f"test_{m}"].append(_value(c["test"], m))
@@ -161,8 +156,7 @@ def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: 
         parts.append(f"Validation; each seed at its best validation {select_by.replace('_', ' ')} iteration.\n")
         parts += [head, rule] + [_row(m, fs, cells, "val") for m in ms]
         if any(x is not None for s in cells.values() for x in s["test_bbox_AP"] + s["test_segm_AP"]):
-            parts += ["", "Test, at the iteration chosen on validation († test of the last iteration: the "
-                      "chosen one was earlier and its checkpoint is not kept).\n", head, rule]
+            parts += ["", "Test, at the iteration chosen on validation.\n", head, rule]
             parts += [_row(m, fs, cells, "test") for m in ms]
         parts += ["", "Chosen iteration per seed.\n", "| method | " + " | ".join(f"{100 * f:g}%" for f in fs) + " |",
                   "|---" * (1 + len(fs)) + "|"]
@@ -179,8 +173,5 @@ def _row(method: str, fractions: list[float], cells: dict, split: str) -> str:
     for f in fractions:
         s = cells.get((method, f))
         for t in ("bbox", "segm"):
-            text = "–" if s is None else format_mean_std(s[f"{split}_{t}_AP"])
-            if s is not None and split == "test" and not s["exact"] and text != "n/a":
-                text += " †"
-            out.append(text)
+            out.append("–" if s is None else format_mean_std(s[f"{split}_{t}_AP"]))
     return f"| {method} | " + " | ".join(out) + " |"

@@ -63,9 +63,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     run.save_json({"dataset": str(cfg.train), "image_ids": ids,
                    "files": [str(r.file) for r in train_all.subset(ids).records]}, "split.json")
     train = train_all.subset(ids)
-    val = open_dataset(cfg.val, class_agnostic=True) if cfg.val else None
-    if val is not None and cfg.val_split is not None:
-        val = val.subset(load_split(cfg.val_split)["image_ids"])
+    val = _held_out(cfg.val, cfg.val_split)
+    test = _held_out(cfg.test, cfg.test_split)
 
     model, det_cfg, reference = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
@@ -85,22 +84,27 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
                                 for p in ref)}
 
     gt = dataset_to_coco(val) if val is not None else None
-    last: dict = {}
+    gt_test = dataset_to_coco(test) if test is not None else None
+
+    def score(dataset, truth, split: str, iteration: int) -> dict:
+        results = predict_dataset(model, dataset, device=device, batch_size=cfg.eval_batch_size)
+        metrics = evaluate(truth, results, protocol="livecell")
+        run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
+        run.save_json(results, f"predictions_{split}.json")
+        return {"bbox": metrics["bbox"], "segm": metrics["segm"]}
 
     def validate(iteration: int) -> None:
-        nonlocal last
+        """Score validation (and test) every ``eval_every`` iterations and at the end."""
         if val is None or not distributed.is_main():
             return
         if iteration % cfg.eval_every and iteration != cfg.optim.iterations:
             return
         if any(h["iteration"] == iteration for h in history):
             return
-        results = predict_dataset(model, val, device=device, batch_size=cfg.eval_batch_size)
-        metrics = evaluate(gt, results, protocol="livecell")
-        last = {"iteration": iteration, "bbox": metrics["bbox"], "segm": metrics["segm"]}
-        history.append(last)
-        run.log("val", iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
-        run.save_json(results, "predictions_val.json")
+        entry = {"iteration": iteration, **score(val, gt, "val", iteration)}
+        if test is not None:
+            entry["test"] = score(test, gt_test, "test", iteration)
+        history.append(entry)
 
     stage_result = run_stage(
         stage="finetune",
@@ -130,6 +134,14 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     return last
 
 
+def _held_out(path: str | None, split: str | None):
+    """A validation or test set: a dataset, optionally restricted to a split file's images."""
+    if path is None:
+        return None
+    dataset = open_dataset(path, class_agnostic=True)
+    return dataset.subset(load_split(split)["image_ids"]) if split is not None else dataset
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it)")
     p.add_argument("--init", help="scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++")
@@ -139,6 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
     p.add_argument("--val", help="validation dataset")
     p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
+    p.add_argument("--test", help="test dataset, scored at every evaluation (never used for choices)")
+    p.add_argument("--test-split", help="split JSON selecting the test images of --test")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -159,7 +173,8 @@ def main(args: argparse.Namespace) -> int:
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         data = load_yaml(args.config) if args.config else {}
         flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
-                "fraction": args.fraction, "val": args.val, "val_split": args.val_split, "seed": args.seed, "device": args.device}
+                "fraction": args.fraction, "val": args.val, "val_split": args.val_split,
+                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device}
         data.update({k: v for k, v in flat.items() if v is not None})
         optim = dict(data.get("optim", {}))
         for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):
