@@ -60,7 +60,8 @@ def run_amt2(
     if resume is not None:
         model.load_state_dict(resume["model"])
         moco.load_state_dict(resume["moco"])
-        done, w0 = set(resume["done"]), resume["w0"]
+        done = set(resume["done"])
+        w0 = {k: v.to(device) for k, v in resume["w0"].items()} if resume["w0"] is not None else None
 
     def extra_state() -> dict:
         return {"model": model.state_dict(), "moco": moco.state_dict(), "w0": w0, "done": sorted(done)}
