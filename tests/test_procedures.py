@@ -215,3 +215,22 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
     assert cli(args) == 2
     assert "not empty" in capsys.readouterr().err
     assert cli(["finetune", "--init", "coco", "-o", str(tmp_path / "x"), "--resume"]) == 2
+
+
+def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, pretrained, tmp_path, monkeypatch):
+    real_loop = stage_module.train_loop
+
+    def killed_loop(**kw):
+        if kw["stage"] == "amt2/round2/coco":  # between AMT2 steps: round 2's MoCo step is done
+            raise KeyboardInterrupt
+        return real_loop(**kw)
+
+    monkeypatch.setattr(stage_module, "train_loop", killed_loop)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(pretrain_cfg(domains), tmp_path)
+    assert not (tmp_path / "amt2" / "model.pt").exists()
+    assert torch.load(tmp_path / "amt2" / "state.pt", weights_only=False)["stage"] == "amt2/round2/moco:done"
+    monkeypatch.setattr(stage_module, "train_loop", real_loop)
+    run_pretrain(pretrain_cfg(domains), tmp_path)
+    resumed, straight = _state(tmp_path / "amt2/model.pt"), _state(pretrained / "amt2/model.pt")
+    assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5) for k in straight)

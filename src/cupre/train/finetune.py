@@ -28,7 +28,8 @@ from cupre.train import distributed
 from cupre.train.inits import build_init
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.checkpoint import seed_everything
+from cupre.train.stage import StateFile, detection_step, run_stage, stage_seed
 from cupre.train.weights import save_model
 
 
@@ -66,6 +67,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     val = _held_out(cfg.val, cfg.val_split)
     test = _held_out(cfg.test, cfg.test_split)
 
+    seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
     model, det_cfg, reference = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
     state_file = StateFile(run.path("state.pt"))

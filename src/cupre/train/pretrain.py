@@ -30,7 +30,8 @@ from cupre.train.amt2 import run_amt2
 from cupre.train.coco import run_coco_warmup
 from cupre.train.moco import build_moco, run_moco_stage
 from cupre.train.run import Run
-from cupre.train.stage import StateFile
+from cupre.train.checkpoint import seed_everything
+from cupre.train.stage import StateFile, stage_seed
 from cupre.train.weights import save_model
 
 
@@ -54,6 +55,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
               f"{len(unlabeled)} unlabeled cell images, {cfg.amt2.rounds} AMT2 rounds, device {device}")
 
+    seed_everything(stage_seed(cfg.seed, "init"))  # the Kaiming initialisation is part of the run
     model = build_detector(det_cfg).to(device)
     warm = Run(out / "warmup")
     run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg, run=warm, **common)
@@ -84,6 +86,7 @@ def run_cells_moco(*, cfg: PretrainConfig, det_cfg, unlabeled, run: Run, categor
 
     if run.path("model.pt").is_file():
         return
+    seed_everything(stage_seed(seed, "cells-moco/init"))
     model = build_detector(det_cfg).to(device)
     moco_cfg = dataclasses.replace(
         cfg.amt2.moco, optim=dataclasses.replace(cfg.amt2.moco.optim, iterations=cfg.amt2.moco.optim.iterations * cfg.amt2.rounds)
