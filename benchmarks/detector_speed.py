@@ -4,7 +4,7 @@ Models: ``build_detector`` with backbone resnet50 and ``frozen_bn`` (same archit
 torchvision's stock model: plain FPN, TwoMLPHead) or ``gn`` (GroupNorm everywhere,
 4conv1fc box head), and torchvision's ``maskrcnn_resnet50_fpn(weights=None,
 weights_backbone=None)`` with one foreground class. All keep the images at their size
-(``min_size``/``max_size`` = H/W).
+(cupre never resizes; the stock model gets ``min_size``/``max_size`` = H/W).
 
 * Training: images/s of a full SGD step (forward, backward, update) on generated
   LIVECell-sized images (704x520) with 300 cells each, batch 8; fp32, and bf16 autocast
@@ -80,7 +80,7 @@ def make_batch(s: Setting, batch: int, device: torch.device, seed: int = 0) -> t
 
 def model_builders(s: Setting) -> dict[str, Callable[[], torch.nn.Module]]:
     """Constructors of the three models, with the inference settings that force detections."""
-    common = dict(min_size=s.height, max_size=s.width, rpn_pre_nms_top_n_test=max(3000, s.detections),
+    common = dict(rpn_pre_nms_top_n_test=max(3000, s.detections),
                   rpn_post_nms_top_n_test=s.detections, box_score_thresh=0.0, box_nms_thresh=1.0,
                   detections_per_img=s.detections)
 

@@ -32,7 +32,7 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     text = (tmp_path / "results.md").read_text()
     assert all(f"| {init} |" in text for init in table)
     assert "| init |" in capsys.readouterr().out
-    for part in ("warmup/model.pt", "amt2/coco++.pt", "amt2/model.pt"):
+    for part in ("warmup/model.pt", "coco/model.pt", "amt2/model.pt"):
         assert (tmp_path / "pretrain" / part).is_file()
     # a second run reuses every finished part
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.pt")}

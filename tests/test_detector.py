@@ -23,8 +23,6 @@ def tiny_config(**overrides) -> DetectorConfig:
     values = dict(
         backbone="resnet18",
         fpn_channels=32,
-        min_size=128,
-        max_size=160,
         rpn_pre_nms_top_n_train=200,
         rpn_post_nms_top_n_train=100,
         rpn_pre_nms_top_n_test=200,
@@ -236,3 +234,18 @@ def test_degenerate_boxes_are_rejected(model):
     model.train()
     with pytest.raises(ValueError, match="x2 > x1"):
         model([torch.rand(3, 64, 64)], [target])
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade"])
+def test_boxes_stay_fp32_under_bf16_autocast(arch):
+    torch.manual_seed(0)
+    model = build_detector(tiny_config(arch=arch)).eval()
+    proposals = []
+    model.head.rpn.register_forward_hook(lambda m, args, out: proposals.extend(out[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (out,) = model([torch.rand(3, 320, 320)])
+    assert all(p.dtype == torch.float32 for p in proposals) and out["boxes"].dtype == torch.float32
+    # bf16 would put every coordinate between 256 and 511 px on a 2 px grid
+    coords = torch.cat(proposals).flatten()
+    big = coords[(coords > 256) & (coords < 300)]
+    assert len(big) and (big.remainder(2.0) != 0).any()

@@ -18,7 +18,7 @@ from test_procedures import DETECTOR, FAST
 def test_two_process_pretrain_and_finetune(tmp_path):
     write_synthetic("objects", tmp_path / "objects", n_images=4, size=64, seed=0)
     write_synthetic("cells", tmp_path / "cells", n_images=4, size=64, seed=1)
-    detector = {**DETECTOR, "min_size": 64, "max_size": 64}
+    detector = {**DETECTOR}
     cfg = {
         "detector": detector,
         "coco": [str(tmp_path / "objects" / "annotations.json")],

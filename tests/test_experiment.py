@@ -22,8 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["scratch", "coco", "cupre"]
 FRACTIONS = [0.2, 0.5]
 SEEDS = [0, 1]
-DETECTOR = {"arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 32, "min_size": 64,
-            "max_size": 64, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 100,
+DETECTOR = {"arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 100,
             "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
             "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32, "detections_per_img": 30}
 
@@ -181,11 +180,13 @@ def test_bad_configs_fail_with_one_line(tmp_path, capsys):
 
 def test_pretrain_parts_follow_the_methods(tmp_path):
     cfg = ExperimentConfig.from_dict({"synthetic_objects": {"images": 5}, "pretrain": {"coco": ["c.json"]}})
-    assert pretrain_config(cfg, ["scratch"], tmp_path) is None
-    pre = pretrain_config(cfg, ["scratch", "cells-moco", "cupre"], tmp_path)
-    assert pre.cells_moco and not pre.nol2sp
+    assert pretrain_config(cfg, ["scratch"], tmp_path, []) is None
+    pre = pretrain_config(cfg, ["scratch", "cells-moco", "cupre"], tmp_path, [])
+    assert pre.cells_moco and not pre.nol2sp and not pre.coco_baseline
     assert pre.coco == ["c.json", str(tmp_path / "data" / "objects" / "annotations.json")]
-    assert pretrain_config(cfg, ["cupre-nol2sp"], tmp_path).nol2sp
+    assert pretrain_config(cfg, ["cupre-nol2sp"], tmp_path, []).nol2sp
+    assert pretrain_config(cfg, ["coco"], tmp_path, []).coco_baseline  # the fair COCO baseline is trained
+    assert pretrain_config(cfg, ["coco++"], tmp_path, []).cells_moco  # coco++ needs the Cells-MoCo backbone
 
 
 def _row(method, seed, iteration, split, bbox, segm):
@@ -237,7 +238,9 @@ def test_paper_config_parses_and_builds():
     assert [d.name for d in cfg.data] == ["livecell", "bbbc038"]
     assert cfg.fractions == [0.05, 0.1, 0.15, 0.2] and cfg.data[1].partition == (0.8, 0.1, 0.1)
     assert cfg.data[0].test.endswith("livecell_coco_test.json") and len(cfg.methods) == 7
-    assert len(cfg.pretrain.unlabeled) >= 10 and all(Path(p).is_absolute() for p in cfg.pretrain.unlabeled)
+    assert len(cfg.pretrain.unlabeled) >= 9 and all(Path(p).is_absolute() for p in cfg.pretrain.unlabeled)
+    # BBBC038 is the paper's external validation: never an unlabeled source of pre-training
+    assert not any("bbbc038" in p.lower() for p in cfg.pretrain.unlabeled)
     assert isinstance(build_detector(det), CupreDetector)
 
 
@@ -247,3 +250,22 @@ def test_bbbc038_configs_point_at_the_shared_data(shared_data):
         assert Path(cfg.data[0].labeled).resolve() == (shared_data / "bbbc038" / "stage1_train").resolve()
         assert all(Path(p).exists() for p in cfg.pretrain.coco + cfg.pretrain.unlabeled)
         assert len(cfg.methods) == methods
+
+
+def test_validation_and_test_images_never_reach_moco(tmp_path):
+    from cupre.data.unlabeled import UnlabeledImages
+    from cupre.experiments.runner import DataConfig, prepare_target
+
+    write_synthetic("cells", tmp_path / "cells", n_images=10, size=64, seed=0)
+    labeled = str(tmp_path / "cells" / "annotations.json")
+    cfg = ExperimentConfig.from_dict({"data": [{"labeled": labeled, "partition": [0.6, 0.2, 0.2]}],
+                                      "fractions": [0.5], "seeds": [0],
+                                      "pretrain": {"coco": ["c.json"], "unlabeled": [str(tmp_path / "cells")]}})
+    target = prepare_target(cfg, cfg.data[0], tmp_path / "exp", single=True, write=True)
+    sizes = [len(json.loads((tmp_path / "exp" / "splits" / f"{p}.json").read_text())["image_ids"])
+             for p in ("val", "test")]
+    assert len(target.held_out) == sum(sizes) == 4
+    pre = pretrain_config(cfg, ["cupre"], tmp_path / "exp", [target])
+    assert sorted(pre.exclude) == sorted(target.held_out)
+    seen = {str(f) for f, _ in UnlabeledImages(pre.unlabeled, exclude=pre.exclude).items}
+    assert len(seen) == 6 and not seen & set(target.held_out)  # the training part stays: CUPre's premise

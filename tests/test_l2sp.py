@@ -85,3 +85,20 @@ def test_missing_or_misshapen_reference_is_a_clear_error():
         l2sp_penalty(module, ref, alpha=0.5)
     with pytest.raises(CupreError, match="alpha"):
         l2sp_penalty(module, snapshot(module), alpha=1.5)
+
+
+def test_decoupled_l2sp_pulls_towards_the_reference_at_the_stated_rate():
+    from cupre.losses import L2SP, relative_drift
+
+    module = tiny_module()
+    ref = snapshot(module)
+    perturb(module)
+    before = relative_drift(module, ref)
+    reg = L2SP(module, ref, alpha=1.0, weight=10.0)
+    reg.step(lr=0.05)  # removes lr * weight * alpha = 50% of the distance to w0
+    assert relative_drift(module, ref) == pytest.approx(0.5 * before, rel=1e-5)
+    assert reg.drift() == pytest.approx(0.5 * before, rel=1e-5)
+    plain = tiny_module()
+    weights = [p.detach().clone() for p in plain.parameters()]
+    L2SP(plain, snapshot(plain), alpha=0.0, weight=2.0).step(lr=0.1)  # alpha 0: plain weight decay
+    assert all(torch.allclose(p, 0.8 * w) for p, w in zip(plain.parameters(), weights))

@@ -189,3 +189,28 @@ def test_images_are_standardised_with_the_detector_pixel_stats():
 def test_concat_all_gather_is_identity_without_distributed():
     x = torch.randn(3, 2)
     assert concat_all_gather(x) is x
+
+
+def test_resync_empties_the_queue_of_stale_keys():
+    moco = make_moco()
+    for seed in range(3):
+        moco(*images(seed))
+    stale = moco.queue.clone()
+    assert int(moco.queue_ptr) != 0
+    moco.sync_key_encoder(torch.Generator().manual_seed(1))
+    assert int(moco.queue_ptr) == 0
+    # no key of the old encoder is left among the negatives
+    assert not any(torch.allclose(row, old) for row in moco.queue for old in stale[: BATCH * 3])
+    assert torch.allclose(moco.queue.norm(dim=1), torch.ones(QUEUE))
+    again = make_moco()
+    again.sync_key_encoder(torch.Generator().manual_seed(1))
+    assert torch.equal(again.queue, moco.queue)  # seeded: a resumed run refills it identically
+
+
+def test_each_moco_step_covers_every_unlabeled_image():
+    from cupre.config import MocoConfig
+    from cupre.train.pretrain import moco_covering
+
+    cfg = MocoConfig.from_dict({"optim": {"iterations": 40, "batch_size": 16}})
+    assert moco_covering(cfg, 667).optim.iterations == 42  # 640 views would miss 27 of 667 images
+    assert moco_covering(cfg, 100).optim.iterations == 40

@@ -24,7 +24,7 @@ from cupre.inference.predict import expand_inputs, run_predict
 from cupre.inference.writers import crop_rle, paint_labels, roi_bytes, trace_outline
 from cupre.inference.tiling import Objects
 
-TINY = dict(backbone="resnet18", fpn_channels=32, min_size=128, max_size=256, rpn_pre_nms_top_n_train=300,
+TINY = dict(backbone="resnet18", fpn_channels=32, rpn_pre_nms_top_n_train=300,
             rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=200,
             box_batch_size_per_image=64, rpn_batch_size_per_image=64, detections_per_img=100)
 

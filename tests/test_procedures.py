@@ -22,8 +22,7 @@ from cupre.train.pretrain import run_pretrain
 from cupre.train.weights import load_model_file
 
 DETECTOR = {
-    "backbone": "resnet18", "fpn_channels": 32, "min_size": 96, "max_size": 96,
-    "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+    "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
     "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64,
     "box_batch_size_per_image": 32, "detections_per_img": 50,
 }
@@ -36,7 +35,7 @@ def pretrain_cfg(tmp: Path, **over) -> PretrainConfig:
         "coco": [str(tmp / "objects" / "annotations.json")],
         "unlabeled": [str(tmp / "cells" / "images")],
         "warmup": {"iterations": 3, **FAST},
-        "amt2": {"rounds": 2, "l2sp": {"alpha": 0.5, "weight": 0.01},
+        "amt2": {"rounds": 2, "l2sp": {"alpha": 0.99, "weight": 800.0},
                  "moco": {"optim": {**FAST, "iterations": 2, "batch_size": 4, "crop_size": 48},
                           "dim": 16, "hidden_dim": 32, "queue_size": 16},
                  "coco": {**FAST, "iterations": 2}},
@@ -57,7 +56,7 @@ def domains(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(domains, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pre")
-    run_pretrain(pretrain_cfg(domains, cells_moco=True, nol2sp=True), out)
+    run_pretrain(pretrain_cfg(domains, cells_moco=True, nol2sp=True, coco_baseline=True), out)
     return out
 
 
@@ -70,19 +69,39 @@ def _same(a: dict, b: dict, prefix: str) -> bool:
 
 
 def test_pretrain_writes_every_initialisation(pretrained):
-    warm, coco_pp = _state(pretrained / "warmup/model.pt"), _state(pretrained / "amt2/coco++.pt")
     cupre, nol2sp = _state(pretrained / "amt2/model.pt"), _state(pretrained / "amt2-nol2sp/model.pt")
-    # coco++ = MoCo backbone + the COCO warm-up neck and head
-    assert not _same(warm, coco_pp, "backbone.")
-    assert _same(warm, coco_pp, "neck.") and _same(warm, coco_pp, "head.")
     assert not _same(cupre, nol2sp, "backbone.")
     assert (pretrained / "cells-moco/model.pt").is_file()
     rows = list(csv.DictReader(open(pretrained / "amt2/metrics.csv")))
     stages = {r["stage"] for r in rows}
     assert stages == {"amt2/round1/moco", "amt2/round1/coco", "amt2/round2/moco", "amt2/round2/coco"}
-    assert any(r["name"] == "l2sp" and float(r["value"]) > 0 for r in rows)
-    rows = list(csv.DictReader(open(pretrained / "amt2-nol2sp/metrics.csv")))
-    assert not any(r["name"] == "l2sp" for r in rows)
+
+
+def test_coco_baseline_gets_cupres_coco_steps_without_moco(pretrained):
+    rows = list(csv.DictReader(open(pretrained / "coco/metrics.csv")))
+    assert {r["stage"] for r in rows} == {"amt2/round1/coco", "amt2/round2/coco"}  # same COCO budget, no MoCo
+    steps = [r for r in rows if r["name"] == "loss"]
+    cupre_steps = [r for r in csv.DictReader(open(pretrained / "amt2/metrics.csv"))
+                   if r["name"] == "loss" and r["stage"].endswith("/coco")]
+    assert len(steps) == len(cupre_steps)
+    assert not _same(_state(pretrained / "warmup/model.pt"), _state(pretrained / "coco/model.pt"), "head.")
+
+
+def test_l2sp_at_least_halves_the_backbone_drift(pretrained):
+    with_l2sp = json.loads((pretrained / "amt2/drift.json").read_text())
+    without = json.loads((pretrained / "amt2-nol2sp/drift.json").read_text())
+    assert [d["stage"] for d in with_l2sp] == ["amt2/round1/coco", "amt2/round2/coco"]
+    assert all(d["l2sp"] for d in with_l2sp) and not any(d["l2sp"] for d in without)
+    assert with_l2sp[0]["drift_backbone"] <= 0.5 * without[0]["drift_backbone"]
+
+
+def test_l2sp_keeps_the_same_weight_decay_on_every_part():
+    from cupre.models.detector import build_detector
+    from cupre.train.optim import param_groups
+
+    model = build_detector(PretrainConfig.from_dict({"detector": DETECTOR}).detector)
+    groups = param_groups(model.parts(), weight_decay=0.05)
+    assert {g["name"]: g["weight_decay"] for g in groups} == {"backbone": 0.05, "neck": 0.05, "head": 0.05}
 
 
 def test_moco_step_moves_only_the_backbone(domains, tmp_path):
@@ -107,7 +126,7 @@ def test_moco_step_moves_only_the_backbone(domains, tmp_path):
 def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     from cupre.data.concat import MergedDataset
     from cupre.models.detector import build_detector
-    from cupre.train.amt2 import _coco_step
+    from cupre.train.amt2 import coco_step
     from cupre.train.run import Run
     from cupre.train.stage import StateFile
 
@@ -117,7 +136,7 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
     amt2 = Amt2Config.from_dict({"freeze_backbone": True, "coco": {**FAST, "iterations": 2}})
-    _coco_step(stage="s", model=model, data=coco, cfg=amt2, w0=None, use_l2sp=True,
+    coco_step(stage="s", model=model, data=coco, cfg=amt2, regularizer=None,
                run=Run(tmp_path, tensorboard=False), device=torch.device("cpu"), seed=0,
                state_file=StateFile(tmp_path / "state.pt"), resume=None, extra_state=dict, num_workers=0,
                checkpoint_every=10)
@@ -129,16 +148,20 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
 
 @pytest.mark.parametrize("init", ["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"])
 def test_every_initialisation_builds_a_one_class_model(pretrained, init):
-    model, cfg, reference = build_init(init, pretrained, {})
+    model, cfg = build_init(init, pretrained, {})
     assert cfg.num_classes == 1
     assert model.head.roi_heads.box_predictor.cls_score.out_features == 2
-    assert (reference is not None) == (init == "cupre++")
-    if init in ("coco", "cupre"):
-        source = _state(pretrained / ("warmup" if init == "coco" else "amt2") / "model.pt")
-        assert _same(source, model.state_dict(), "backbone.") and _same(source, model.state_dict(), "neck.")
-    if init == "cells-moco":
-        source = _state(pretrained / "cells-moco/model.pt")
-        assert _same(source, model.state_dict(), "backbone.")
+    state = model.state_dict()
+    sources = {"coco": "coco", "cupre": "amt2", "cupre++": "amt2", "cupre-nol2sp": "amt2-nol2sp"}
+    if init in sources:
+        source = _state(pretrained / sources[init] / "model.pt")
+        assert _same(source, state, "backbone.") and _same(source, state, "neck.")
+    if init in ("cells-moco", "coco++"):
+        assert _same(_state(pretrained / "cells-moco/model.pt"), state, "backbone.")
+    if init == "coco++":  # the paper's: Cells-MoCo backbone, COCO warm-up neck and head
+        warm = _state(pretrained / "warmup/model.pt")
+        assert _same(warm, state, "neck.") and _same(warm, state, "head.rpn.")
+        assert not _same(warm, state, "backbone.")
 
 
 def test_unknown_or_unfinished_initialisation_is_a_clear_error(tmp_path):
@@ -152,18 +175,46 @@ def _finetune_cfg(domains, pretrained, **over) -> FinetuneConfig:
     data = {"init": "cupre++", "pretrain_dir": str(pretrained), "train": str(domains / "cells" / "annotations.json"),
             "fraction": 0.5, "val": str(domains / "cells" / "annotations.json"),
             "optim": {**FAST, "iterations": 6}, "eval_every": 3, "num_workers": 0, "checkpoint_every": 2,
-            "device": "cpu", "detector": {"detections_per_img": 50}}
+            "device": "cpu", "detector": {"detections_per_img": 50}, "l2sp": {"alpha": 0.99, "weight": 200.0}}
     data.update(over)
     return FinetuneConfig.from_dict(data)
 
 
+def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
+    from cupre.evaluation.model_eval import predict_dataset
+    from cupre.train.weights import build_from_file
+
+    cfg = _finetune_cfg(domains, pretrained, init="cupre", eval_every=2, select_by="bbox_AP")
+    best = run_finetune(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "val_metrics.json").read_text())
+    history = metrics["history"]
+    assert [h["iteration"] for h in history] == [2, 4, 6]
+    top = max(h["bbox"]["AP"] for h in history)
+    assert best["iteration"] == min(h["iteration"] for h in history if h["bbox"]["AP"] == top)  # earliest on ties
+    assert metrics["best"] == best
+    model, _, ckpt = build_from_file(tmp_path / "model.pt")
+    assert ckpt["iteration"] == best["iteration"]
+    assert torch.load(tmp_path / "state.pt", weights_only=False)["iteration"] == 6  # the last state, for --resume
+    # the predictions kept beside the model (overlays, Table II) are the kept model's own
+    val = open_dataset(domains / "cells" / "annotations.json", class_agnostic=True)
+    again = predict_dataset(model, val, device=torch.device("cpu"))
+    kept = json.loads((tmp_path / "predictions_val.json").read_text())
+    assert len(again) == len(kept)
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in kept], abs=1e-4)
+
+
 def test_finetune_evaluates_and_uses_l2sp_for_cupre_plus_plus(domains, pretrained, tmp_path):
-    last = run_finetune(_finetune_cfg(domains, pretrained), tmp_path)
-    assert last["iteration"] == 6 and 0.0 <= last["bbox"]["AP"] <= 1.0
-    history = json.loads((tmp_path / "val_metrics.json").read_text())["history"]
-    assert [h["iteration"] for h in history] == [3, 6]
+    best = run_finetune(_finetune_cfg(domains, pretrained), tmp_path)
+    assert best["iteration"] in (3, 6) and 0.0 <= best["bbox"]["AP"] <= 1.0
+    metrics = json.loads((tmp_path / "val_metrics.json").read_text())
+    assert [h["iteration"] for h in metrics["history"]] == [3, 6]
     names = {r["name"] for r in csv.DictReader(open(tmp_path / "metrics.csv"))}
-    assert "l2sp" in names and "bbox/AP" in names
+    assert "bbox/AP" in names
+    plain = run_finetune(_finetune_cfg(domains, pretrained, init="cupre"), tmp_path / "plain")
+    del plain
+    drift = metrics["drift"]["backbone"]
+    plain_drift = json.loads((tmp_path / "plain" / "val_metrics.json").read_text())["drift"]["backbone"]
+    assert 0 < drift < plain_drift  # L2-SP pulls the backbone towards the pre-trained weights
     split = json.loads((tmp_path / "split.json").read_text())
     from cupre.data.splits import fewshot_split
 
@@ -210,7 +261,7 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
             str(domains / "cells" / "annotations.json"), "--fraction", "0.25", "--iterations", "2",
             "--batch-size", "2", "--device", "cpu", "-o", str(tmp_path / "ft")]
     assert cli(args) == 0
-    assert "model:" in capsys.readouterr().out
+    assert "no validation set checked it" in capsys.readouterr().out
     assert (tmp_path / "ft" / "model.pt").is_file()
     assert cli(args) == 2
     assert "not empty" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 
 from cupre.errors import CupreError
-from cupre.inference.tiling import (FixedScaleTransform, Objects, crop_output, in_core, make_tiles, predict_images,
-                                    remove_duplicates, set_scale)
+from cupre.inference.tiling import (Objects, crop_output, in_core, make_tiles, predict_images,
+                                    remove_duplicates)
 from cupre.inference.writers import paint_labels
 
 
@@ -165,23 +165,22 @@ def test_large_image_merge_is_exact_and_cropped():
     assert len(np.unique(pairs[0])) == n_cells and len(np.unique(pairs[1])) == n_cells
 
 
-def test_fixed_scale_feeds_resized_tiles_and_maps_outputs_back():
+def test_scaled_images_run_in_scaled_tiles_and_map_outputs_back():
     from cupre.config import DetectorConfig
     from cupre.models.detector import build_detector
 
-    cfg = DetectorConfig.from_dict(dict(backbone="resnet18", fpn_channels=32, min_size=64, max_size=64,
-                                        detections_per_img=5, box_score_thresh=0.0))
+    cfg = DetectorConfig.from_dict(dict(backbone="resnet18", fpn_channels=32, detections_per_img=5,
+                                        box_score_thresh=0.0))
     torch.manual_seed(0)
     model = build_detector(cfg).eval()
-    own = model.transform
-    set_scale(model, "model")
-    assert model.transform is own
+    seen = []
+    model.backbone.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
     img = torch.rand(3, 40, 60)
-    assert own([img])[0].image_sizes == [(42, 64)]  # the model's resize depends on the input size
-    set_scale(model, 2.0)
-    assert isinstance(model.transform, FixedScaleTransform)
-    assert model.transform([img])[0].image_sizes == [(80, 120)]
-    (objs,) = predict_images(model, [img], tile_size=64, overlap=8)
+    predict_images(model, [img], tile_size=64, overlap=8)
+    assert seen == [(64, 64)]  # native pixels, padded to a multiple of 32: the detector never resizes
+    seen.clear()
+    (objs,) = predict_images(model, [img], tile_size=64, overlap=8, scales=[2.0])
+    # tiles of 32 image pixels, each fed at twice its size, so the detector sees ~tile_size
+    assert seen and all(s == (64, 64) for s in seen) and len(seen) >= 2
     assert all(y + c.shape[0] <= 40 and x + c.shape[1] <= 60 for (y, x), c in zip(objs.origins, objs.crops))
-    set_scale(model, 1.0)
-    assert model.transform([img])[0].image_sizes == [(40, 60)]
+    assert (objs.boxes[:, 2] <= 60).all() and (objs.boxes[:, 3] <= 40).all()

@@ -134,6 +134,12 @@ class DetectorConfig(ConfigBase):
 
     Defaults suit crowded cell images: small anchors, many proposals, up to 2,000
     detections per image.
+
+    ``object_size`` is the one object-scale rule (:mod:`cupre.scale`): every
+    image is rescaled so that its typical object (median box side) measures
+    ``object_size`` pixels, in fine-tuning (from the labels), in evaluation and in
+    prediction (estimated by the model itself, or given by the user). ``None`` feeds
+    images at native pixels everywhere (the COCO stage).
     """
 
     arch: typing.Literal["maskrcnn", "cascade"] = "maskrcnn"
@@ -141,8 +147,7 @@ class DetectorConfig(ConfigBase):
     norm: typing.Literal["gn", "frozen_bn", "bn", "syncbn"] = "gn"
     num_classes: int = 1  # foreground classes (background excluded)
     fpn_channels: int = 256
-    min_size: int = 512  # images are resized so the short side is min_size ...
-    max_size: int = 1024  # ... and the long side at most max_size
+    object_size: float | None = None  # typical object diameter (px) the model works at; None: native pixels
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)  # one size per FPN level P2..P6
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: int = 2000
@@ -173,6 +178,7 @@ class OptimConfig(ConfigBase):
     lr_steps: tuple[float, ...] = (0.75, 0.9)  # "step" schedule: fractions of iterations, x0.1 each
     grad_clip: float = 10.0  # max gradient norm; 0 disables
     crop_size: int | None = 512  # random crop for training (None: whole images)
+    scale_jitter: float = 1.0  # training rescale factor drawn log-uniformly in [1/j, j] (1: none)
 
 
 @dataclass
@@ -194,10 +200,15 @@ class MocoConfig(ConfigBase):
 
 @dataclass
 class L2SPConfig(ConfigBase):
-    """Omega(w) = weight * (alpha*||w - w0||^2 + (1 - alpha)*||w||^2) on the backbone."""
+    """Decoupled L2-SP (:class:`cupre.losses.l2sp.L2SP`): after each optimiser step
+    ``w <- w - lr * weight * (alpha*(w - w0) + (1 - alpha)*w)`` on the named parts.
 
-    alpha: float = 0.5
-    weight: float = 1e-4
+    ``lr * weight * alpha`` is the fraction of the distance to ``w0`` removed per step.
+    """
+
+    alpha: float = 0.99  # |w| >> |w - w0|: at 0.5 the plain-L2 half would act as strong weight decay
+    weight: float = 1.0  # with SGD at lr 0.02: 2% of the distance to w0 per step; AdamW needs ~100x more
+    parts: tuple[str, ...] = ("backbone",)  # fine-tuning (cupre++): the paper's Eq. 7 regularises the backbone
 
 
 @dataclass
@@ -208,7 +219,6 @@ class Amt2Config(ConfigBase):
     moco: MocoConfig = field(default_factory=MocoConfig)
     coco: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=1000))
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
-    use_l2sp: bool = True
     freeze_backbone: bool = False  # freeze the backbone during the COCO step instead of L2-SP
 
 
@@ -221,8 +231,10 @@ class PretrainConfig(ConfigBase):
     unlabeled: list[str] = field(default_factory=list)  # cell image folders / datasets
     warmup: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=4000))
     amt2: Amt2Config = field(default_factory=Amt2Config)
-    cells_moco: bool = False  # also train the Cells-MoCo baseline backbone (MoCo from scratch)
+    cells_moco: bool = False  # also train the Cells-MoCo backbone (MoCo from scratch; --init cells-moco, coco++)
     nol2sp: bool = False  # also run the CUPre-without-L2-SP ablation
+    coco_baseline: bool = False  # also run the warm-up plus AMT2's COCO steps without MoCo (--init coco)
+    exclude: list[str] = field(default_factory=list)  # image files kept out of MoCo (held-out val/test images)
     seed: int = 0
     device: str = "auto"
     num_workers: int = 2
@@ -244,8 +256,9 @@ class FinetuneConfig(ConfigBase):
     test: str | None = None  # scored at every evaluation too (never used to choose anything)
     test_split: str | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(iterations=2000))
-    l2sp: L2SPConfig = field(default_factory=lambda: L2SPConfig(alpha=0.5, weight=1e-4))  # cupre++
+    l2sp: L2SPConfig = field(default_factory=L2SPConfig)  # cupre++
     eval_every: int = 500
+    select_by: typing.Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks the kept model
     eval_batch_size: int = 2
     seed: int = 0
     device: str = "auto"

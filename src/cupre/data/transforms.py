@@ -1,18 +1,22 @@
 """Training augmentations: two views for MoCo, and joint image/box/mask ones for detection.
 
 Both work on the float32 ``3xHxW`` images in [0, 1] that every reader yields
-(:mod:`cupre.data.sample`) and are built from :mod:`torchvision.transforms.v2`. Neither
-resizes: the detector resizes its inputs itself.
+(:mod:`cupre.data.sample`) and are built from :mod:`torchvision.transforms.v2`. The
+detection transform applies the object-scale rule (:mod:`cupre.scale`); the
+detector itself never resizes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torchvision import ops, tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from cupre.scale import scale_factor, typical_size
 
 
 def is_colour(image: torch.Tensor) -> bool:
@@ -115,14 +119,21 @@ class TwoViews:
 class DetectionTrainTransform:
     """Joint augmentation of an image and its instances for detector training.
 
-    Random crop (zero-padding images smaller than the crop), flips, 90-degree rotations
-    and mild brightness/contrast. Boxes are then recomputed from the transformed masks
-    (tight, exclusive max) and instances with fewer than ``min_area`` mask pixels are
-    dropped, labels kept aligned. Other target keys (``image_id``, ``file``,
+    First the object scale (:mod:`cupre.scale`): the image is rescaled by
+    ``object_size / typical object size`` (measured on its boxes; 1 when
+    ``object_size`` is None), times a factor drawn log-uniformly in
+    ``[1/scale_jitter, scale_jitter]``. With ``crop_size`` the rescale is applied to a
+    random window of ``crop_size / factor`` pixels (zero-padded where the image is
+    smaller), so the output is always ``crop_size`` square. Then flips, 90-degree
+    rotations and mild brightness/contrast. Boxes are recomputed from the transformed
+    masks (tight, exclusive max) and instances with fewer than ``min_area`` mask pixels
+    are dropped, labels kept aligned. Other target keys (``image_id``, ``file``,
     ``cell_type`` ...) pass through unchanged.
 
     Args:
-        crop_size: side of the random square crop; ``None``: no crop.
+        crop_size: side of the random square crop; ``None``: the whole image.
+        object_size: the typical object side (px) the detector works at, or None.
+        scale_jitter: >= 1; the random rescale range (1: none).
         flips: random horizontal and vertical flips.
         rot90: random rotations by multiples of 90 degrees.
         intensity: mild random brightness/contrast.
@@ -133,15 +144,18 @@ class DetectionTrainTransform:
         self,
         *,
         crop_size: int | None = None,
+        object_size: float | None = None,
+        scale_jitter: float = 1.0,
         flips: bool = True,
         rot90: bool = True,
         intensity: bool = True,
         min_area: int = 4,
     ) -> None:
+        if scale_jitter < 1.0:
+            raise ValueError(f"scale_jitter must be >= 1, got {scale_jitter}")
+        self.crop_size, self.object_size, self.scale_jitter = crop_size, object_size, scale_jitter
         self.min_area = min_area
         steps: list[v2.Transform] = []
-        if crop_size is not None:
-            steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=0))
         if flips:
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
         if rot90:
@@ -149,6 +163,27 @@ class DetectionTrainTransform:
         if intensity:
             steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
         self.transform = v2.Compose(steps) if steps else None
+
+    def factor(self, boxes: torch.Tensor) -> float:
+        """The rescale factor of one sample: object scale times a random jitter."""
+        factor = scale_factor(self.object_size, typical_size(boxes))
+        if self.scale_jitter > 1.0:
+            span = math.log(self.scale_jitter)
+            factor *= math.exp(span * (2.0 * float(torch.rand(())) - 1.0))
+        return factor
+
+    def rescale(self, img, boxes, masks, factor: float):
+        """Crop a ``crop_size / factor`` window (or take the whole image) and resize it by ``factor``."""
+        if self.crop_size is None:
+            if factor == 1.0:
+                return img, boxes, masks
+            size = [max(1, round(s * factor)) for s in img.shape[-2:]]
+            return v2.Resize(size, antialias=True)(img, boxes, masks)
+        window = max(1, round(self.crop_size / factor))
+        img, boxes, masks = v2.RandomCrop(window, pad_if_needed=True, fill=0)(img, boxes, masks)
+        if window != self.crop_size:
+            img, boxes, masks = v2.Resize((self.crop_size, self.crop_size), antialias=True)(img, boxes, masks)
+        return img, boxes, masks
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
         """Args: ``image`` float ``3xHxW`` in [0, 1]; ``target`` as in :mod:`cupre.data.sample`.
@@ -160,6 +195,7 @@ class DetectionTrainTransform:
         img = tv_tensors.Image(image)
         masks = tv_tensors.Mask(target["masks"])
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        img, boxes, masks = self.rescale(img, boxes, masks, self.factor(target["boxes"]))
         if self.transform is not None:
             img, boxes, masks = self.transform(img, boxes, masks)
         img = img.as_subclass(torch.Tensor).clamp(0.0, 1.0)

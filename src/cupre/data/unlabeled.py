@@ -51,6 +51,8 @@ class UnlabeledImages(Dataset):
             two-view augmentation).
         strict: a file that cannot be read while listing frames is an error instead
             of a warning and a skip.
+        exclude: image files never to use (e.g. a labeled set's validation and test
+            images, which must stay unseen by pre-training).
 
     Items are float32 tensors ``3xHxW`` in [0, 1] (or whatever ``transform`` returns).
 
@@ -66,6 +68,7 @@ class UnlabeledImages(Dataset):
         norm: Normalization = Normalization(),
         transform: Callable | None = None,
         strict: bool = False,
+        exclude: Iterable[str | Path] = (),
     ) -> None:
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -79,6 +82,8 @@ class UnlabeledImages(Dataset):
                 files.append(p)
             else:
                 raise file_error(p, "image file or folder not found")
+        held_out = {Path(p).resolve() for p in exclude}
+        files = [f for f in files if f.resolve() not in held_out]
         self.items = _expand_pages(files, strict=strict)
         if not self.items:
             raise file_error(", ".join(map(str, paths)), "no images found")

@@ -1,4 +1,9 @@
-"""Run a detector over an annotated dataset and score it (LIVECell protocol by default)."""
+"""Run a detector over an annotated dataset at its object scale, as ``cupre predict`` does.
+
+The scale rule is :func:`cupre.scale.detect`: a model with an ``object_size`` estimates
+each image's factor from its own native-pixel detections (never from the annotations),
+so validation and test figures are what a user without labels gets.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from cupre.evaluation.results import masks_to_results
+from cupre.scale import detect
 
 
 @torch.no_grad()
@@ -21,7 +27,7 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, ba
     for start in tqdm(range(0, len(dataset), batch_size), desc="predict", leave=False, dynamic_ncols=True):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [image.to(device) for image, _ in items]
-        outputs = model(images)
+        outputs, _ = detect(model, images)
         for (_, target), out in zip(items, outputs):
             labels = out["labels"].clamp(1, len(cat_ids)).cpu()
             results += masks_to_results(

@@ -25,7 +25,7 @@ from cupre.train.run import write_text_atomic
 
 DETECTOR = {
     "arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 64,
-    "min_size": 128, "max_size": 128, "anchor_sizes": [4, 8, 16, 32, 64],
+    "anchor_sizes": [4, 8, 16, 32, 64],
     "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
     "rpn_pre_nms_top_n_test": 600, "rpn_post_nms_top_n_test": 300,
     "box_batch_size_per_image": 128, "detections_per_img": 200,
@@ -46,8 +46,9 @@ DEMO = {
                      "dim": 64, "hidden_dim": 256, "queue_size": 512},
             "coco": {"iterations": 50, "batch_size": 4, "optimizer": "adamw", "lr": 5e-4, "warmup_iterations": 5,
                      "crop_size": None},
-            "l2sp": {"alpha": 0.5, "weight": 1e-3},
+            "l2sp": {"alpha": 0.99, "weight": 200.0},
         },
+        "coco_baseline": True,
         "num_workers": 0,
         "checkpoint_every": 50,
     },

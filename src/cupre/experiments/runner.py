@@ -31,14 +31,14 @@ from typing import Any, Literal
 
 from cupre.config import ConfigBase, FinetuneConfig, PretrainConfig, load_yaml
 from cupre.errors import CupreError
-from cupre.train.inits import INIT_FILES, INITS
+from cupre.train.inits import INITS, pretrain_done
 from cupre.train.run import Run, write_text_atomic
 
 Method = Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"]
 PART_NAMES = ("train", "val", "test")
 RUNNER_FINETUNE_KEYS = ("init", "pretrain_dir", "train", "split", "fraction", "val", "val_split", "seed",
-                        "device", "eval_every")
-RUNNER_PRETRAIN_KEYS = ("device", "cells_moco", "nol2sp")
+                        "device", "eval_every", "select_by")
+RUNNER_PRETRAIN_KEYS = ("device", "cells_moco", "nol2sp", "coco_baseline", "exclude")
 IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "eval_batch_size", "pretrain_dir",
                          "train", "split", "val", "val_split")
 
@@ -104,6 +104,7 @@ class Target:
     val_split: Path | None
     test: str | None
     test_split: Path | None
+    held_out: list[str] = field(default_factory=list)  # image files of val and test, kept out of MoCo
 
 
 @dataclass
@@ -205,13 +206,19 @@ def dataset_name(d: DataConfig) -> str:
     return d.name or (path.parent.name if path.stem == "annotations" else path.stem) or "data"
 
 
-def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path) -> PretrainConfig | None:
-    """The shared pre-training for ``methods`` (None when only ``scratch`` is asked)."""
+def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
+                    targets: list[Target]) -> PretrainConfig | None:
+    """The shared pre-training for ``methods`` (None when only ``scratch`` is asked).
+
+    The validation and test images of every labeled set are kept out of MoCo.
+    """
     if all(m == "scratch" for m in methods):
         return None
     pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
-    pre.cells_moco = "cells-moco" in methods
+    pre.cells_moco = any(m in methods for m in ("cells-moco", "coco++"))
     pre.nol2sp = "cupre-nol2sp" in methods
+    pre.coco_baseline = "coco" in methods
+    pre.exclude = sorted({f for t in targets for f in t.held_out})
     pre.device = cfg.device
     if cfg.synthetic_objects.images > 0:
         pre.coco = [*pre.coco, str(out / "data" / "objects" / "annotations.json")]
@@ -262,6 +269,10 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
         write_split(split_dir / f"{part}.json", {"dataset": d.labeled, "part": part, "partition": list(d.partition),
                                                  "seed": d.partition_seed, "image_ids": ids}, write=write)
     train = [r for r in records if r.image_id in set(parts["train"])]
+    held_out = [str(r.file) for r in records if r.image_id not in set(parts["train"])]
+    for extra in (d.val, d.test):
+        if extra:
+            held_out += [str(r.file) for r in open_dataset(extra, class_agnostic=True).records]
     fractions = list(d.fractions if d.fractions is not None else cfg.fractions)
     for fraction in fractions:
         for seed in cfg.seeds:
@@ -275,6 +286,7 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
         val=d.val or d.labeled, val_split=None if d.val else split_dir / "val.json",
         test=d.test or (d.labeled if "test" in parts else None),
         test_split=split_dir / "test.json" if "test" in parts else None,
+        held_out=held_out,
     )
 
 
@@ -287,7 +299,7 @@ def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> Finetu
         train=cell.target.labeled, split=str(cell.split_file), fraction=None, val=cell.target.val,
         val_split=str(cell.target.val_split) if cell.target.val_split else None,
         test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
-        seed=cell.seed,
+        seed=cell.seed, select_by=cfg.select_by,
         device=cfg.device, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
     )
     return FinetuneConfig.from_dict(data, where=f"cell {cell.folder}")
@@ -309,10 +321,6 @@ def check_same_config(cell: Cell, ft: FinetuneConfig) -> None:
 def plan_cells(cfg: ExperimentConfig, targets: list[Target], methods: list[str]) -> list[Cell]:
     return [Cell(target=t, method=m, fraction=f, seed=s)
             for t in targets for m in methods for f in t.fractions for s in cfg.seeds]
-
-
-def pretrain_done(folder: Path, methods: list[str]) -> bool:
-    return all((folder / INIT_FILES[m]).is_file() for m in methods if m != "scratch")
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list[str] | None = None,
@@ -339,7 +347,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         Run(out, tensorboard=False).save_config(cfg.to_dict())
     targets = [prepare_target(cfg, d, out, single=len(cfg.data) == 1, write=not dry_run) for d in cfg.data]
     cells = plan_cells(cfg, targets, methods)
-    pre = pretrain_config(cfg, methods, out)
+    pre = pretrain_config(cfg, methods, out, targets)
     pre_state = "not needed" if pre is None else "done" if pretrain_done(out / "pretrain", methods) else "to run"
     print(f"experiment: pre-training {pre_state}; {len(cells)} cells, {sum(c.finished for c in cells)} finished")
     if dry_run:

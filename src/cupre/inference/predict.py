@@ -22,9 +22,11 @@ ids are 1..N over the inputs in sorted path order (pages in order), which is the
 ``cupre convert`` numbers a label-image or BBBC038 folder.
 
 Images larger than ``--tile-size`` are predicted in overlapping tiles; set
-``--tile-overlap`` to at least the size of the largest cell. Images are fed to the
-detector at ``--scale`` (1 = native pixels, as training crops are cut), not resized by
-the model's ``min_size``/``max_size`` unless ``--scale model``.
+``--tile-overlap`` to at least the size of the largest cell. Every image runs at the
+model's object scale, the rule it was trained and validated under
+(:mod:`cupre.scale`): rescaled so that its typical object measures the model's
+``object_size``, the typical size being estimated by the model itself, or given with
+``--object-size`` (the typical cell diameter in your images, pixels).
 
 Unreadable images are reported and skipped; the exit status is 1 when any failed.
 """
@@ -46,7 +48,7 @@ from tqdm import tqdm
 from cupre.data.imageio import IMAGE_SUFFIXES, count_pages, normalize, read_image
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, file_error
-from cupre.inference.tiling import predict_images, set_scale
+from cupre.inference.tiling import predict_at_object_scale
 from cupre.inference import writers
 
 OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip"}
@@ -255,7 +257,7 @@ def run_predict(
     device: str = "auto",
     tile_size: int = 1024,
     tile_overlap: int = 128,
-    scale: float | str = 1.0,
+    object_size: float | None = None,
     roi_zip: bool = False,
     overwrite: bool = False,
     categories: list[dict] | None = None,
@@ -274,7 +276,7 @@ def run_predict(
         batch_size: images or tiles per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         tile_size, tile_overlap: tiling of large images (pixels).
-        scale: resize factor before the detector, or ``"model"``.
+        object_size: the typical object side in the images (pixels); None: estimated.
         roi_zip: also write ImageJ ROI zips.
         overwrite: replace existing output files.
 
@@ -287,7 +289,7 @@ def run_predict(
     """
     from cupre.train.distributed import pick_device
 
-    _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, scale)
+    _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, object_size)
     if isinstance(model, (str, Path)):
         resolve_model_file(model)  # a missing model is reported before anything else
     out = Path(out)
@@ -302,15 +304,10 @@ def run_predict(
             net.eval().to(dev)
     cats = categories or cats
     out.mkdir(parents=True, exist_ok=True)
-    previous = getattr(net, "transform", None)
-    set_scale(net, scale)
-    try:
-        summary, results, entries = _predict_jobs(
-            net, jobs, out=out, categories=cats, roi_zip=roi_zip, progress=progress, tile_size=tile_size,
-            overlap=tile_overlap, batch_size=batch_size, score_threshold=score_threshold, device=dev)
-    finally:
-        if previous is not None:
-            net.transform = previous
+    summary, results, entries = _predict_jobs(
+        net, jobs, out=out, categories=cats, roi_zip=roi_zip, progress=progress, object_size=object_size,
+        tile_size=tile_size, overlap=tile_overlap, batch_size=batch_size, score_threshold=score_threshold,
+        device=dev)
     _write_json(out / "results_coco.json", results)
     _write_json(out / "images.json", {"images": entries, "categories": cats,
                                       "failed": [{"file": f, "error": p} for f, p in summary.failed]})
@@ -318,7 +315,7 @@ def run_predict(
 
 
 def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], roi_zip: bool, progress: bool,
-                  **tiling: Any) -> tuple[PredictSummary, list[dict], list[dict]]:
+                  object_size: float | None, **tiling: Any) -> tuple[PredictSummary, list[dict], list[dict]]:
     """Read, predict and write every job, ``tiling["batch_size"]`` images at a time.
 
     Returns:
@@ -339,12 +336,13 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], ro
                 entries.append(_image_entry(job, None, 0, str(exc)))
                 tqdm.write(f"cupre: warning: {exc} (skipped)", file=sys.stderr)
                 bar.update(1)
-        found = predict_images(net, [img for _, _, img in loaded], **tiling)
-        for (job, raw, image), objs in zip(loaded, found):
+        found, factors = predict_at_object_scale(net, [img for _, _, img in loaded], object_size=object_size,
+                                                 **tiling)
+        for (job, raw, image), objs, factor in zip(loaded, found, factors):
             paths = job_outputs(out, job, roi_zip=roi_zip)
             res, count = write_image_outputs(paths, objs, raw, image, job, categories)
             results += res
-            entries.append(_image_entry(job, image, count, None))
+            entries.append({**_image_entry(job, image, count, None), "scale": factor})
             summary.predicted += 1
             summary.objects += count
             bar.update(1)
@@ -353,27 +351,18 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], ro
     return summary, results, entries
 
 
-def _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, scale) -> None:
+def _check_options(score_threshold, max_detections, batch_size, tile_size, tile_overlap, object_size) -> None:
     if not 0.0 <= score_threshold <= 1.0:
         raise CupreError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     if max_detections < 1:
         raise CupreError(f"--max-detections must be at least 1, got {max_detections}")
     if batch_size < 1:
         raise CupreError(f"--batch-size must be at least 1, got {batch_size}")
-    if scale != "model" and not (isinstance(scale, (int, float)) and 0 < float(scale) <= 16):
-        raise CupreError(f"--scale must be a factor in (0, 16] or 'model', got {scale!r}")
+    if object_size is not None and not 0 < object_size <= 10_000:
+        raise CupreError(f"--object-size must be a positive size in pixels, got {object_size}")
     from cupre.inference.tiling import make_tiles
 
     make_tiles(1, 1, tile_size=tile_size, overlap=tile_overlap)  # validates the tiling options
-
-
-def _scale(text: str) -> float | str:
-    if text == "model":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'model', got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -388,9 +377,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images into this size (default 1024)")
     parser.add_argument("--tile-overlap", type=int, default=128,
                         help="tile overlap in pixels, at least the largest cell's size (default 128)")
-    parser.add_argument("--scale", type=_scale, default=1.0,
-                        help="resize factor before the model (default 1: native pixels); "
-                             "'model': the model's own min_size/max_size resizing")
+    parser.add_argument("--object-size", type=float, default=None, metavar="PX",
+                        help="typical cell diameter in your images, pixels (default: estimated per image by the "
+                             "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -399,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
     summary = run_predict(
         args.model, args.inputs, out=args.out, score_threshold=args.score_threshold,
         max_detections=args.max_detections, batch_size=args.batch_size, device=args.device,
-        tile_size=args.tile_size, tile_overlap=args.tile_overlap, scale=args.scale,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap, object_size=args.object_size,
         roi_zip=args.roi_zip, overwrite=args.overwrite,
     )
     print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")

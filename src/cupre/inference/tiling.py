@@ -19,10 +19,10 @@ the mask's own extent, never a full-size mask, so a 4,000 x 4,000 image with tho
 of cells needs little more than its label image. The detector's per-tile output (one
 ``uint8`` mask per detection over the tile) is cropped as soon as the tile is done.
 
-Scale. Training crops are fed to the detector at native resolution (a ``crop_size``
-crop resized to ``min_size``, equal by default), whereas the detector's own transform
-resizes each input by its size (a 1,024 px tile would be halved). :func:`set_scale`
-swaps in :class:`FixedScaleTransform`, which resizes every tile by one fixed factor.
+Scale. Every image runs at the model's object scale (:mod:`cupre.scale`), the rule
+training and evaluation use: :func:`predict_at_object_scale`. A tile of an image run at
+factor ``f`` spans ``tile_size / f`` image pixels, so the detector always sees tiles of
+about ``tile_size`` pixels; outputs come back in image pixels.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from cupre.errors import CupreError
+from cupre.scale import estimated_factor, scale_factor, snap
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
 
@@ -277,32 +276,12 @@ def remove_duplicates(
     return keep
 
 
-class FixedScaleTransform(GeneralizedRCNNTransform):
-    """The detector's transform with one fixed resize factor instead of min/max sizes.
-
-    Outputs still come back in original image pixels (the detector maps boxes and
-    pastes masks at each input's own size).
-    """
-
-    def __init__(self, *, scale: float, image_mean: list[float], image_std: list[float], size_divisible: int = 32):
-        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std,
-                         size_divisible=size_divisible)
-        self.scale = float(scale)
-
-    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
-        if self.scale == 1.0:
-            return image, target
-        size = [max(1, round(s * self.scale)) for s in image.shape[-2:]]
-        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0], target
-
-
-def set_scale(model: torch.nn.Module, scale: float | str) -> None:
-    """Feed images to ``model`` at ``scale`` (``"model"``: keep its own resizing)."""
-    old = getattr(model, "transform", None)
-    if scale == "model" or not isinstance(old, GeneralizedRCNNTransform):
-        return
-    model.transform = FixedScaleTransform(scale=float(scale), image_mean=list(old.image_mean),
-                                          image_std=list(old.image_std), size_divisible=old.size_divisible)
+def scaled_tiling(tile_size: int, overlap: int, factor: float) -> tuple[int, int]:
+    """Tile size in image pixels for an image run at ``factor``: the detector still sees
+    about ``tile_size`` pixels; the overlap (in image pixels) is kept."""
+    if factor == 1.0:
+        return tile_size, overlap
+    return max(round(tile_size / factor), 2 * overlap + 1), overlap
 
 
 @torch.no_grad()
@@ -315,6 +294,7 @@ def predict_images(
     batch_size: int = 2,
     score_threshold: float = 0.0,
     device: torch.device | str = "cpu",
+    scales: Sequence[float] | None = None,
 ) -> list[Objects]:
     """Run the detector over whole images of any size, tiling the large ones.
 
@@ -322,26 +302,35 @@ def predict_images(
     (core rule, then duplicate removal; see the module docstring).
 
     Args:
-        model: the detector in eval mode: ``model(list of 3xhxw float tensors in [0, 1])``
-            -> list of dicts with ``boxes``, ``scores``, ``labels``, ``masks``.
+        model: the detector in eval mode: ``model(list of 3xhxw float tensors in [0, 1],
+            scales=...)`` -> list of dicts with ``boxes``, ``scores``, ``labels``, ``masks``
+            in the input's pixels.
         images: float ``3xHxW`` tensors in [0, 1] (any device).
         tile_size, overlap: tile side and minimum overlap in pixels (``overlap`` should
             be at least the largest object's size).
         batch_size: tiles per forward pass.
         score_threshold: detections below it are dropped.
         device: where the model runs.
+        scales: each image's object-scale factor (None: native pixels); a tile of an
+            image run at ``f`` spans ``tile_size / f`` image pixels.
 
     Returns:
         One :class:`Objects` per image, sorted by descending score.
     """
-    jobs = [(k, tile) for k, img in enumerate(images)
-            for tile in make_tiles(img.shape[-2], img.shape[-1], tile_size=tile_size, overlap=overlap)]
+    factors = [1.0] * len(images) if scales is None else [float(f) for f in scales]
+    tilings = [scaled_tiling(tile_size, overlap, f) for f in factors]
+    layouts = [make_tiles(img.shape[-2], img.shape[-1], tile_size=t, overlap=o)
+               for img, (t, o) in zip(images, tilings)]
+    jobs = [(k, tile) for k, tiles in enumerate(layouts) for tile in tiles]
     parts: list[list[Objects]] = [[] for _ in images]
     tile_ids: list[list[np.ndarray]] = [[] for _ in images]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         crops = [images[k][:, t.y0:t.y1, t.x0:t.x1].to(device) for k, t in chunk]
-        outputs = model(crops)
+        if scales is None:
+            outputs = model(crops)
+        else:
+            outputs = model(crops, scales=[factors[k] for k, _ in chunk])
         for (k, tile), out in zip(chunk, outputs):
             objs = crop_output(out, origin=(tile.y0, tile.x0), score_threshold=score_threshold)
             objs = objs.select(in_core(objs.boxes, tile))
@@ -349,11 +338,43 @@ def predict_images(
             tile_ids[k].append(np.full(len(objs), len(parts[k]) - 1, dtype=np.int64))
         del outputs
     results = []
-    for k, img in enumerate(images):
+    for k, tiles in enumerate(layouts):
         objs = Objects.concat(parts[k])
-        tiles = make_tiles(img.shape[-2], img.shape[-1], tile_size=tile_size, overlap=overlap)
         if len(tiles) > 1 and len(objs):
             keep = remove_duplicates(objs, np.concatenate(tile_ids[k]), tiles)
             objs = objs.select(keep)
         results.append(objs.select(np.argsort(-objs.scores, kind="stable")))
     return results
+
+
+def predict_at_object_scale(
+    model: Detector,
+    images: Sequence[torch.Tensor],
+    *,
+    object_size: float | None = None,
+    **tiling,
+) -> tuple[list[Objects], list[float]]:
+    """:func:`predict_images` under the object-scale rule (:mod:`cupre.scale`).
+
+    A model without ``object_size`` runs at native pixels. Otherwise each image runs at
+    ``model.object_size / object_size`` when the user gives ``object_size`` (the typical
+    object side in the images, pixels), or at the factor estimated from a first
+    native-pixel pass, exactly as in evaluation.
+
+    Returns:
+        (objects per image, the factor each image ran at).
+    """
+    target = getattr(model, "object_size", None)
+    if target is None:
+        return predict_images(model, images, **tiling), [1.0] * len(images)
+    if object_size is not None:
+        factors = [snap(scale_factor(target, object_size))] * len(images)
+        return predict_images(model, images, scales=factors, **tiling), factors
+    found = predict_images(model, images, **tiling)
+    factors = [estimated_factor(target, objs.boxes, objs.scores) for objs in found]
+    redo = [i for i, f in enumerate(factors) if f != 1.0]
+    if redo:
+        again = predict_images(model, [images[i] for i in redo], scales=[factors[i] for i in redo], **tiling)
+        for i, objs in zip(redo, again):
+            found[i] = objs
+    return found, factors

@@ -9,6 +9,9 @@ In training the model returns a dict of named scalar losses (``loss_objectness``
 from the Mask R-CNN heads, or the cascade's per-stage keys). In eval it returns one dict
 per image: ``boxes`` (float ``Nx4`` XYXY in original image pixels), ``labels`` (int64
 ``N``), ``scores`` (float ``N``) and ``masks`` (uint8 ``NxHxW`` of the original size, 0/1).
+
+The detector never resizes on its own: training crops arrive at the object scale
+(:mod:`cupre.scale`), and in eval ``scales`` gives each image's resize factor.
 """
 
 from __future__ import annotations
@@ -25,18 +28,32 @@ from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head
 from cupre.models.neck import as_feature_dict, build_fpn
+from cupre.scale import resize_image
+
+
+class NativeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform without its resize: standardise and batch only."""
+
+    def __init__(self, *, image_mean: list[float], image_std: list[float], size_divisible: int = 32) -> None:
+        super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std,
+                         size_divisible=size_divisible)
+
+    def resize(self, image: Tensor, target: dict | None = None) -> tuple[Tensor, dict | None]:
+        return image, target
 
 
 class CupreDetector(nn.Module):
     """Two-stage instance segmentation model built from named parts.
 
     Attributes:
-        transform: torchvision ``GeneralizedRCNNTransform`` (standardise with
-            ``PIXEL_MEAN``/``PIXEL_STD``, resize to ``min_size``/``max_size``, batch).
+        transform: :class:`NativeTransform` (standardise with ``PIXEL_MEAN`` /
+            ``PIXEL_STD`` and batch; no resizing).
         backbone: timm ``features_only`` body: ``Bx3xHxW`` -> 4 maps at strides 4..32.
         neck: torchvision FPN: ``OrderedDict("0".."3")`` -> ``"0".."3", "pool"``.
         head: :class:`TwoStageHead` with ``.rpn`` and ``.roi_heads``.
         mask_threshold: probability above which a pasted mask pixel is foreground.
+        object_size: the typical object side (px) the model works at, or None
+            (:mod:`cupre.scale`).
     """
 
     def __init__(
@@ -47,8 +64,10 @@ class CupreDetector(nn.Module):
         neck: nn.Module,
         head: TwoStageHead,
         mask_threshold: float = 0.5,
+        object_size: float | None = None,
     ) -> None:
         super().__init__()
+        self.object_size = object_size
         self.transform = transform
         self.backbone = backbone
         self.neck = neck
@@ -69,12 +88,24 @@ class CupreDetector(nn.Module):
         self.head.reset_predictors(num_classes)
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        scales: list[float] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Losses (training) or detections (eval); see the module docstring."""
+        """Losses (training) or detections (eval); see the module docstring.
+
+        ``scales`` (eval only): each image is resized by its factor before the
+        backbone; detections still come back in the original pixels.
+        """
         if self.training:
             check_targets(targets)
         original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        if scales is not None:
+            if self.training:
+                raise ValueError("scales are for eval; training crops arrive at the object scale")
+            images = [resize_image(image, float(f)) for image, f in zip(images, scales)]
         batch, targets = self.transform(images, targets)
         features = self.neck(as_feature_dict(self.backbone(batch.tensors)))
         proposals, rpn_losses = self.head.rpn(batch, features, targets)
@@ -133,13 +164,12 @@ def build_detector(cfg: DetectorConfig) -> CupreDetector:
     neck = build_fpn(
         in_channels_list=backbone_channels(backbone), out_channels=cfg.fpn_channels, norm_layer=head_norm
     )
-    transform = GeneralizedRCNNTransform(
-        min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(PIXEL_MEAN), image_std=list(PIXEL_STD)
-    )
+    transform = NativeTransform(image_mean=list(PIXEL_MEAN), image_std=list(PIXEL_STD))
     return CupreDetector(
         transform=transform,
         backbone=backbone,
         neck=neck,
         head=build_head(cfg, norm_layer=head_norm),
         mask_threshold=cfg.mask_threshold,
+        object_size=cfg.object_size,
     )

@@ -93,11 +93,20 @@ class MoCo(nn.Module):
         return list(self.key_backbone.parameters()) + list(self.key_projection.parameters())
 
     @torch.no_grad()
-    def sync_key_encoder(self) -> None:
+    def sync_key_encoder(self, generator: torch.Generator | None = None) -> None:
         """Copy the query encoder into the key encoder (e.g. after the backbone was
-        trained elsewhere, or loaded from a checkpoint)."""
+        trained elsewhere, or loaded from a checkpoint) and empty the queue.
+
+        The queued keys came from the old key encoder; against the new one they are
+        stale negatives, so the queue restarts as MoCo starts: random unit vectors
+        (drawn from ``generator``, for a reproducible run), overwritten by real keys
+        within ``K / N`` steps.
+        """
         self.key_backbone.load_state_dict(self.backbone.state_dict())
         self.key_projection.load_state_dict(self.projection.state_dict())
+        fresh = torch.randn(self.queue.shape, generator=generator)
+        self.queue.copy_(F.normalize(fresh, dim=1))
+        self.queue_ptr.zero_()
 
     @torch.no_grad()
     def _momentum_update(self) -> None:

@@ -17,12 +17,12 @@ from torch.utils.data import Subset
 from cupre.config import Amt2Config, DetectorConfig
 from cupre.data.sample import collate
 from cupre.data.transforms import DetectionTrainTransform
-from cupre.losses.l2sp import l2sp_penalty, snapshot
+from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.train import distributed
 from cupre.train.moco import build_moco, run_moco_stage
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.stage import StateFile, detection_step, run_stage, stage_seed
 from cupre.train.weights import save_model
 
 
@@ -44,27 +44,38 @@ def run_amt2(
     run: Run,
     device: torch.device,
     seed: int,
+    moco_steps: bool = True,
     use_l2sp: bool = True,
     num_workers: int = 0,
     checkpoint_every: int = 200,
+    product: str = "cupre",
 ) -> None:
-    """Run all rounds, writing ``coco++.pt`` (after the first MoCo step: MoCo backbone +
-    COCO neck/head) and ``model.pt`` (CUPre) into ``run``. Resumable."""
+    """Run all rounds and write ``model.pt`` into ``run``. Resumable.
+
+    ``moco_steps=False`` runs the COCO steps alone (the fair ``coco`` baseline: the same
+    COCO iterations, subsets and schedule as CUPre); ``use_l2sp=False`` the ablation.
+    Each COCO step logs ``drift/backbone`` = ||w - w0|| / ||w0|| at its end (also in
+    ``drift.json``), with ``w0`` the backbone as the MoCo step left it.
+    """
     if run.path("model.pt").is_file():
         return
-    moco = build_moco(model, cfg.moco).to(device)
+    moco = build_moco(model, cfg.moco).to(device) if moco_steps else None
     state_file = StateFile(run.path("state.pt"))
     resume = state_file.load()
     done: set[str] = set()
     w0: dict[str, torch.Tensor] | None = None
+    drifts: list[dict] = []
     if resume is not None:
         model.load_state_dict(resume["model"])
-        moco.load_state_dict(resume["moco"])
+        if moco is not None:
+            moco.load_state_dict(resume["moco"])
         done = set(resume["done"])
+        drifts = list(resume.get("drifts", []))
         w0 = {k: v.to(device) for k, v in resume["w0"].items()} if resume["w0"] is not None else None
 
     def extra_state() -> dict:
-        return {"model": model.state_dict(), "moco": moco.state_dict(), "w0": w0, "done": sorted(done)}
+        return {"model": model.state_dict(), "moco": moco.state_dict() if moco is not None else None, "w0": w0,
+                "done": sorted(done), "drifts": drifts}
 
     def finish(stage: str) -> None:
         done.add(stage)
@@ -75,42 +86,44 @@ def run_amt2(
                   extra_state=extra_state, num_workers=num_workers, checkpoint_every=checkpoint_every)
     for k in range(cfg.rounds):
         name = f"amt2/round{k + 1}"
-        if f"{name}/moco" not in done:
+        if moco is not None and f"{name}/moco" not in done:
             if resume is None or resume.get("stage") != f"{name}/moco":
-                moco.sync_key_encoder()  # the COCO step moved the backbone: restart the momentum copy
+                # the COCO step moved the backbone: restart the momentum copy and the queue
+                moco.sync_key_encoder(torch.Generator().manual_seed(stage_seed(seed, f"{name}/queue") % 2**63))
             run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, **common)
             w0 = snapshot(model.backbone)
-            if k == 0:
-                save_model(run.path("coco++.pt"), model, detector_cfg, coco.categories, stage="coco++")
             finish(f"{name}/moco")
         if f"{name}/coco" not in done:
-            _coco_step(stage=f"{name}/coco", model=model, data=Subset(coco, subsets[k]), cfg=cfg,
-                       w0=w0, use_l2sp=use_l2sp, **common)
+            start = w0 if w0 is not None and moco is not None else snapshot(model.backbone)
+            regularizer = None
+            if use_l2sp and moco is not None and not cfg.freeze_backbone:
+                regularizer = L2SP(model.backbone, start, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
+            coco_step(stage=f"{name}/coco", model=model, data=Subset(coco, subsets[k]), cfg=cfg,
+                      regularizer=regularizer, **common)
+            drift = relative_drift(model.backbone, start)
+            drifts.append({"stage": f"{name}/coco", "drift_backbone": drift, "l2sp": regularizer is not None})
+            run.log(f"{name}/coco", cfg.coco.iterations, {"drift/backbone": drift})
             finish(f"{name}/coco")
-    save_model(run.path("model.pt"), model, detector_cfg, coco.categories, stage="cupre" if use_l2sp else "cupre-nol2sp")
+    run.save_json(drifts, "drift.json")
+    save_model(run.path("model.pt"), model, detector_cfg, coco.categories, stage=product)
 
 
-def _coco_step(*, stage, model, data, cfg: Amt2Config, w0, use_l2sp: bool, **common) -> None:
-    """AMT2 step (b): the whole detector on one COCO subset, backbone under L2-SP (or frozen)."""
+def coco_step(*, stage, model, data, cfg: Amt2Config, regularizer: L2SP | None, **common) -> None:
+    """AMT2 step (b): the whole detector on one COCO subset, the backbone under L2-SP
+    (``regularizer``), or frozen with ``cfg.freeze_backbone``."""
     frozen = cfg.freeze_backbone
     for p in model.backbone.parameters():
         p.requires_grad_(not frozen)
-    regularizer = None
-    if use_l2sp and not frozen:
-        def regularizer() -> dict[str, torch.Tensor]:
-            return {"l2sp": l2sp_penalty(model.backbone, w0, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)}
-
-    no_decay = ("backbone",) if regularizer is not None else ()
-    groups = param_groups(model.parts(), weight_decay=cfg.coco.weight_decay, no_decay=no_decay)
     try:
         run_stage(
             stage=stage,
-            step_fn=detection_step(distributed.wrap(model, common["device"]), common["device"], regularizer),
-            groups=groups,
+            step_fn=detection_step(distributed.wrap(model, common["device"]), common["device"]),
+            groups=param_groups(model.parts(), weight_decay=cfg.coco.weight_decay),
             cfg=cfg.coco,
             dataset=data,
-            transform=DetectionTrainTransform(crop_size=cfg.coco.crop_size),
+            transform=DetectionTrainTransform(crop_size=cfg.coco.crop_size, scale_jitter=cfg.coco.scale_jitter),
             collate_fn=collate,
+            regularizer=regularizer,
             **common,
         )
     finally:

@@ -43,7 +43,7 @@ def run_coco_warmup(
         groups=param_groups(model.parts(), weight_decay=cfg.weight_decay),
         cfg=cfg,
         dataset=dataset,
-        transform=DetectionTrainTransform(crop_size=cfg.crop_size),
+        transform=DetectionTrainTransform(crop_size=cfg.crop_size, scale_jitter=cfg.scale_jitter),
         collate_fn=collate,
         seed=seed,
         run=run,

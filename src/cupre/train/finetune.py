@@ -2,8 +2,9 @@
 
 ``cupre finetune --init cupre --from PRETRAIN_DIR --train DATA --fraction 0.1 --val VAL -o OUT``
 fine-tunes on a seeded few-shot split of DATA (or the images of ``--split split.json``),
-evaluating on VAL every ``eval_every`` iterations. With ``--init cupre++`` the backbone
-and neck are regularised by L2-SP towards their pre-trained weights.
+evaluating on VAL every ``eval_every`` iterations and keeping the validation-best model.
+With ``--init cupre++`` the backbone is regularised by L2-SP towards its pre-trained
+weights (the paper's Eq. 7; ``l2sp.parts`` names another part).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from cupre.errors import CupreError
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.data.convert import dataset_to_coco
-from cupre.losses.l2sp import l2sp_penalty
+from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.train import distributed
-from cupre.train.inits import build_init
+from cupre.train.inits import build_init, get_init
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.checkpoint import seed_everything
@@ -50,15 +51,17 @@ def choose_images(cfg: FinetuneConfig, dataset) -> list[int]:
 def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     """Fine-tune, evaluate, and write ``model.pt``, ``split.json``, ``val_metrics.json``.
 
-    Resumable: a second call on the same folder continues from ``state.pt``.
-    Returns the last validation metrics (empty without a validation set).
+    ``model.pt`` is the validation-best model (by ``cfg.select_by``, the earliest
+    evaluation on ties), saved when it is found; without a validation set it is the
+    last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
+    Returns the chosen evaluation (empty without a validation set).
     """
     device = distributed.pick_device(cfg.device)
     distributed.init(device)
     run = Run(out_dir)
     run.save_config(cfg.to_dict())
     if run.path("model.pt").is_file() and run.path("val_metrics.json").is_file():
-        return json.loads(run.path("val_metrics.json").read_text()).get("last", {})
+        return json.loads(run.path("val_metrics.json").read_text()).get("best", {})
     train_all = open_dataset(cfg.train, class_agnostic=True)
     ids = choose_images(cfg, train_all)
     run.save_json({"dataset": str(cfg.train), "image_ids": ids,
@@ -68,54 +71,30 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     test = _held_out(cfg.test, cfg.test_split)
 
     seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
-    model, det_cfg, reference = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
+    model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
+    start = {part: snapshot(module) for part, module in model.parts().items()}
     state_file = StateFile(run.path("state.pt"))
     resume = state_file.load()
     history: list[dict] = resume.get("history", []) if resume else []
     if resume is not None:
         model.load_state_dict(resume["model"])
+    regularizer = build_l2sp(model, start, cfg) if get_init(cfg.init).l2sp else None
+    evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
+                          val=val, test=test, select_by=cfg.select_by)
 
-    regularizer = None
-    if reference is not None:
-        ref = {part: {k: v.to(device) for k, v in snap.items()} for part, snap in reference.items()}
+    def on_step(iteration: int) -> None:
+        if iteration % cfg.eval_every == 0 or iteration == cfg.optim.iterations:
+            evaluate_and_keep(evaluator, history, iteration, model, det_cfg)
 
-        def regularizer() -> dict[str, torch.Tensor]:
-            parts = model.parts()
-            return {"l2sp": sum(l2sp_penalty(parts[p], ref[p], alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
-                                for p in ref)}
-
-    gt = dataset_to_coco(val) if val is not None else None
-    gt_test = dataset_to_coco(test) if test is not None else None
-
-    def score(dataset, truth, split: str, iteration: int) -> dict:
-        results = predict_dataset(model, dataset, device=device, batch_size=cfg.eval_batch_size)
-        metrics = evaluate(truth, results, protocol="livecell")
-        run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
-        run.save_json(results, f"predictions_{split}.json")
-        return {"bbox": metrics["bbox"], "segm": metrics["segm"]}
-
-    def validate(iteration: int) -> None:
-        """Score validation (and test) every ``eval_every`` iterations and at the end."""
-        if val is None or not distributed.is_main():
-            return
-        if iteration % cfg.eval_every and iteration != cfg.optim.iterations:
-            return
-        if any(h["iteration"] == iteration for h in history):
-            return
-        entry = {"iteration": iteration, **score(val, gt, "val", iteration)}
-        if test is not None:
-            entry["test"] = score(test, gt_test, "test", iteration)
-        history.append(entry)
-
-    stage_result = run_stage(
+    run_stage(
         stage="finetune",
-        step_fn=detection_step(distributed.wrap(model, device), device, regularizer),
-        groups=param_groups(model.parts(), weight_decay=cfg.optim.weight_decay,
-                            no_decay=tuple(reference or ())),
+        step_fn=detection_step(distributed.wrap(model, device), device),
+        groups=param_groups(model.parts(), weight_decay=cfg.optim.weight_decay),
         cfg=cfg.optim,
         dataset=train,
-        transform=DetectionTrainTransform(crop_size=cfg.optim.crop_size),
+        transform=DetectionTrainTransform(crop_size=cfg.optim.crop_size, object_size=det_cfg.object_size,
+                                          scale_jitter=cfg.optim.scale_jitter),
         collate_fn=collate,
         seed=cfg.seed,
         run=run,
@@ -125,15 +104,82 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         extra_state=lambda: {"model": model.state_dict(), "history": history},
         num_workers=cfg.num_workers,
         checkpoint_every=cfg.checkpoint_every,
-        on_step=validate,
+        on_step=on_step,
+        regularizer=regularizer,
     )
-    del stage_result
-    validate(cfg.optim.iterations)
-    save_model(run.path("model.pt"), model, det_cfg, [{"id": 1, "name": "cell"}], stage=f"finetune:{cfg.init}")
-    last = history[-1] if history else {}
-    run.save_json({"history": history, "last": last}, "val_metrics.json")
+    evaluate_and_keep(evaluator, history, cfg.optim.iterations, model, det_cfg)
+    if val is None:
+        save_model(run.path("model.pt"), model, det_cfg, CELL, stage=f"finetune:{cfg.init}",
+                   iteration=cfg.optim.iterations)
+    drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
+    best = best_entry(history, cfg.select_by)
+    run.save_json({"history": history, "best": best, "select_by": cfg.select_by, "drift": drift,
+                   "last": history[-1] if history else {}}, "val_metrics.json")
     run.close()
-    return last
+    return best
+
+
+CELL = [{"id": 1, "name": "cell"}]
+
+
+def build_l2sp(model: torch.nn.Module, start: dict[str, dict[str, torch.Tensor]], cfg: FinetuneConfig) -> L2SP:
+    """CUPre++: L2-SP towards the pre-trained weights of ``cfg.l2sp.parts`` (Eq. 7: the backbone)."""
+    parts = model.parts()
+    unknown = [p for p in cfg.l2sp.parts if p not in parts]
+    if unknown or not cfg.l2sp.parts:
+        raise CupreError(f"l2sp.parts: {list(cfg.l2sp.parts)}; name parts among {', '.join(parts)}")
+    chosen = torch.nn.ModuleDict({p: parts[p] for p in cfg.l2sp.parts})
+    reference = {f"{p}.{k}": v for p in cfg.l2sp.parts for k, v in start[p].items()}
+    return L2SP(chosen, reference, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
+
+
+def best_entry(history: list[dict], select_by: str) -> dict:
+    """The evaluation with the highest ``select_by`` (``segm_AP``/``bbox_AP``), earliest on ties."""
+    if not history:
+        return {}
+    kind, figure = select_by.split("_", 1)
+    return max(history, key=lambda h: (h[kind][figure], -h["iteration"]))
+
+
+def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: int, model, det_cfg) -> None:
+    """Score validation (and test) once per iteration; save ``model.pt`` when it is the best so far."""
+    if evaluator.val is None or not distributed.is_main() or any(h["iteration"] == iteration for h in history):
+        return
+    entry = evaluator.score(iteration)
+    history.append(entry)
+    if best_entry(history, evaluator.select_by) is entry:
+        save_model(evaluator.run.path("model.pt"), model, det_cfg, CELL, stage="finetune", iteration=iteration,
+                   select_by=evaluator.select_by)
+        evaluator.keep_predictions()
+
+
+class Evaluator:
+    """Scores the model on validation (and test) under the LIVECell protocol."""
+
+    def __init__(self, *, model, run: Run, device, batch_size: int, val, test, select_by: str) -> None:
+        self.model, self.run, self.device, self.batch_size = model, run, device, batch_size
+        self.val, self.test, self.select_by = val, test, select_by
+        self.gt = {"val": dataset_to_coco(val) if val is not None else None,
+                   "test": dataset_to_coco(test) if test is not None else None}
+        self.latest: dict[str, list] = {}
+
+    def _split(self, split: str, dataset, iteration: int) -> dict:
+        results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size)
+        metrics = evaluate(self.gt[split], results, protocol="livecell")
+        self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
+        self.latest[split] = results
+        return {"bbox": metrics["bbox"], "segm": metrics["segm"]}
+
+    def score(self, iteration: int) -> dict:
+        entry = {"iteration": iteration, **self._split("val", self.val, iteration)}
+        if self.test is not None:
+            entry["test"] = self._split("test", self.test, iteration)
+        return entry
+
+    def keep_predictions(self) -> None:
+        """Write the latest predictions as the kept model's (``predictions_{val,test}.json``)."""
+        for split, results in self.latest.items():
+            self.run.save_json(results, f"predictions_{split}.json")
 
 
 def _held_out(path: str | None, split: str | None):
@@ -191,6 +237,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if last:
         print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
-              f"(iteration {last['iteration']}, {out / 'val_metrics.json'})")
-    print(f"model: {out / 'model.pt'}")
+              f"(validation-best iteration {last['iteration']} by {cfg.select_by}, {out / 'val_metrics.json'})")
+        print(f"model (validation-best): {out / 'model.pt'}")
+    else:
+        print(f"model (last iteration; no validation set checked it): {out / 'model.pt'}")
     return 0

@@ -1,16 +1,17 @@
-"""The paper's initialisations by name, from a ``cupre pretrain`` run folder.
+"""The paper's initialisations: one table that pre-training saves by and fine-tuning loads by.
 
-=============  =====================================================================
+=============  ====================================================================
 name           weights the fine-tuning starts from
-=============  =====================================================================
+=============  ====================================================================
 scratch        Kaiming initialisation (nothing pre-trained)
-coco           the COCO warm-up model (backbone, neck, head)
+coco           the COCO warm-up followed by AMT2's K COCO steps without the MoCo steps
+               (as many COCO iterations as CUPre, same subsets and schedule)
 cells-moco     the backbone of MoCo v2 trained on cells from scratch; fresh neck/head
-coco++         the first AMT2 MoCo backbone with the COCO warm-up neck and head
+coco++         the Cells-MoCo backbone with the COCO warm-up's neck and head
 cupre          the model after all AMT2 rounds
 cupre-nol2sp   the model after AMT2 rounds run without L2-SP
-cupre++        ``cupre``, fine-tuned with L2-SP towards the pre-trained backbone and neck
-=============  =====================================================================
+cupre++        ``cupre``, fine-tuned with L2-SP towards the pre-trained backbone
+=============  ====================================================================
 
 The class-specific predictor layers are re-initialised for one "cell" class; every other
 pre-trained weight is kept.
@@ -18,6 +19,7 @@ pre-trained weight is kept.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,65 +27,106 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.losses.l2sp import snapshot
 from cupre.train.weights import load_model_file
 
-INIT_FILES = {
-    "coco": "warmup/model.pt",
-    "cells-moco": "cells-moco/model.pt",
-    "coco++": "amt2/coco++.pt",
+# What `cupre pretrain` writes, by product name, and the setting that asks for it.
+PRODUCTS = {
+    "warmup": "warmup/model.pt",
+    "coco": "coco/model.pt",
     "cupre": "amt2/model.pt",
     "cupre-nol2sp": "amt2-nol2sp/model.pt",
-    "cupre++": "amt2/model.pt",
+    "cells-moco": "cells-moco/model.pt",
 }
-INITS = ("scratch", *INIT_FILES)
+PRODUCT_SETTING = {"coco": "coco_baseline: true", "cupre-nol2sp": "nol2sp: true", "cells-moco": "cells_moco: true"}
 
 
-def init_file(name: str, pretrain_dir: str | Path | None) -> Path | None:
-    """The model file an initialisation loads (None for scratch)."""
-    if name not in INITS:
+@dataclass(frozen=True)
+class Init:
+    """One initialisation: which products it loads, and whether L2-SP follows it.
+
+    Attributes:
+        model: product whose whole detector is loaded (None: a fresh detector).
+        backbone: product whose backbone replaces the loaded (or fresh) one.
+        l2sp: fine-tune with L2-SP towards the loaded weights (CUPre++).
+    """
+
+    name: str
+    model: str | None = None
+    backbone: str | None = None
+    l2sp: bool = False
+
+    @property
+    def products(self) -> list[str]:
+        return [p for p in (self.model, self.backbone) if p is not None]
+
+
+INIT_TABLE = {i.name: i for i in (
+    Init("scratch"),
+    Init("coco", model="coco"),
+    Init("cells-moco", backbone="cells-moco"),
+    Init("coco++", model="warmup", backbone="cells-moco"),
+    Init("cupre", model="cupre"),
+    Init("cupre-nol2sp", model="cupre-nol2sp"),
+    Init("cupre++", model="cupre", l2sp=True),
+)}
+INITS = tuple(INIT_TABLE)
+
+
+def get_init(name: str) -> Init:
+    if name not in INIT_TABLE:
         raise CupreError(f"unknown initialisation {name!r}; choose one of {', '.join(INITS)}")
-    if name == "scratch":
-        return None
+    return INIT_TABLE[name]
+
+
+def product_files(name: str, pretrain_dir: str | Path | None) -> dict[str, Path]:
+    """The model files an initialisation loads, by product (none for scratch).
+
+    Raises:
+        CupreError: no pretrain folder given, or a product is missing (with the
+            setting that makes it).
+    """
+    init = get_init(name)
+    if not init.products:
+        return {}
     if pretrain_dir is None:
         raise CupreError(f"--init {name} needs --from PRETRAIN_RUN_DIR (a `cupre pretrain` output folder)")
-    path = Path(pretrain_dir) / INIT_FILES[name]
-    if not path.is_file():
-        hint = {"cells-moco": " (pretrain with cells_moco: true)", "cupre-nol2sp": " (pretrain with nol2sp: true)"}
-        raise CupreError(f"{path}: not found; has the pretrain run finished?{hint.get(name, '')}")
-    return path
+    files = {p: Path(pretrain_dir) / PRODUCTS[p] for p in init.products}
+    for product, path in files.items():
+        if not path.is_file():
+            hint = f" (pretrain with {PRODUCT_SETTING[product]})" if product in PRODUCT_SETTING else ""
+            raise CupreError(f"{path}: not found; has the pretrain run finished?{hint}")
+    return files
+
+
+def pretrain_done(pretrain_dir: Path, methods: list[str]) -> bool:
+    """Whether every product the ``methods`` load exists."""
+    return all((pretrain_dir / PRODUCTS[p]).is_file() for m in methods for p in get_init(m).products)
 
 
 def build_init(
     name: str, pretrain_dir: str | Path | None, overrides: dict[str, Any]
-) -> tuple[torch.nn.Module, DetectorConfig, dict[str, dict[str, torch.Tensor]] | None]:
-    """Build the detector for fine-tuning (one foreground class).
+) -> tuple[torch.nn.Module, DetectorConfig]:
+    """Build the detector for fine-tuning (one foreground class) from initialisation ``name``.
 
-    Returns:
-        (model, its config, the L2-SP reference for ``cupre++`` else None). The L2-SP
-        reference maps part names ("backbone", "neck") to snapshots of their
-        pre-trained parameters.
+    The detector config is the loaded product's (the warm-up's for scratch when a
+    pretrain folder is given), with ``overrides`` on top.
     """
     from cupre.models.detector import build_detector
 
-    path = init_file(name, pretrain_dir)
-    if path is None:
-        base: dict[str, Any] = {}
-        if pretrain_dir is not None and (Path(pretrain_dir) / INIT_FILES["coco"]).is_file():
-            base = load_model_file(Path(pretrain_dir) / INIT_FILES["coco"])["detector"]
-        cfg = DetectorConfig.from_dict({**base, **overrides, "num_classes": 1}, where="detector")
-        return build_detector(cfg), cfg, None
-    ckpt = load_model_file(path)
-    cfg = DetectorConfig.from_dict({**ckpt["detector"], **overrides}, where=f"{path} detector")
+    init = get_init(name)
+    files = product_files(name, pretrain_dir)
+    ckpts = {p: load_model_file(f) for p, f in files.items()}
+    source = ckpts.get(init.model) or ckpts.get(init.backbone)
+    if source is None and pretrain_dir is not None and (Path(pretrain_dir) / PRODUCTS["warmup"]).is_file():
+        source = load_model_file(Path(pretrain_dir) / PRODUCTS["warmup"])
+    base = dict(source["detector"]) if source is not None else {}
+    cfg = DetectorConfig.from_dict({**base, **overrides}, where=f"--init {name} detector")
     model = build_detector(cfg)
-    if name == "cells-moco":  # only the backbone is pre-trained
-        backbone = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
-        model.backbone.load_state_dict(backbone)
-    else:
-        model.load_state_dict(ckpt["model"])
+    if init.model is not None:
+        model.load_state_dict(ckpts[init.model]["model"])
+    if init.backbone is not None:
+        state = ckpts[init.backbone]["model"]
+        model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
     model.reset_predictors(1)
     cfg.num_classes = 1
-    reference = None
-    if name == "cupre++":
-        reference = {"backbone": snapshot(model.backbone), "neck": snapshot(model.neck)}
-    return model, cfg, reference
+    return model, cfg

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from cupre.errors import CupreError
+from cupre.losses.l2sp import L2SP
 from cupre.train import distributed
 from cupre.train.run import Run
 
@@ -35,6 +36,7 @@ def train_loop(
     grad_clip: float = 0.0,
     device: torch.device = torch.device("cpu"),
     on_step: Callable[[int], None] | None = None,
+    regularizer: L2SP | None = None,
 ) -> dict[str, float]:
     """Run iterations ``start .. iterations-1`` of one stage.
 
@@ -42,7 +44,8 @@ def train_loop(
     whose names start with ``metric/``, which are logged but not summed). The total loss
     is their sum; a non-finite total stops the run with the losses named. ``save_fn(i)``
     is called every ``checkpoint_every`` iterations and at the end, with the number of
-    iterations done. Returns the last step's logged values.
+    iterations done. ``regularizer`` (decoupled L2-SP) takes its step right after the
+    optimiser's, at the same learning rate. Returns the last step's logged values.
     """
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = tqdm(
@@ -69,6 +72,8 @@ def train_loop(
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
+        if regularizer is not None:
+            regularizer.step(optimizer.param_groups[0]["lr"])
         scheduler.step()
         if on_step is not None:
             on_step(it + 1)

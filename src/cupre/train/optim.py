@@ -37,15 +37,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch
 
 
 def param_groups(
-    named: dict[str, torch.nn.Module], *, weight_decay: float, no_decay: tuple[str, ...] = ()
+    named: dict[str, torch.nn.Module], *, weight_decay: float
 ) -> list[dict]:
     """One group per part (e.g. backbone/neck/head), trainable parameters only.
 
-    Parts named in ``no_decay`` get weight decay 0 (L2-SP already regularises them).
+    Every part gets the same weight decay, with or without L2-SP (which is applied
+    on top, decoupled: :class:`cupre.losses.l2sp.L2SP`).
     """
     groups = []
     for name, module in named.items():
         params = [p for p in module.parameters() if p.requires_grad]
-        wd = 0.0 if name in no_decay else weight_decay
-        groups.append({"params": params, "weight_decay": wd, "name": name})
+        groups.append({"params": params, "weight_decay": weight_decay, "name": name})
     return groups

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cupre.config import OptimConfig
+from cupre.losses.l2sp import L2SP
 from cupre.train import distributed
 from cupre.train.batches import batch_stream, hash_seed
 from cupre.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
@@ -59,6 +60,7 @@ def run_stage(
     num_workers: int = 0,
     checkpoint_every: int = 200,
     on_step: Callable[[int], None] | None = None,
+    regularizer: L2SP | None = None,
 ) -> dict[str, float]:
     """Train one stage, resuming from ``resume`` when it names this stage.
 
@@ -113,20 +115,17 @@ def run_stage(
         grad_clip=cfg.grad_clip,
         device=device,
         on_step=on_step,
+        regularizer=regularizer,
     )
 
 
-def detection_step(model: torch.nn.Module, device: torch.device, regularizer: Callable | None = None):
-    """``step_fn`` for a detector: images + targets -> the detector's named losses
-    (plus the regulariser's, e.g. ``l2sp``)."""
+def detection_step(model: torch.nn.Module, device: torch.device):
+    """``step_fn`` for a detector: images + targets -> the detector's named losses."""
 
     def step(batch) -> dict[str, torch.Tensor]:
         images, targets = batch
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks")} for t in targets]
-        losses = dict(model(images, targets))
-        if regularizer is not None:
-            losses.update(regularizer())
-        return losses
+        return dict(model(images, targets))
 
     return step

@@ -23,10 +23,15 @@ def save_model(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig, ca
     distributed.barrier()
 
 
+LEGACY_DETECTOR_KEYS = ("min_size", "max_size")  # resize settings before the object-scale rule
+
+
 def load_model_file(path: str | Path) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "cupre-detector":
         raise CupreError(f"{path}: not a cupre model file (no detector weights in it)")
+    for key in LEGACY_DETECTOR_KEYS:
+        ckpt["detector"].pop(key, None)
     return ckpt
 
 

@@ -31,6 +31,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from cupre.config import DetectorConfig
+from cupre.models.heads.boxes import Fp32BoxCoder
 
 POSITIVE_FRACTION = 0.25
 
@@ -133,7 +134,7 @@ class CascadeRoIHeads(nn.Module):
         self.box_heads = nn.ModuleList(box_heads)
         self.box_predictors = nn.ModuleList(box_predictors)
         self.proposal_matchers = [det_utils.Matcher(iou, iou, allow_low_quality_matches=False) for iou in stage_ious]
-        self.box_coders = [det_utils.BoxCoder(tuple(float(v) for v in w)) for w in box_coder_weights]
+        self.box_coders = [Fp32BoxCoder(tuple(float(v) for v in w)) for w in box_coder_weights]
         self.fg_bg_sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, POSITIVE_FRACTION)
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head

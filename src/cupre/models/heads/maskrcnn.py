@@ -29,6 +29,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
+from cupre.models.heads.boxes import fp32_coder
 from cupre.models.neck import FEATURE_NAMES
 
 NUM_PYRAMID_LEVELS = 5  # P2..P5 and the max-pooled P6
@@ -52,7 +53,7 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
         sizes=tuple((size,) for size in cfg.anchor_sizes),
         aspect_ratios=(tuple(cfg.aspect_ratios),) * NUM_PYRAMID_LEVELS,
     )
-    return RegionProposalNetwork(
+    rpn = RegionProposalNetwork(
         anchor_generator=anchors,
         head=RPNHead(in_channels, anchors.num_anchors_per_location()[0], conv_depth=1),
         fg_iou_thresh=0.7,
@@ -63,6 +64,8 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
         post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
         nms_thresh=0.7,
     )
+    rpn.box_coder = fp32_coder(rpn.box_coder)  # proposals stay fp32 under bf16 autocast
+    return rpn
 
 
 def build_maskrcnn_roi_heads(
@@ -104,6 +107,7 @@ def build_maskrcnn_roi_heads(
         mask_head=mask_head,
         mask_predictor=mask_predictor,
     )
+    roi_heads.box_coder = fp32_coder(roi_heads.box_coder)
     reset_maskrcnn_predictors(roi_heads, cfg.num_classes)
     return roi_heads
 

@@ -1,0 +1,133 @@
+"""One object scale: a nucleus has the same size in training, evaluation and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cupre.config import DetectorConfig
+from cupre.data.transforms import DetectionTrainTransform
+from cupre.evaluation.model_eval import predict_dataset
+from cupre.inference.predict import run_predict
+from cupre.models.detector import build_detector
+from cupre.scale import estimated_factor, scale_factor, snap, typical_size
+
+DIAMETER, TARGET = 12, 24
+
+
+def disc_image(size: int = 96, diameter: int = DIAMETER) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = np.mgrid[:size, :size]
+    mask = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 <= (diameter / 2) ** 2
+    image = torch.from_numpy(mask.astype(np.float32)).expand(3, -1, -1).clone()
+    return image, torch.from_numpy(mask)[None].to(torch.uint8)
+
+
+def extent(mask: torch.Tensor) -> int:
+    """Side of the bounding box of the foreground of a 2-D mask."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    return int(max(ys.max() - ys.min(), xs.max() - xs.min())) + 1
+
+
+class ThresholdDetector(torch.nn.Module):
+    """A detector that finds the one bright object exactly, at whatever size it is fed.
+
+    It records the size of that object in every input it sees, so the test reads the
+    scale each code path feeds to a model with ``object_size`` set.
+    """
+
+    def __init__(self, object_size: float) -> None:
+        super().__init__()
+        self.object_size = object_size
+        self.seen: list[int] = []
+
+    def forward(self, images, targets=None, *, scales=None):
+        from cupre.scale import resize_image
+
+        outputs = []
+        for k, image in enumerate(images):
+            f = 1.0 if scales is None else scales[k]
+            fed = resize_image(image, f)[0]
+            self.seen.append(extent(fed))
+            mask = image[0] > 0.5  # reported in the input's own pixels, as the detector does
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            outputs.append({"boxes": box, "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64),
+                            "masks": mask[None].to(torch.uint8)})
+        return outputs
+
+
+def test_rule_pieces():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 20, 20], [0, 0, 30, 30]], dtype=torch.float32)
+    assert typical_size(boxes) == pytest.approx(20.0)
+    assert typical_size(torch.zeros(0, 4)) is None
+    assert scale_factor(24, 12) == 2.0 and scale_factor(24, 1) == 4.0 and scale_factor(None, 12) == 1.0
+    assert snap(1.1) == 1.0 and snap(1.3) == 1.3
+    assert estimated_factor(24, boxes[:1], torch.tensor([0.2])) == 1.0  # nothing confident: native pixels
+    assert estimated_factor(40, boxes, torch.tensor([0.9, 0.9, 0.9])) == 2.0
+
+
+def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_path):
+    image, mask = disc_image(size=32)  # a 32 px window at factor 2 is the whole 64 px crop
+    target = {"boxes": torch.tensor([[10.0, 10.0, 22.0, 22.0]]), "labels": torch.ones(1, dtype=torch.int64),
+              "masks": mask, "image_id": 1}
+
+    # training: the crop that reaches the detector holds the nucleus at the model's object size
+    torch.manual_seed(0)
+    crop, out = DetectionTrainTransform(crop_size=64, object_size=TARGET, flips=False, rot90=False,
+                                        intensity=False)(image, target)
+    assert crop.shape[-2:] == (64, 64)
+    assert abs(extent(out["masks"][0]) - TARGET) <= 1
+    cfg = DetectorConfig.from_dict({"backbone": "resnet18", "fpn_channels": 32, "object_size": TARGET})
+    model = build_detector(cfg).train()
+    fed = []
+    model.backbone.register_forward_hook(lambda m, args, o: fed.append(tuple(args[0].shape[-2:])))
+    model([crop], [{k: out[k] for k in ("boxes", "labels", "masks")}])
+    assert fed == [(64, 64)]  # the detector does not resize what training feeds it
+
+    # evaluation: the model's own first pass measures 12 px, the final pass runs at 24 px
+    detector = ThresholdDetector(TARGET)
+
+    class OneImage(torch.utils.data.Dataset):
+        categories = [{"id": 1, "name": "cell"}]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return image, target
+
+    results = predict_dataset(detector, OneImage(), device=torch.device("cpu"))
+    assert detector.seen == [DIAMETER, TARGET]
+    assert results[0]["bbox"] == pytest.approx([10, 10, 12, 12])  # reported in the image's own pixels
+
+    # prediction: the same rule, whether the size is estimated or given by the user
+    Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "nucleus.png")
+    detector.seen.clear()
+    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "auto", device="cpu", progress=False)
+    assert detector.seen == [DIAMETER, TARGET]
+    detector.seen.clear()
+    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", device="cpu", progress=False,
+                object_size=DIAMETER)
+    assert detector.seen == [TARGET]
+
+
+def test_model_files_store_the_object_size(tmp_path):
+    from cupre.train.weights import build_from_file, save_model
+
+    cfg = DetectorConfig.from_dict({"backbone": "resnet18", "fpn_channels": 32, "object_size": 20})
+    save_model(tmp_path / "m.pt", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+    model, loaded, _ = build_from_file(tmp_path / "m.pt")
+    assert loaded.object_size == 20 and model.object_size == 20
+
+
+def test_scale_jitter_varies_the_factor_around_the_object_scale():
+    transform = DetectionTrainTransform(crop_size=96, object_size=TARGET, scale_jitter=1.5)
+    boxes = torch.tensor([[74.0, 74.0, 86.0, 86.0]])
+    factors = []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        factors.append(transform.factor(boxes))
+    assert all(2 / 1.5 - 1e-6 <= f <= 2 * 1.5 + 1e-6 for f in factors)  # object scale 24 / 12, jittered
+    assert min(factors) < 1.8 and max(factors) > 2.2
