@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cupre.config import DetectorConfig
-from cupre.inference.predict import run_predict
+from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.tiling import predict_images
 from cupre.models.detector import build_detector
 
@@ -45,7 +45,7 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
                                     "box_score_thresh": 0.0})
     model = build_detector(cfg).eval().to(device)
     images = [torch.from_numpy(a).float().div(255)[None].expand(3, -1, -1).contiguous() for a in arrays]
-    kwargs = dict(tile_size=1024, overlap=128, batch_size=args.batch_size, score_threshold=0.0, device=device)
+    kwargs = dict(tile_size=1024, overlap=128, batch_size=args.batch_size, device=device)
     predict_images(model, images[: args.batch_size], **kwargs)  # warm-up (allocator, cuDNN autotune)
     start = time.perf_counter()
     found = predict_images(model, images, **kwargs)
@@ -54,9 +54,9 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
         for k, a in enumerate(arrays):
             Image.fromarray(a).save(Path(tmp) / f"img{k:03d}.png")
         start = time.perf_counter()
-        summary = run_predict(model, [tmp], out=Path(tmp) / "out", score_threshold=0.0,
-                              max_detections=args.max_detections, batch_size=args.batch_size,
-                              device=str(device), progress=False)
+        options = PredictOptions(score_threshold=0.0, max_detections=args.max_detections,
+                                 batch_size=args.batch_size, device=str(device))
+        summary = run_predict(model, [tmp], out=Path(tmp) / "out", options=options, progress=False)
         full_s = time.perf_counter() - start
     n = len(images)
     per_image = np.mean([len(o) for o in found])

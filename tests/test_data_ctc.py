@@ -105,11 +105,12 @@ def test_not_a_ctc_folder(tmp_path: Path) -> None:
 
 def test_conversion_keeps_slices(ctc: Path, tmp_path: Path) -> None:
     from cupre.data.coco import CocoDataset
-    from cupre.data.convert import dataset_to_coco, write_json_atomic
+    from cupre.data.convert import dataset_to_coco
+    from cupre.fileio import write_json_atomic
 
     ds = CtcDataset(ctc)
     out = tmp_path / "ctc.json"
-    write_json_atomic(dataset_to_coco(ds), out)
+    write_json_atomic(out, dataset_to_coco(ds))
     back = CocoDataset(out)
     assert [r.page for r in back.records] == [r.page for r in ds.records]
     assert {r.cell_type for r in back.records} == {"Fluo-N2DH-TEST"}

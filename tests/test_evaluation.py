@@ -16,7 +16,8 @@ from pycocotools import mask as pycoco_mask
 
 from cupre.errors import CupreError, CupreWarning
 from cupre.evaluation.livecell import FIGURES, evaluate, format_table
-from cupre.evaluation.results import load_results, masks_to_results
+from cupre.evaluation.results import load_results
+from cupre.masks import masks_to_results
 
 H, W = 96, 128
 

@@ -15,7 +15,8 @@ from cupre.cli import main as cli_main
 from cupre.data.synthetic import write_synthetic
 from cupre.errors import CupreError
 from cupre.experiments.overlays import choose_images, outline
-from cupre.experiments.runner import ExperimentConfig, load_experiment, pretrain_config
+from cupre.experiments.config import ExperimentConfig, load_experiment
+from cupre.experiments.grid import pretrain_config
 from cupre.experiments.table import format_table2, read_results_csv, select_best
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -254,7 +255,7 @@ def test_bbbc038_configs_point_at_the_shared_data(shared_data):
 
 def test_validation_and_test_images_never_reach_moco(tmp_path):
     from cupre.data.unlabeled import UnlabeledImages
-    from cupre.experiments.runner import DataConfig, prepare_target
+    from cupre.experiments.grid import prepare_target
 
     write_synthetic("cells", tmp_path / "cells", n_images=10, size=64, seed=0)
     labeled = str(tmp_path / "cells" / "annotations.json")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import masks_to_boxes, roi_align
 
-from cupre.inference.paste import PIXEL_OFFSET, paste_masks
+from cupre.models.paste import PIXEL_OFFSET, paste_masks
 
 M = 28
 

@@ -20,8 +20,10 @@ from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.data.imageio import read_image
 from cupre.errors import CupreError
-from cupre.inference.predict import expand_inputs, run_predict
-from cupre.inference.writers import crop_rle, paint_labels, roi_bytes, trace_outline
+from cupre.inference.inputs import expand_inputs
+from cupre.inference.predict import PredictOptions, run_predict
+from cupre.inference.writers import paint_labels, roi_bytes, trace_outline
+from cupre.masks import crop_rle
 from cupre.inference.tiling import Objects
 
 TINY = dict(backbone="resnet18", fpn_channels=32, rpn_pre_nms_top_n_train=300,
@@ -219,7 +221,8 @@ def _write_inputs(folder: Path) -> None:
 def test_bad_inputs_are_skipped_and_counted(tmp_path):
     _write_inputs(tmp_path / "in")
     model = ComponentDetector()
-    summary = run_predict(model, [tmp_path / "in"], out=tmp_path / "out", score_threshold=0.1, progress=False)
+    summary = run_predict(model, [tmp_path / "in"], out=tmp_path / "out", options=PredictOptions(score_threshold=0.1),
+                          progress=False)
     assert summary.predicted == 6  # a, b, three pages of c, d
     assert sorted(Path(f).name for f, _ in summary.failed) == ["e_broken.png", "f_broken.tif"]
     index = json.loads((tmp_path / "out" / "images.json").read_text())

@@ -19,7 +19,7 @@ from cupre.train import stage as stage_module
 from cupre.train.finetune import run_finetune
 from cupre.train.inits import build_init
 from cupre.train.pretrain import run_pretrain
-from cupre.train.weights import load_model_file
+from cupre.modelfile import load_model_file
 
 DETECTOR = {
     "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
@@ -109,15 +109,15 @@ def test_moco_step_moves_only_the_backbone(domains, tmp_path):
     from cupre.models.detector import build_detector
     from cupre.train.moco import build_moco, run_moco_stage
     from cupre.train.run import Run
-    from cupre.train.stage import StateFile
+    from cupre.train.stage import RunContext, Settings
 
     cfg = pretrain_cfg(domains)
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
     moco = build_moco(model, cfg.amt2.moco)
+    ctx = RunContext.open(Run(tmp_path, tensorboard=False), Settings(device=torch.device("cpu"), seed=0))
     run_moco_stage(stage="moco", moco=moco, unlabeled=UnlabeledImages([domains / "cells" / "images"]),
-                   cfg=cfg.amt2.moco, run=Run(tmp_path, tensorboard=False), device=torch.device("cpu"), seed=0,
-                   state_file=StateFile(tmp_path / "state.pt"), resume=None, extra_state=dict)
+                   cfg=cfg.amt2.moco, ctx=ctx)
     after = model.state_dict()
     assert not _same(before, after, "backbone.")
     assert _same(before, after, "neck.") and _same(before, after, "head.")
@@ -128,7 +128,7 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     from cupre.models.detector import build_detector
     from cupre.train.amt2 import coco_step
     from cupre.train.run import Run
-    from cupre.train.stage import StateFile
+    from cupre.train.stage import RunContext, Settings
 
     cfg = pretrain_cfg(domains)
     coco = MergedDataset([open_dataset(domains / "objects" / "annotations.json")])
@@ -136,10 +136,8 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
     amt2 = Amt2Config.from_dict({"freeze_backbone": True, "coco": {**FAST, "iterations": 2}})
-    coco_step(stage="s", model=model, data=coco, cfg=amt2, regularizer=None,
-               run=Run(tmp_path, tensorboard=False), device=torch.device("cpu"), seed=0,
-               state_file=StateFile(tmp_path / "state.pt"), resume=None, extra_state=dict, num_workers=0,
-               checkpoint_every=10)
+    ctx = RunContext.open(Run(tmp_path, tensorboard=False), Settings(device=torch.device("cpu"), seed=0))
+    coco_step(stage="s", model=model, data=coco, cfg=amt2, regularizer=None, ctx=ctx)
     after = model.state_dict()
     assert _same(before, after, "backbone.")
     assert not _same(before, after, "head.")
@@ -182,7 +180,7 @@ def _finetune_cfg(domains, pretrained, **over) -> FinetuneConfig:
 
 def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     from cupre.evaluation.model_eval import predict_dataset
-    from cupre.train.weights import build_from_file
+    from cupre.modelfile import build_from_file
 
     cfg = _finetune_cfg(domains, pretrained, init="cupre", eval_every=2, select_by="bbox_AP")
     best = run_finetune(cfg, tmp_path)

@@ -10,7 +10,7 @@ from PIL import Image
 from cupre.config import DetectorConfig
 from cupre.data.transforms import DetectionTrainTransform
 from cupre.evaluation.model_eval import predict_dataset
-from cupre.inference.predict import run_predict
+from cupre.inference.predict import PredictOptions, run_predict
 from cupre.models.detector import build_detector
 from cupre.scale import estimated_factor, scale_factor, snap, typical_size
 
@@ -105,16 +105,18 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     # prediction: the same rule, whether the size is estimated or given by the user
     Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "nucleus.png")
     detector.seen.clear()
-    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "auto", device="cpu", progress=False)
+    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "auto", options=PredictOptions(device="cpu"),
+                progress=False)
     assert detector.seen == [DIAMETER, TARGET]
     detector.seen.clear()
-    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", device="cpu", progress=False,
-                object_size=DIAMETER)
+    run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", progress=False,
+                options=PredictOptions(device="cpu", object_size=DIAMETER))
     assert detector.seen == [TARGET]
 
 
 def test_model_files_store_the_object_size(tmp_path):
-    from cupre.train.weights import build_from_file, save_model
+    from cupre.modelfile import build_from_file
+    from cupre.train.weights import save_model
 
     cfg = DetectorConfig.from_dict({"backbone": "resnet18", "fpn_channels": 32, "object_size": 20})
     save_model(tmp_path / "m.pt", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])

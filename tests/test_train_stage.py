@@ -11,7 +11,7 @@ from cupre.train.batches import ResumableSampler, hash_seed
 from cupre.train.checkpoint import atomic_save, load_checkpoint
 from cupre.train.optim import build_optimizer, build_scheduler
 from cupre.train.run import Run
-from cupre.train.stage import StateFile, run_stage
+from cupre.train.stage import RunContext, StateFile, run_stage
 
 
 def test_sampler_resumes_mid_epoch_with_the_same_order():
@@ -96,11 +96,12 @@ def _train(tmp_path, *, kill_at: int | None, resume: bool):
         return x + 0.1 * torch.randn_like(x), y
 
     cfg = OptimConfig(iterations=12, batch_size=3, lr=0.05, warmup_iterations=2)
+    ctx = RunContext(run=Run(tmp_path, tensorboard=False), device=torch.device("cpu"), seed=1,
+                     state_file=state_file, resume=state, extra_state=lambda: {"model": model.state_dict()},
+                     checkpoint_every=4)
     try:
         run_stage(stage="toy", step_fn=step, groups=[{"params": list(model.parameters())}], cfg=cfg,
-                  dataset=data, transform=augment, collate_fn=None, seed=1, run=Run(tmp_path, tensorboard=False),
-                  device=torch.device("cpu"), state_file=state_file, resume=state,
-                  extra_state=lambda: {"model": model.state_dict()}, checkpoint_every=4)
+                  dataset=data, transform=augment, collate_fn=None, ctx=ctx)
     except Killed:
         pass
     return losses

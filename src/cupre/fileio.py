@@ -1,10 +1,14 @@
-"""Reading the JSON files users hand to cupre, with one-line errors."""
+"""Files in and out: JSON read with one-line errors, and atomic writes (temp file, fsync,
+rename), so that a killed run or a full disk never leaves a half-written output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cupre.errors import file_error
 
@@ -26,3 +30,46 @@ def read_json(path: str | Path, *, missing: str = "file not found") -> Any:
         raise file_error(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise file_error(path, f"cannot read JSON ({exc.__class__.__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is flushed to disk and
+    renamed over ``path``, on any failure removed, so ``path`` is never left half-written.
+
+    Raises:
+        CupreError: ``<path>: cannot write (...)`` when the folder cannot be written or
+            the disk is full.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise file_error(path, f"cannot write ({exc.strerror or exc})") from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise file_error(path, f"cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = None) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`atomic_path`)."""
+    separators = None if indent is not None else (",", ":")
+    return write_text_atomic(path, json.dumps(data, indent=indent, separators=separators))

@@ -22,7 +22,12 @@ from PIL import Image, UnidentifiedImageError
 
 from cupre.data.imageio import IMAGE_SUFFIXES, Normalization, read_image
 from cupre.data.label_images import image_size
-from cupre.data.sample import CELL_CATEGORIES, ImageRecord, InstanceDataset, RawInstances
+from cupre.data.sample import (
+    CELL_CATEGORIES,
+    ImageRecord,
+    InstanceDataset,
+    RawInstances,
+)
 from cupre.errors import file_error, warn_or_raise
 from cupre.fileio import read_json
 

@@ -8,9 +8,6 @@ absolute. The JSON is written atomically (a temporary file, then a rename).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +15,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from cupre.data.formats import FORMATS, open_dataset
 from cupre.data.sample import ImageRecord, InstanceDataset, masks_to_boxes
-from cupre.errors import file_error
 
 
 def encode_masks(masks: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
@@ -104,48 +99,3 @@ def _image_entry(rec: ImageRecord, height: int, width: int, relative_to: str | P
     if rec.page is not None:
         entry["page"] = rec.page
     return entry
-
-
-def write_json_atomic(data: dict, path: str | Path) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and :func:`os.replace`."""
-    path = Path(path)
-    if path.is_dir():
-        raise file_error(path, "output is a folder; give a .json file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="a COCO JSON file or a dataset folder (bbbc038, ctc, label-images)")
-    parser.add_argument("-o", "--output", required=True, help="the COCO JSON file to write")
-    parser.add_argument("--format", choices=FORMATS, default=None, help="input format (default: detected)")
-    parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
-    parser.add_argument("--class-agnostic", action="store_true", help="write every instance as category 'cell'")
-    parser.add_argument("--image-root", default=None, help="COCO input: the folder its file names are relative to")
-
-
-def main(args: argparse.Namespace) -> int:
-    dataset = open_dataset(
-        args.input,
-        format=args.format,
-        class_agnostic=args.class_agnostic,
-        strict=args.strict,
-        image_root=args.image_root,
-    )
-    out = Path(args.output)
-    coco = dataset_to_coco(dataset, relative_to=out.resolve().parent, progress=True)
-    write_json_atomic(coco, out)
-    n_crowd = sum(a["iscrowd"] for a in coco["annotations"])
-    crowd = f" ({n_crowd:,} crowd)" if n_crowd else ""
-    print(
-        f"{args.input} ({dataset.format_name}): {len(coco['images']):,} images, "
-        f"{len(coco['annotations']):,} instances{crowd} -> {out}"
-    )
-    return 0

@@ -24,7 +24,12 @@ import numpy as np
 
 from cupre.data.imageio import Normalization, count_pages, read_image
 from cupre.data.label_images import image_size, label_image_to_masks
-from cupre.data.sample import CELL_CATEGORIES, ImageRecord, InstanceDataset, RawInstances
+from cupre.data.sample import (
+    CELL_CATEGORIES,
+    ImageRecord,
+    InstanceDataset,
+    RawInstances,
+)
 from cupre.errors import file_error, warn_or_raise
 
 SEQUENCE = re.compile(r"^\d{2,3}$")

@@ -20,7 +20,12 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from cupre.data.imageio import TIFF_SUFFIXES, Normalization, read_image
-from cupre.data.sample import CELL_CATEGORIES, ImageRecord, InstanceDataset, RawInstances
+from cupre.data.sample import (
+    CELL_CATEGORIES,
+    ImageRecord,
+    InstanceDataset,
+    RawInstances,
+)
 from cupre.errors import file_error, warn_or_raise
 
 MASK_SUFFIX = "_masks"

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cupre.data.synthetic import SynthImage, illumination, local_frame, smooth_noise, to_uint8
+from cupre.data.synth_common import (
+    SynthImage,
+    illumination,
+    local_frame,
+    smooth_noise,
+    to_uint8,
+)
 
 CATEGORIES = [{"id": 1, "name": "cell", "supercategory": "cell"}]
 STYLES = ("phase", "fluorescence", "brightfield")

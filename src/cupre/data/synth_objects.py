@@ -15,7 +15,13 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from cupre.data.synthetic import SynthImage, illumination, local_frame, smooth_noise, to_uint8
+from cupre.data.synth_common import (
+    SynthImage,
+    illumination,
+    local_frame,
+    smooth_noise,
+    to_uint8,
+)
 
 Shape = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 

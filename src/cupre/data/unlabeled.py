@@ -14,7 +14,13 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.data import Dataset
 
-from cupre.data.imageio import IMAGE_SUFFIXES, Normalization, count_pages, normalize, read_image
+from cupre.data.imageio import (
+    IMAGE_SUFFIXES,
+    Normalization,
+    count_pages,
+    normalize,
+    read_image,
+)
 from cupre.errors import CupreError, file_error, warn_or_raise
 
 LABEL_FOLDERS = {"masks"}

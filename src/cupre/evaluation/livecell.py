@@ -33,7 +33,7 @@ import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
 from cupre.errors import CupreError, CupreWarning
-from cupre.evaluation.results import segmentation_to_rle
+from cupre.masks import segmentation_to_rle
 
 FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
@@ -80,7 +80,7 @@ def evaluate(
         gt: COCO instances dict (``images`` with ``id``/``height``/``width`` and
             optionally ``cell_type``; ``annotations``; ``categories``). Not modified.
         results: COCO result dicts, as from :func:`~cupre.evaluation.results.load_results`
-            or :func:`~cupre.evaluation.results.masks_to_results`. Not modified.
+            or :func:`~cupre.masks.masks_to_results`. Not modified.
         protocol: ``"livecell"`` or ``"coco"``.
         iou_types: any of ``"bbox"``, ``"segm"``. ``segm`` is skipped, with a
             :class:`CupreWarning`, when a result or a ground-truth object has no mask.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from cupre.evaluation.results import masks_to_results
+from cupre.masks import masks_to_results
 from cupre.scale import detect
 
 

@@ -7,7 +7,7 @@ A COCO *results* file is a JSON list with one dict per detection::
      "segmentation": {"size": [H, W], "counts": "RLE..."}}  # compressed RLE
 
 :func:`load_results` checks every entry against the ground truth and fails with one
-line naming the file, the entry and the problem; :func:`masks_to_results` turns one
+line naming the file, the entry and the problem; :func:`cupre.masks.masks_to_results` turns one
 image's model output (XYXY boxes, binary masks) into such entries. Polygons and
 uncompressed RLE are accepted on reading and normalised to compressed RLE; a result
 without ``bbox`` gets the box of its mask.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pycocotools import mask as pycoco_mask
 
 from cupre.errors import CupreError, file_error
 from cupre.fileio import read_json
+from cupre.masks import compressed
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
 _RLE_CHUNK = 2048
@@ -139,7 +140,7 @@ def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> 
         )
         if not segm or not polys_ok:
             raise CupreError(f"{where}: segmentation is neither an RLE dict nor a list of polygons [x1, y1, x2, ...]")
-        return _compressed(pycoco_mask.merge(pycoco_mask.frPyObjects(segm, h, w)))
+        return compressed(pycoco_mask.merge(pycoco_mask.frPyObjects(segm, h, w)))
     if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
         raise CupreError(f"{where}: segmentation must be an RLE dict with 'size' and 'counts'")
     rle_size = segm["size"]
@@ -155,13 +156,8 @@ def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> 
     if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
         if sum(counts) != h * w:
             raise CupreError(f"{where}: uncompressed RLE counts cover {sum(counts)} pixels, the image has {h * w}")
-        return _compressed(pycoco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w))
+        return compressed(pycoco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w))
     raise CupreError(f"{where}: segmentation counts must be an RLE string or a list of run lengths")
-
-
-def _compressed(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
 
 
 def _check_rle_counts(results: list[dict], source: str | Path) -> None:
@@ -186,89 +182,3 @@ def _runs_or_none(rle: dict) -> list[int] | None:
         return rle_api.toUncompressedRLE([rle])[0]["counts"]
     except (RuntimeError, ValueError):
         return None
-
-
-def masks_to_results(
-    image_id: int,
-    boxes: Any,
-    scores: Any,
-    labels: Any,
-    masks: Any | None,
-    category_ids: Sequence[int] | Mapping[int, int] | None = None,
-) -> list[dict]:
-    """Encode one image's detections as COCO result dicts (compressed RLE masks).
-
-    Args:
-        image_id: the COCO ``id`` of the image.
-        boxes: ``Nx4`` XYXY boxes in pixels (tensor or ndarray).
-        scores: ``N`` confidences.
-        labels: ``N`` integer class labels of the model.
-        masks: ``NxHxW`` (or ``Nx1xHxW``) masks: bool/integer masks are used as they
-            are, float masks are thresholded at 0.5; ``None`` writes box-only results.
-        category_ids: COCO ``category_id`` of each label. A sequence is read in the
-            torchvision convention, label 0 being the background: label ``l`` is
-            written as ``category_ids[l - 1]``; a mapping is read as
-            ``category_ids[l]``; ``None`` writes the label itself.
-
-    Returns:
-        ``N`` dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and,
-        with masks, ``segmentation`` ``{"size": [H, W], "counts": str}``.
-    """
-    boxes = _numpy(boxes).reshape(-1, 4).astype(np.float64)
-    scores, labels = _numpy(scores).reshape(-1), _numpy(labels).reshape(-1)
-    if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"boxes, scores and labels differ in length: {len(boxes)}, {len(scores)}, {len(labels)}")
-    rles = _encode_masks(masks, len(boxes)) if masks is not None else None
-    out = []
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        result = {
-            "image_id": int(image_id),
-            "category_id": _category_id(int(labels[i]), category_ids),
-            "score": float(scores[i]),
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-        }
-        if rles is not None:
-            result["segmentation"] = rles[i]
-        out.append(result)
-    return out
-
-
-def _category_id(label: int, category_ids: Sequence[int] | Mapping[int, int] | None) -> int:
-    if category_ids is None:
-        return label
-    if isinstance(category_ids, Mapping):
-        if label not in category_ids:
-            raise ValueError(f"label {label} has no entry in category_ids {dict(category_ids)}")
-        return int(category_ids[label])
-    if not 1 <= label <= len(category_ids):
-        raise ValueError(f"label {label} outside 1..{len(category_ids)} (0 is the background)")
-    return int(category_ids[label - 1])
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _encode_masks(masks: Any, n: int) -> list[dict]:
-    masks = _numpy(masks)
-    if masks.ndim == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.ndim != 3 or masks.shape[0] != n:
-        raise ValueError(f"masks must be {n}xHxW, found shape {masks.shape}")
-    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
-    if n == 0:
-        return []
-    encoded = pycoco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
-    return [_compressed(rle) for rle in encoded]
-
-
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
-    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
-    if isinstance(segmentation, list):
-        return pycoco_mask.merge(pycoco_mask.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):
-        return pycoco_mask.frPyObjects(segmentation, height, width)
-    counts = segmentation["counts"]
-    return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}

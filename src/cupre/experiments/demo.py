@@ -9,7 +9,6 @@ the AP table. Everything lands in one folder; running again reuses what is finis
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -19,9 +18,9 @@ from cupre.config import FinetuneConfig, PretrainConfig
 from cupre.data.formats import open_dataset
 from cupre.data.splits import fewshot_split, partition
 from cupre.data.synthetic import write_synthetic
+from cupre.fileio import write_text_atomic
 from cupre.train.finetune import run_finetune
 from cupre.train.pretrain import run_pretrain
-from cupre.train.run import write_text_atomic
 
 DETECTOR = {
     "arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 64,
@@ -117,14 +116,3 @@ def format_ap_table(table: dict[str, dict], *, title: str) -> str:
         row += [f"{100 * m['segm'][k]:.1f}" for k in ("AP", "AP50")]
         lines.append(f"| {init} | " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--out", default="cupre-demo", help="output folder (default: cupre-demo)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-
-
-def main(args: argparse.Namespace) -> int:
-    run_demo(args.out, seed=args.seed, device=args.device)
-    return 0

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from cupre.data.sample import ImageRecord
-from cupre.evaluation.results import segmentation_to_rle
+from cupre.masks import segmentation_to_rle
 
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 255)

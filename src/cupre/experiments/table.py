@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from cupre.fileio import write_text_atomic
 
 FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 METRICS = tuple(f"{t}_{k}" for t in ("bbox", "segm") for k in FIGURES)
@@ -57,9 +58,7 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else "" if v is None else v)
                          for k, v in row.items() if k in COLUMNS})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def read_results_csv(path: Path) -> list[dict[str, Any]]:

@@ -292,7 +292,6 @@ def predict_images(
     tile_size: int = 1024,
     overlap: int = 128,
     batch_size: int = 2,
-    score_threshold: float = 0.0,
     device: torch.device | str = "cpu",
     scales: Sequence[float] | None = None,
 ) -> list[Objects]:
@@ -309,8 +308,7 @@ def predict_images(
         tile_size, overlap: tile side and minimum overlap in pixels (``overlap`` should
             be at least the largest object's size).
         batch_size: tiles per forward pass.
-        score_threshold: detections below it are dropped.
-        device: where the model runs.
+        device: where the model runs (the detector's own score threshold filters).
         scales: each image's object-scale factor (None: native pixels); a tile of an
             image run at ``f`` spans ``tile_size / f`` image pixels.
 
@@ -332,7 +330,7 @@ def predict_images(
         else:
             outputs = model(crops, scales=[factors[k] for k, _ in chunk])
         for (k, tile), out in zip(chunk, outputs):
-            objs = crop_output(out, origin=(tile.y0, tile.x0), score_threshold=score_threshold)
+            objs = crop_output(out, origin=(tile.y0, tile.x0))
             objs = objs.select(in_core(objs.boxes, tile))
             parts[k].append(objs)
             tile_ids[k].append(np.full(len(objs), len(parts[k]) - 1, dtype=np.int64))

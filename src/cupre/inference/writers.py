@@ -18,11 +18,10 @@ from typing import Mapping
 import numpy as np
 import tifffile
 from PIL import Image, ImageDraw
-from pycocotools import mask as coco_mask
 from scipy import ndimage
 
-from cupre.evaluation.results import masks_to_results
 from cupre.inference.tiling import Objects
+from cupre.masks import crop_rle, masks_to_results
 
 CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
                "mean_intensity", "category")
@@ -146,30 +145,6 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[d
         xy = (row["centroid_x"], row["centroid_y"])
         draw.text(xy, str(row["id"]), fill=(255, 255, 255), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
     pil.save(path, compress_level=1)
-
-
-def crop_rle(crop: np.ndarray, origin: tuple[int, int], height: int, width: int) -> dict:
-    """Compressed COCO RLE of a cropped mask placed at ``origin = (y0, x0)`` in an
-    ``height x width`` image, without building the full-size mask.
-
-    RLE runs go down the columns (Fortran order); the crop's foreground pixels in that
-    order have image indices ``(x0 + c) * H + (y0 + r)``, increasing, so runs are where
-    consecutive indices differ by one.
-    """
-    y0, x0 = int(origin[0]), int(origin[1])
-    cols, rows = np.nonzero(crop.T)  # Fortran order of the crop
-    pos = (cols.astype(np.int64) + x0) * height + rows + y0
-    if pos.size == 0:
-        counts = [height * width]
-    else:
-        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
-        starts = pos[np.concatenate([[0], breaks])]
-        ends = pos[np.concatenate([breaks - 1, [pos.size - 1]])] + 1
-        gaps = starts - np.concatenate([[0], ends[:-1]])
-        runs = np.stack([gaps, ends - starts], axis=1).reshape(-1)
-        counts = runs.tolist() + [int(height * width - ends[-1])]
-    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height: int, width: int,

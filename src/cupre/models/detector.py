@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from cupre.config import DetectorConfig
-from cupre.inference.paste import paste_masks
+from cupre.models.paste import paste_masks
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head

@@ -22,7 +22,13 @@ from cupre.train import distributed
 from cupre.train.moco import build_moco, run_moco_stage
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import StateFile, detection_step, run_stage, stage_seed
+from cupre.train.stage import (
+    RunContext,
+    Settings,
+    detection_step,
+    run_stage,
+    stage_seed,
+)
 from cupre.train.weights import save_model
 
 
@@ -42,12 +48,9 @@ def run_amt2(
     cfg: Amt2Config,
     detector_cfg: DetectorConfig,
     run: Run,
-    device: torch.device,
-    seed: int,
+    settings: Settings,
     moco_steps: bool = True,
     use_l2sp: bool = True,
-    num_workers: int = 0,
-    checkpoint_every: int = 200,
     product: str = "cupre",
 ) -> None:
     """Run all rounds and write ``model.pt`` into ``run``. Resumable.
@@ -59,9 +62,10 @@ def run_amt2(
     """
     if run.path("model.pt").is_file():
         return
-    moco = build_moco(model, cfg.moco).to(device) if moco_steps else None
-    state_file = StateFile(run.path("state.pt"))
-    resume = state_file.load()
+    moco = build_moco(model, cfg.moco).to(settings.device) if moco_steps else None
+    ctx = RunContext.open(run, settings)
+    seed, device = settings.seed, settings.device
+    resume = ctx.resume
     done: set[str] = set()
     w0: dict[str, torch.Tensor] | None = None
     drifts: list[dict] = []
@@ -79,18 +83,17 @@ def run_amt2(
 
     def finish(stage: str) -> None:
         done.add(stage)
-        state_file.save({"stage": f"{stage}:done", **extra_state()})
+        ctx.state_file.save({"stage": f"{stage}:done", **extra_state()})
 
+    ctx.extra_state = extra_state
     subsets = coco_subsets(len(coco), cfg.rounds, seed)
-    common = dict(run=run, device=device, seed=seed, state_file=state_file, resume=resume,
-                  extra_state=extra_state, num_workers=num_workers, checkpoint_every=checkpoint_every)
     for k in range(cfg.rounds):
         name = f"amt2/round{k + 1}"
         if moco is not None and f"{name}/moco" not in done:
             if resume is None or resume.get("stage") != f"{name}/moco":
                 # the COCO step moved the backbone: restart the momentum copy and the queue
                 moco.sync_key_encoder(torch.Generator().manual_seed(stage_seed(seed, f"{name}/queue") % 2**63))
-            run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, **common)
+            run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, ctx=ctx)
             w0 = snapshot(model.backbone)
             finish(f"{name}/moco")
         if f"{name}/coco" not in done:
@@ -99,7 +102,7 @@ def run_amt2(
             if use_l2sp and moco is not None and not cfg.freeze_backbone:
                 regularizer = L2SP(model.backbone, start, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
             coco_step(stage=f"{name}/coco", model=model, data=Subset(coco, subsets[k]), cfg=cfg,
-                      regularizer=regularizer, **common)
+                      regularizer=regularizer, ctx=ctx)
             drift = relative_drift(model.backbone, start)
             drifts.append({"stage": f"{name}/coco", "drift_backbone": drift, "l2sp": regularizer is not None})
             run.log(f"{name}/coco", cfg.coco.iterations, {"drift/backbone": drift})
@@ -108,7 +111,8 @@ def run_amt2(
     save_model(run.path("model.pt"), model, detector_cfg, coco.categories, stage=product)
 
 
-def coco_step(*, stage, model, data, cfg: Amt2Config, regularizer: L2SP | None, **common) -> None:
+def coco_step(*, stage: str, model: torch.nn.Module, data, cfg: Amt2Config, regularizer: L2SP | None,
+              ctx: RunContext) -> None:
     """AMT2 step (b): the whole detector on one COCO subset, the backbone under L2-SP
     (``regularizer``), or frozen with ``cfg.freeze_backbone``."""
     frozen = cfg.freeze_backbone
@@ -117,14 +121,14 @@ def coco_step(*, stage, model, data, cfg: Amt2Config, regularizer: L2SP | None, 
     try:
         run_stage(
             stage=stage,
-            step_fn=detection_step(distributed.wrap(model, common["device"]), common["device"]),
+            step_fn=detection_step(distributed.wrap(model, ctx.device), ctx.device),
             groups=param_groups(model.parts(), weight_decay=cfg.coco.weight_decay),
             cfg=cfg.coco,
             dataset=data,
             transform=DetectionTrainTransform(crop_size=cfg.coco.crop_size, scale_jitter=cfg.coco.scale_jitter),
             collate_fn=collate,
             regularizer=regularizer,
-            **common,
+            ctx=ctx,
         )
     finally:
         for p in model.backbone.parameters():

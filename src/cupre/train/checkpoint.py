@@ -6,9 +6,7 @@ renamed over the old one, so a run killed while saving never leaves a truncated 
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +14,14 @@ import numpy as np
 import torch
 
 from cupre.errors import CupreError
+from cupre.fileio import atomic_path
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

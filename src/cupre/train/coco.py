@@ -10,7 +10,7 @@ from cupre.data.transforms import DetectionTrainTransform
 from cupre.train import distributed
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import StateFile, detection_step, run_stage
+from cupre.train.stage import RunContext, Settings, detection_step, run_stage
 from cupre.train.weights import save_model
 
 
@@ -21,10 +21,7 @@ def run_coco_warmup(
     cfg: OptimConfig,
     detector_cfg: DetectorConfig,
     run: Run,
-    device: torch.device,
-    seed: int,
-    num_workers: int = 0,
-    checkpoint_every: int = 200,
+    settings: Settings,
 ) -> None:
     """Train ``model`` on ``dataset`` (class-aware) and write ``run/model.pt``.
 
@@ -33,25 +30,17 @@ def run_coco_warmup(
     product = run.path("model.pt")
     if product.is_file():
         return
-    state_file = StateFile(run.path("state.pt"))
-    resume = state_file.load()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    ctx = RunContext.open(run, settings, extra_state=lambda: {"model": model.state_dict()})
+    if ctx.resume is not None:
+        model.load_state_dict(ctx.resume["model"])
     run_stage(
         stage="warmup",
-        step_fn=detection_step(distributed.wrap(model, device), device),
+        step_fn=detection_step(distributed.wrap(model, ctx.device), ctx.device),
         groups=param_groups(model.parts(), weight_decay=cfg.weight_decay),
         cfg=cfg,
         dataset=dataset,
         transform=DetectionTrainTransform(crop_size=cfg.crop_size, scale_jitter=cfg.scale_jitter),
         collate_fn=collate,
-        seed=seed,
-        run=run,
-        device=device,
-        state_file=state_file,
-        resume=resume,
-        extra_state=lambda: {"model": model.state_dict()},
-        num_workers=num_workers,
-        checkpoint_every=checkpoint_every,
+        ctx=ctx,
     )
     save_model(product, model, detector_cfg, dataset.categories, stage="warmup")

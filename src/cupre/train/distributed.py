@@ -52,13 +52,3 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA (this rank's GPU) when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device

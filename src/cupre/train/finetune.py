@@ -9,28 +9,34 @@ weights (the paper's Eq. 7; ``l2sp.parts`` names another part).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from cupre.config import FinetuneConfig, load_yaml
+from cupre.config import FinetuneConfig
+from cupre.data.convert import dataset_to_coco
 from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
 from cupre.data.splits import fewshot_split, load_split
 from cupre.data.transforms import DetectionTrainTransform
+from cupre.devices import pick_device
 from cupre.errors import CupreError
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
-from cupre.data.convert import dataset_to_coco
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.train import distributed
+from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, get_init
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.checkpoint import seed_everything
-from cupre.train.stage import StateFile, detection_step, run_stage, stage_seed
+from cupre.train.stage import (
+    RunContext,
+    Settings,
+    detection_step,
+    run_stage,
+    stage_seed,
+)
 from cupre.train.weights import save_model
 
 
@@ -56,7 +62,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
     Returns the chosen evaluation (empty without a validation set).
     """
-    device = distributed.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     distributed.init(device)
     run = Run(out_dir)
     run.save_config(cfg.to_dict())
@@ -74,11 +80,12 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
     start = {part: snapshot(module) for part, module in model.parts().items()}
-    state_file = StateFile(run.path("state.pt"))
-    resume = state_file.load()
-    history: list[dict] = resume.get("history", []) if resume else []
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    ctx = RunContext.open(run, Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
+                                        checkpoint_every=cfg.checkpoint_every))
+    history: list[dict] = ctx.resume.get("history", []) if ctx.resume else []
+    ctx.extra_state = lambda: {"model": model.state_dict(), "history": history}
+    if ctx.resume is not None:
+        model.load_state_dict(ctx.resume["model"])
     regularizer = build_l2sp(model, start, cfg) if get_init(cfg.init).l2sp else None
     evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
                           val=val, test=test, select_by=cfg.select_by)
@@ -96,14 +103,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         transform=DetectionTrainTransform(crop_size=cfg.optim.crop_size, object_size=det_cfg.object_size,
                                           scale_jitter=cfg.optim.scale_jitter),
         collate_fn=collate,
-        seed=cfg.seed,
-        run=run,
-        device=device,
-        state_file=state_file,
-        resume=resume,
-        extra_state=lambda: {"model": model.state_dict(), "history": history},
-        num_workers=cfg.num_workers,
-        checkpoint_every=cfg.checkpoint_every,
+        ctx=ctx,
         on_step=on_step,
         regularizer=regularizer,
     )
@@ -188,57 +188,3 @@ def _held_out(path: str | None, split: str | None):
         return None
     dataset = open_dataset(path, class_agnostic=True)
     return dataset.subset(load_split(split)["image_ids"]) if split is not None else dataset
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it)")
-    p.add_argument("--init", help="scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++")
-    p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder")
-    p.add_argument("--train", help="annotated dataset (any supported format)")
-    p.add_argument("--split", help="split JSON from `cupre split`")
-    p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
-    p.add_argument("--val", help="validation dataset")
-    p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
-    p.add_argument("--test", help="test dataset, scored at every evaluation (never used for choices)")
-    p.add_argument("--test-split", help="split JSON selecting the test images of --test")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("-o", "--out", required=True, help="output run folder")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-
-
-def main(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if args.resume:
-        if not (out / "config.yaml").is_file():
-            raise CupreError(f"{out}: nothing to resume (no config.yaml)")
-        cfg = FinetuneConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
-        data = load_yaml(args.config) if args.config else {}
-        flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
-                "fraction": args.fraction, "val": args.val, "val_split": args.val_split,
-                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device}
-        data.update({k: v for k, v in flat.items() if v is not None})
-        optim = dict(data.get("optim", {}))
-        for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):
-            if value is not None:
-                optim[key] = value
-        data["optim"] = optim
-        cfg = FinetuneConfig.from_dict(data, where=args.config or "finetune")
-    if not cfg.train:
-        raise CupreError("finetune: --train DATA is required")
-    last = run_finetune(cfg, out)
-    if not distributed.is_main():
-        return 0
-    if last:
-        print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
-              f"(validation-best iteration {last['iteration']} by {cfg.select_by}, {out / 'val_metrics.json'})")
-        print(f"model (validation-best): {out / 'model.pt'}")
-    else:
-        print(f"model (last iteration; no validation set checked it): {out / 'model.pt'}")
-    return 0

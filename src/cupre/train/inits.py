@@ -27,7 +27,7 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.train.weights import load_model_file
+from cupre.modelfile import load_model_file
 
 # What `cupre pretrain` writes, by product name, and the setting that asks for it.
 PRODUCTS = {

@@ -8,8 +8,7 @@ from cupre.config import MocoConfig
 from cupre.data.transforms import TwoViews
 from cupre.models.moco import MoCo
 from cupre.train import distributed
-from cupre.train.run import Run
-from cupre.train.stage import StateFile, run_stage
+from cupre.train.stage import RunContext, run_stage
 
 
 def build_moco(model: torch.nn.Module, cfg: MocoConfig) -> MoCo:
@@ -36,36 +35,15 @@ def moco_step(moco: torch.nn.Module, device: torch.device):
     return step
 
 
-def run_moco_stage(
-    *,
-    stage: str,
-    moco: MoCo,
-    unlabeled,
-    cfg: MocoConfig,
-    run: Run,
-    device: torch.device,
-    seed: int,
-    state_file: StateFile,
-    resume: dict | None,
-    extra_state,
-    num_workers: int = 0,
-    checkpoint_every: int = 200,
-) -> dict[str, float]:
+def run_moco_stage(*, stage: str, moco: MoCo, unlabeled, cfg: MocoConfig, ctx: RunContext) -> dict[str, float]:
     """Train the backbone and projection head only; the rest of the detector is untouched."""
     return run_stage(
         stage=stage,
-        step_fn=moco_step(distributed.wrap(moco, device), device),
+        step_fn=moco_step(distributed.wrap(moco, ctx.device), ctx.device),
         groups=[{"params": list(moco.trainable_parameters()), "weight_decay": cfg.optim.weight_decay}],
         cfg=cfg.optim,
         dataset=unlabeled,
         transform=TwoViews(cfg.optim.crop_size or 224, scale=cfg.crop_scale),
         collate_fn=None,
-        seed=seed,
-        run=run,
-        device=device,
-        state_file=state_file,
-        resume=resume,
-        extra_state=extra_state,
-        num_workers=num_workers,
-        checkpoint_every=checkpoint_every,
+        ctx=ctx,
     )

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cupre.fileio import write_text_atomic
 from cupre.train import distributed
 
 
@@ -68,9 +68,3 @@ class Run:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

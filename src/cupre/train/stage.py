@@ -8,6 +8,7 @@ names the stage in progress and the iteration reached, so ``--resume`` continues
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,13 @@ from cupre.config import OptimConfig
 from cupre.losses.l2sp import L2SP
 from cupre.train import distributed
 from cupre.train.batches import batch_stream, hash_seed
-from cupre.train.checkpoint import atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
+from cupre.train.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from cupre.train.loop import train_loop
 from cupre.train.optim import build_optimizer, build_scheduler
 from cupre.train.run import Run
@@ -42,6 +49,49 @@ def stage_seed(seed: int, stage: str) -> int:
     return hash_seed(seed, zlib.crc32(stage.encode()))
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How a procedure runs, whatever it trains: device, seed, loader workers, checkpoints."""
+
+    device: torch.device
+    seed: int
+    num_workers: int = 0
+    checkpoint_every: int = 200
+
+
+@dataclass
+class RunContext:
+    """What every stage of one procedure shares, built once in its ``run_*`` function.
+
+    Attributes:
+        run: the run folder (metrics, TensorBoard, JSON outputs).
+        device: where training runs.
+        seed: the procedure's seed (each stage derives its own from it and its name).
+        state_file: the procedure's ``state.pt``; resume: its content when resuming.
+        extra_state: what the procedure adds to every checkpoint (model weights ...).
+        num_workers: data-loader worker processes.
+        checkpoint_every: iterations between checkpoints.
+    """
+
+    run: Run
+    device: torch.device
+    seed: int
+    state_file: StateFile
+    resume: dict[str, Any] | None
+    extra_state: Callable[[], dict[str, Any]]
+    num_workers: int = 0
+    checkpoint_every: int = 200
+
+    @classmethod
+    def open(cls, run: Run, settings: Settings,
+             extra_state: Callable[[], dict[str, Any]] = dict) -> "RunContext":
+        """The context of ``run``, its ``state.pt`` read when a stopped run left one."""
+        state_file = StateFile(run.path("state.pt"))
+        return cls(run=run, device=settings.device, seed=settings.seed, state_file=state_file,
+                   resume=state_file.load(), extra_state=extra_state, num_workers=settings.num_workers,
+                   checkpoint_every=settings.checkpoint_every)
+
+
 def run_stage(
     *,
     stage: str,
@@ -51,37 +101,31 @@ def run_stage(
     dataset: Dataset,
     transform: Callable | None,
     collate_fn: Callable | None,
-    seed: int,
-    run: Run,
-    device: torch.device,
-    state_file: StateFile,
-    resume: dict[str, Any] | None,
-    extra_state: Callable[[], dict[str, Any]],
-    num_workers: int = 0,
-    checkpoint_every: int = 200,
+    ctx: RunContext,
     on_step: Callable[[int], None] | None = None,
     regularizer: L2SP | None = None,
 ) -> dict[str, float]:
-    """Train one stage, resuming from ``resume`` when it names this stage.
+    """Train one stage, resuming from ``ctx.resume`` when it names this stage.
 
-    The caller restores model weights (and anything else in ``extra_state``) before
+    The caller restores model weights (and anything else in ``ctx.extra_state``) before
     calling; this function restores the optimiser, the schedule, the RNG and the
     position in the data stream.
     """
     optimizer = build_optimizer(groups, cfg)
     scheduler = build_scheduler(optimizer, cfg)
+    resume = ctx.resume
     resuming = resume is not None and resume.get("stage") == stage
     start = int(resume["iteration"]) if resuming else 0
     if not resuming:
-        seed_everything(stage_seed(seed, stage) % (2**31))
+        seed_everything(stage_seed(ctx.seed, stage) % (2**31))
     batches = batch_stream(  # creating the loader draws from the global RNG: restore it after
         dataset,
         batch_size=cfg.batch_size,
-        seed=stage_seed(seed, stage),
+        seed=stage_seed(ctx.seed, stage),
         start_iteration=start,
         transform=transform,
         collate_fn=collate_fn,
-        num_workers=num_workers,
+        num_workers=ctx.num_workers,
     )
     if resuming:
         optimizer.load_state_dict(resume["optimizer"])
@@ -96,8 +140,8 @@ def run_stage(
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
         }
-        state.update(extra_state())
-        state_file.save(state)
+        state.update(ctx.extra_state())
+        ctx.state_file.save(state)
 
     if start >= cfg.iterations:
         return {}
@@ -109,11 +153,11 @@ def run_stage(
         batches=batches,
         start=start,
         iterations=cfg.iterations,
-        run=run,
+        run=ctx.run,
         save_fn=save,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=ctx.checkpoint_every,
         grad_clip=cfg.grad_clip,
-        device=device,
+        device=ctx.device,
         on_step=on_step,
         regularizer=regularizer,
     )

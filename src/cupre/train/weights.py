@@ -1,4 +1,4 @@
-"""Model files: the weights of a detector plus what is needed to rebuild it."""
+"""Saving model files from (possibly distributed) training: rank 0 writes, all wait."""
 
 from __future__ import annotations
 
@@ -8,39 +8,13 @@ from typing import Any
 import torch
 
 from cupre.config import DetectorConfig
-from cupre.errors import CupreError
+from cupre.modelfile import write_model_file
 from cupre.train import distributed
-from cupre.train.checkpoint import atomic_save, load_checkpoint
 
 
-def save_model(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig, categories: list[dict], **meta: Any) -> None:
-    """Write ``{"model", "detector", "categories", **meta}`` atomically (rank 0 writes,
-    every rank waits for it, so all can read the file afterwards)."""
+def save_model(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig, categories: list[dict],
+               **facts: Any) -> None:
+    """Write the model file (rank 0), then let every rank read it."""
     if distributed.is_main():
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_save({"kind": "cupre-detector", "model": state, "detector": cfg.to_dict(),
-                     "categories": categories, **meta}, path)
+        write_model_file(path, model, cfg, categories, **facts)
     distributed.barrier()
-
-
-LEGACY_DETECTOR_KEYS = ("min_size", "max_size")  # resize settings before the object-scale rule
-
-
-def load_model_file(path: str | Path) -> dict[str, Any]:
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") != "cupre-detector":
-        raise CupreError(f"{path}: not a cupre model file (no detector weights in it)")
-    for key in LEGACY_DETECTOR_KEYS:
-        ckpt["detector"].pop(key, None)
-    return ckpt
-
-
-def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None):
-    """Rebuild the detector stored in ``path`` (config overrides allowed, e.g. sizes)."""
-    from cupre.models.detector import build_detector
-
-    ckpt = load_model_file(path)
-    cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=str(path))
-    model = build_detector(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model, cfg, ckpt

@@ -1,8 +1,10 @@
 """The ``cupre`` command line.
 
-Every subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
-``main(args)`` (its module docstring is the command's description). The table below is the whole map; modules
-are imported only when their command runs, so ``cupre --help`` stays fast.
+Every subcommand is one thin module here, ``cupre.cli.<command>``, exposing
+``add_arguments(parser)`` and ``main(args)``: it maps the arguments to one ``run_*`` call
+of the library, whose module docstring is the command's description (``DESCRIPTION``).
+Library modules never see argparse. The table below is the whole map; modules are
+imported only when their command runs, so ``cupre --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import warnings
 from cupre.errors import CupreError, CupreWarning
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("cupre.experiments.demo", "the whole method on synthetic data, on a laptop"),
-    "synth": ("cupre.data.synthetic", "write a synthetic cell or natural-object dataset"),
-    "convert": ("cupre.data.convert", "any supported layout -> COCO instances JSON"),
-    "split": ("cupre.data.splits", "a deterministic few-shot split of a dataset"),
-    "evaluate": ("cupre.evaluation.cli", "COCO AP of results, LIVECell protocol by default"),
-    "pretrain": ("cupre.train.pretrain", "COCO warm-up + AMT2 (the CUPre pre-training)"),
-    "finetune": ("cupre.train.finetune", "few-shot fine-tuning from a named initialisation"),
-    "experiment": ("cupre.experiments.runner", "a grid of initialisations x fractions x seeds"),
-    "predict": ("cupre.inference.predict", "segment your own images with a trained model"),
+    "demo": ("cupre.cli.demo", "the whole method on synthetic data, on a laptop"),
+    "synth": ("cupre.cli.synth", "write a synthetic cell or natural-object dataset"),
+    "convert": ("cupre.cli.convert", "any supported layout -> COCO instances JSON"),
+    "split": ("cupre.cli.split", "a deterministic few-shot split of a dataset"),
+    "evaluate": ("cupre.cli.evaluate", "COCO AP of results, LIVECell protocol by default"),
+    "pretrain": ("cupre.cli.pretrain", "COCO warm-up + AMT2 (the CUPre pre-training)"),
+    "finetune": ("cupre.cli.finetune", "few-shot fine-tuning from a named initialisation"),
+    "experiment": ("cupre.cli.experiment", "a grid of initialisations x fractions x seeds"),
+    "predict": ("cupre.cli.predict", "segment your own images with a trained model"),
 }
 
 
@@ -38,7 +40,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(
-            name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=help_text, description=module.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -66,6 +68,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return int(code or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``cupre finetune``: arguments in, one call to the library out (see :mod:`cupre.train.finetune`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cupre.train.finetune as _lib
+from cupre.config import FinetuneConfig, load_yaml
+from cupre.errors import CupreError
+from cupre.train import distributed
+from cupre.train.finetune import run_finetune
+
+DESCRIPTION = _lib.__doc__
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it)")
+    p.add_argument("--init", help="scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++")
+    p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder")
+    p.add_argument("--train", help="annotated dataset (any supported format)")
+    p.add_argument("--split", help="split JSON from `cupre split`")
+    p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
+    p.add_argument("--val", help="validation dataset")
+    p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
+    p.add_argument("--test", help="test dataset, scored at every evaluation (never used for choices)")
+    p.add_argument("--test-split", help="split JSON selecting the test images of --test")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("-o", "--out", required=True, help="output run folder")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.yaml").is_file():
+            raise CupreError(f"{out}: nothing to resume (no config.yaml)")
+        cfg = FinetuneConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
+        data = load_yaml(args.config) if args.config else {}
+        flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
+                "fraction": args.fraction, "val": args.val, "val_split": args.val_split,
+                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device}
+        data.update({k: v for k, v in flat.items() if v is not None})
+        optim = dict(data.get("optim", {}))
+        for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):
+            if value is not None:
+                optim[key] = value
+        data["optim"] = optim
+        cfg = FinetuneConfig.from_dict(data, where=args.config or "finetune")
+    if not cfg.train:
+        raise CupreError("finetune: --train DATA is required")
+    last = run_finetune(cfg, out)
+    if not distributed.is_main():
+        return 0
+    if last:
+        print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
+              f"(validation-best iteration {last['iteration']} by {cfg.select_by}, {out / 'val_metrics.json'})")
+        print(f"model (validation-best): {out / 'model.pt'}")
+    else:
+        print(f"model (last iteration; no validation set checked it): {out / 'model.pt'}")
+    return 0

@@ -1,0 +1,44 @@
+"""``cupre predict``: arguments in, one call to the library out (see :mod:`cupre.inference.predict`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cupre.inference.predict as _lib
+from cupre.inference.predict import PredictOptions, run_predict
+
+DESCRIPTION = _lib.__doc__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (.pt) or a run folder holding model.pt")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
+    parser.add_argument("--max-detections", type=int, default=2000,
+                        help="most detections per image, or per tile for tiled images (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images or tiles per forward pass (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images into this size (default 1024)")
+    parser.add_argument("--tile-overlap", type=int, default=128,
+                        help="tile overlap in pixels, at least the largest cell's size (default 128)")
+    parser.add_argument("--object-size", type=float, default=None, metavar="PX",
+                        help="typical cell diameter in your images, pixels (default: estimated per image by the "
+                             "model); images are rescaled to the object size the model was trained at")
+    parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def main(args: argparse.Namespace) -> int:
+    options = PredictOptions(
+        score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
+        device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        object_size=args.object_size, roi_zip=args.roi_zip, overwrite=args.overwrite,
+    )
+    summary = run_predict(args.model, args.inputs, out=args.out, options=options)
+    print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")
+    if summary.failed:
+        print(f"{len(summary.failed)} image(s) failed (listed above and in {summary.out / 'images.json'})")
+        return 1
+    return 0

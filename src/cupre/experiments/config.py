@@ -1,0 +1,149 @@
+"""The experiment config: shared pre-training, the labeled datasets, the grid and the report.
+
+Read with :func:`load_experiment`: relative paths resolve against the file's folder, keys
+the runner sets itself are refused, and the grid is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cupre.config import ConfigBase, FinetuneConfig, PretrainConfig, load_yaml
+from cupre.errors import CupreError
+from cupre.train.inits import INITS
+
+Method = Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"]
+
+
+PART_NAMES = ("train", "val", "test")
+
+
+RUNNER_FINETUNE_KEYS = ("init", "pretrain_dir", "train", "split", "fraction", "val", "val_split", "seed",
+                        "device", "eval_every", "select_by")
+
+
+RUNNER_PRETRAIN_KEYS = ("device", "cells_moco", "nol2sp", "coco_baseline", "exclude")
+
+
+@dataclass
+class DataConfig(ConfigBase):
+    """One labeled target dataset, its seeded partition and (optionally) separate val/test sets."""
+
+    name: str = ""  # label in results.csv and the table (default: the file or folder name)
+    labeled: str = ""  # annotated dataset, any supported format (few-shot splits come from its train part)
+    partition: tuple[float, ...] = (0.8, 0.2)  # parts train, val[, test], stratified by cell type
+    partition_seed: int = 0
+    val: str | None = None  # a separate validation dataset (then `partition` has no val part)
+    test: str | None = None  # a separate test dataset (then `partition` has no test part)
+    fractions: list[float] | None = None  # label fractions for this dataset (default: the experiment's)
+
+
+@dataclass
+class SyntheticObjectsConfig(ConfigBase):
+    """Synthetic natural-object scenes appended to the COCO stage (0 images: none)."""
+
+    images: int = 0
+    size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class OverlayConfig(ConfigBase):
+    """Fig. 8: predictions next to the ground truth on a few validation images."""
+
+    images: int = 4
+    methods: list[str] = field(default_factory=lambda: ["scratch", "coco", "cupre"])
+    score_thresh: float = 0.5
+
+
+@dataclass
+class ExperimentConfig(ConfigBase):
+    """``cupre experiment``: shared pre-training, then the fine-tuning grid."""
+
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    synthetic_objects: SyntheticObjectsConfig = field(default_factory=SyntheticObjectsConfig)
+    data: list[DataConfig] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[Method] = field(default_factory=lambda: list(INITS))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # shared by every cell
+    eval_every: int = 500  # validation every this many fine-tuning iterations (and at the end)
+    select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
+    device: str = "auto"
+    overlays: OverlayConfig = field(default_factory=OverlayConfig)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read an experiment YAML; relative paths in it resolve against its folder.
+
+    Raises:
+        CupreError: unknown keys (the valid ones listed), keys the runner sets itself,
+            or an inconsistent grid.
+    """
+    path = Path(path)
+    raw = load_yaml(path)
+    for section, reserved in (("finetune", RUNNER_FINETUNE_KEYS), ("pretrain", RUNNER_PRETRAIN_KEYS)):
+        given = raw.get(section) or {}
+        clash = sorted(set(given) & set(reserved)) if isinstance(given, dict) else []
+        if clash:
+            raise CupreError(f"{path}: {section}.{clash[0]} is set by the experiment runner (per cell or from "
+                             f"`methods`); remove it (top-level keys: eval_every, device)")
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = [raw["data"]]
+    cfg = ExperimentConfig.from_dict(raw, where=str(path))
+    resolve_paths(cfg, path.parent)
+    validate(cfg, str(path))
+    return cfg
+
+
+def _abs(base: Path, value: str) -> str:
+    return os.path.abspath(base / os.path.expanduser(value))
+
+
+def resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
+    """Make every dataset path absolute, relative ones taken from ``base``."""
+    cfg.pretrain.coco = [_abs(base, p) for p in cfg.pretrain.coco]
+    cfg.pretrain.unlabeled = [_abs(base, p) for p in cfg.pretrain.unlabeled]
+    for d in cfg.data:
+        d.labeled = _abs(base, d.labeled) if d.labeled else d.labeled
+        d.val = _abs(base, d.val) if d.val else None
+        d.test = _abs(base, d.test) if d.test else None
+
+
+def validate(cfg: ExperimentConfig, where: str) -> None:
+    """Check that the grid is well formed (one line per problem, raised as CupreError)."""
+    def bad(text: str) -> CupreError:
+        return CupreError(f"{where}: {text}")
+
+    if not cfg.data:
+        raise bad("no labeled dataset given (key `data` with `labeled: PATH`)")
+    if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
+        raise bad(f"`methods` must list distinct initialisations from {', '.join(INITS)}")
+    if not cfg.seeds or any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise bad("`seeds` must list distinct non-negative integers")
+    if cfg.eval_every < 1:
+        raise bad("`eval_every` must be >= 1")
+    names = [dataset_name(d) for d in cfg.data]
+    if len(set(names)) != len(names):
+        raise bad(f"two datasets share a name ({', '.join(names)}); give each a `name`")
+    for d, name in zip(cfg.data, names):
+        fractions = d.fractions if d.fractions is not None else cfg.fractions
+        if not fractions or any(not 0 < f <= 1 for f in fractions):
+            raise bad(f"data {name}: fractions must be in (0, 1], got {fractions}")
+        if not d.labeled:
+            raise bad(f"data {name}: `labeled` (the annotated dataset) is missing")
+        if not 1 <= len(d.partition) <= 3:
+            raise bad(f"data {name}: `partition` needs 1 to 3 fractions (train, val, test)")
+        if (len(d.partition) >= 2) == (d.val is not None):
+            raise bad(f"data {name}: give a validation set either as a partition part or as `val`, exactly once")
+        if len(d.partition) == 3 and d.test is not None:
+            raise bad(f"data {name}: `test` given twice (partition part and `test`)")
+
+
+def dataset_name(d: DataConfig) -> str:
+    """``name``, else the file or folder name (a generic ``annotations.json``: its folder's)."""
+    path = Path(d.labeled)
+    return d.name or (path.parent.name if path.stem == "annotations" else path.stem) or "data"

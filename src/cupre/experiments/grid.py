@@ -1,0 +1,184 @@
+"""The grid of an experiment: each labeled dataset's partition and few-shot splits
+(:class:`Target`), one fine-tuning run per method x fraction x seed (:class:`Cell`), and
+the configs of the shared pre-training and of every cell.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cupre.config import FinetuneConfig, PretrainConfig, load_yaml
+from cupre.errors import CupreError
+from cupre.experiments.config import (
+    PART_NAMES,
+    DataConfig,
+    ExperimentConfig,
+    SyntheticObjectsConfig,
+    dataset_name,
+)
+from cupre.fileio import write_text_atomic
+
+IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "eval_batch_size", "pretrain_dir",
+                         "train", "split", "val", "val_split")
+
+
+@dataclass
+class Target:
+    """A labeled dataset made ready for the grid: its split files and folders."""
+
+    name: str
+    labeled: str
+    fractions: list[float]
+    split_dir: Path
+    cell_root: Path
+    val: str
+    val_split: Path | None
+    test: str | None
+    test_split: Path | None
+    held_out: list[str] = field(default_factory=list)  # image files of val and test, kept out of MoCo
+
+
+@dataclass
+class Cell:
+    """One fine-tuning run of the grid."""
+
+    target: Target
+    method: str
+    fraction: float
+    seed: int
+
+    @property
+    def folder(self) -> Path:
+        return self.target.cell_root / self.method / f"f{self.fraction:g}" / f"s{self.seed}"
+
+    @property
+    def split_file(self) -> Path:
+        return self.target.split_dir / f"f{self.fraction:g}-s{self.seed}.json"
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"dataset": self.target.name, "method": self.method, "fraction": self.fraction, "seed": self.seed}
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "val_metrics.json").is_file() and (self.folder / "model.pt").is_file()
+
+
+def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
+                    targets: list[Target]) -> PretrainConfig | None:
+    """The shared pre-training for ``methods`` (None when only ``scratch`` is asked).
+
+    The validation and test images of every labeled set are kept out of MoCo.
+    """
+    if all(m == "scratch" for m in methods):
+        return None
+    pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
+    pre.cells_moco = any(m in methods for m in ("cells-moco", "coco++"))
+    pre.nol2sp = "cupre-nol2sp" in methods
+    pre.coco_baseline = "coco" in methods
+    pre.exclude = sorted({f for t in targets for f in t.held_out})
+    pre.device = cfg.device
+    if cfg.synthetic_objects.images > 0:
+        pre.coco = [*pre.coco, str(out / "data" / "objects" / "annotations.json")]
+    return pre
+
+
+def write_synthetic_objects(cfg: SyntheticObjectsConfig, folder: Path) -> None:
+    """Generate the COCO padding once; refuse a folder made with other settings."""
+    from cupre.data.synthetic import write_synthetic
+
+    ann = folder / "annotations.json"
+    if ann.is_file():
+        data = json.loads(ann.read_text())
+        made = (len(data["images"]), data["info"].get("size"), data["info"].get("seed"))
+        if made != (cfg.images, cfg.size, cfg.seed):
+            raise CupreError(f"{folder}: synthetic objects were made with (images, size, seed) = {made}, the "
+                             f"config asks {(cfg.images, cfg.size, cfg.seed)}; use another -o")
+        return
+    print(f"experiment: writing {cfg.images} synthetic object images to {folder}")
+    write_synthetic("objects", folder, n_images=cfg.images, size=cfg.size, seed=cfg.seed)
+
+
+def write_split(path: Path, content: dict, *, write: bool) -> None:
+    """Write a split file once; a later run must produce the same image ids."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("image_ids") != content["image_ids"]:
+            raise CupreError(f"{path}: differs from the split this config gives (other data, fractions or seed?); "
+                             "use another -o")
+        return
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(content, indent=1))
+
+
+def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: bool, write: bool) -> Target:
+    """Partition the labeled dataset and draw every few-shot split (files written once)."""
+    from cupre.data.formats import open_dataset
+    from cupre.data.splits import fewshot_split, partition
+
+    name = dataset_name(d)
+    level = () if single else (name,)
+    split_dir = out.joinpath("splits", *level)
+    records = open_dataset(d.labeled, class_agnostic=True).records
+    names = PART_NAMES[: len(d.partition)]
+    parts = partition(records, d.partition, seed=d.partition_seed, names=names)
+    for part, ids in parts.items():
+        write_split(split_dir / f"{part}.json", {"dataset": d.labeled, "part": part, "partition": list(d.partition),
+                                                 "seed": d.partition_seed, "image_ids": ids}, write=write)
+    train = [r for r in records if r.image_id in set(parts["train"])]
+    held_out = [str(r.file) for r in records if r.image_id not in set(parts["train"])]
+    for extra in (d.val, d.test):
+        if extra:
+            held_out += [str(r.file) for r in open_dataset(extra, class_agnostic=True).records]
+    fractions = list(d.fractions if d.fractions is not None else cfg.fractions)
+    for fraction in fractions:
+        for seed in cfg.seeds:
+            ids = fewshot_split(train, fraction, seed)
+            write_split(split_dir / f"f{fraction:g}-s{seed}.json", {"dataset": d.labeled, "fewshot_of": "train",
+                        "fraction": fraction, "seed": seed, "image_ids": ids}, write=write)
+    print(f"experiment: {name}: " + ", ".join(f"{p} {len(ids)}" for p, ids in parts.items()) + " images")
+    return Target(
+        name=name, labeled=d.labeled, fractions=fractions, split_dir=split_dir,
+        cell_root=out.joinpath("cells", *level),
+        val=d.val or d.labeled, val_split=None if d.val else split_dir / "val.json",
+        test=d.test or (d.labeled if "test" in parts else None),
+        test_split=split_dir / "test.json" if "test" in parts else None,
+        held_out=held_out,
+    )
+
+
+def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> FinetuneConfig:
+    """The fine-tuning config of one cell: the shared schedule plus the cell's data and seed."""
+    detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
+    data = cfg.finetune.to_dict()
+    data.update(
+        init=cell.method, pretrain_dir=None if cell.method == "scratch" else str(pretrain_dir),
+        train=cell.target.labeled, split=str(cell.split_file), fraction=None, val=cell.target.val,
+        val_split=str(cell.target.val_split) if cell.target.val_split else None,
+        test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
+        seed=cell.seed, select_by=cfg.select_by,
+        device=cfg.device, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
+    )
+    return FinetuneConfig.from_dict(data, where=f"cell {cell.folder}")
+
+
+def check_same_config(cell: Cell, ft: FinetuneConfig) -> None:
+    """Refuse to mix a cell trained under another schedule into this grid."""
+    saved = cell.folder / "config.yaml"
+    if not saved.is_file():
+        return
+    old = FinetuneConfig.from_dict(load_yaml(saved), where=str(saved)).to_dict()
+    new = ft.to_dict()
+    diff = sorted(k for k in new if k not in IGNORED_IN_COMPARISON and old.get(k) != new[k])
+    if diff:
+        raise CupreError(f"{saved}: this cell was run with other settings ({', '.join(diff)}); "
+                         "use another -o or delete the cell folder")
+
+
+def plan_cells(cfg: ExperimentConfig, targets: list[Target], methods: list[str]) -> list[Cell]:
+    return [Cell(target=t, method=m, fraction=f, seed=s)
+            for t in targets for m in methods for f in t.fractions for s in cfg.seeds]

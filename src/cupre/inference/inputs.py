@@ -1,0 +1,120 @@
+"""What ``cupre predict`` reads and writes: input images expanded into jobs (one per
+page), their output paths, and the check that nothing existing is overwritten."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from cupre.data.imageio import IMAGE_SUFFIXES, count_pages
+from cupre.data.unlabeled import is_label_file, walk_images
+from cupre.errors import CupreError, file_error
+
+OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip"}
+
+
+RUN_FILES = ("results_coco.json", "images.json")
+
+
+@dataclass
+class Job:
+    """One image (one page of a file) to predict: its COCO id and output name stem."""
+
+    image_id: int
+    file: Path
+    page: int | None
+    name: str  # output stem relative to OUT, e.g. "sub/img_p002"
+    error: str | None = None  # why the file cannot be read (found while planning)
+
+
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, str]]:
+    """Image files named by ``inputs`` with their output stems, sorted by path.
+
+    Files are taken as given (stem = file stem), folders walked recursively (stem =
+    path relative to the folder, so sub-folders are mirrored), globs expanded. Files
+    under ``exclude`` (the output folder) are never inputs of a folder or glob.
+
+    Raises:
+        CupreError: an input matches nothing, or two inputs would write the same outputs.
+    """
+    found: dict[Path, str] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in walk_images(path, recursive=True):
+                if not _under(f, exclude):
+                    found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
+        elif path.is_file():
+            found.setdefault(path, path.stem)
+        elif _has_magic(str(item)):
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
+                       and not is_label_file(m) and not _under(m, exclude)]
+            if not matches:
+                raise CupreError(f"{item}: the pattern matches no image file")
+            for m in matches:
+                found.setdefault(m, m.stem)
+        else:
+            raise file_error(path, "no such image file or folder")
+    if not found:
+        raise CupreError(f"no image files found in {', '.join(map(str, inputs))}")
+    by_name: dict[str, Path] = {}
+    for f, name in found.items():
+        if name in by_name:
+            raise CupreError(f"{f}: its outputs would overwrite those of {by_name[name]} (same name {name!r}); "
+                             "predict them in separate runs")
+        by_name[name] = f
+    return sorted(found.items())
+
+
+def _under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def plan_jobs(files: list[tuple[Path, str]]) -> list[Job]:
+    """One job per page; multi-page files get ``_pNNN`` stems. Ids are 1..N in order.
+
+    A file whose pages cannot be counted keeps its id, as one job with ``error`` set.
+    """
+    jobs: list[Job] = []
+    for path, name in files:
+        try:
+            pages = count_pages(path)
+        except Exception as exc:  # noqa: BLE001 - a broken file of any kind is reported and skipped
+            jobs.append(Job(len(jobs) + 1, path, None, name, error=problem_line(path, exc)))
+            continue
+        for page in range(pages):
+            stem = name if pages == 1 else f"{name}_p{page:03d}"
+            jobs.append(Job(len(jobs) + 1, path, page if pages > 1 else None, stem))
+    return jobs
+
+
+def job_outputs(out: Path, job: Job, *, roi_zip: bool) -> dict[str, Path]:
+    kinds = {k: v for k, v in OUTPUT_KINDS.items() if roi_zip or k != "rois"}
+    return {kind: out / f"{job.name}{suffix}" for kind, suffix in kinds.items()}
+
+
+def check_outputs(out: Path, jobs: list[Job], *, roi_zip: bool, overwrite: bool) -> None:
+    """Fail, before any work, when an output file already exists (unless ``overwrite``)."""
+    if out.exists() and not out.is_dir():
+        raise file_error(out, "output path exists and is not a folder")
+    if overwrite or not out.is_dir():
+        return
+    planned = [out / name for name in RUN_FILES]
+    planned += [p for job in jobs for p in job_outputs(out, job, roi_zip=roi_zip).values()]
+    existing = [p for p in planned if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise file_error(existing[0], f"output file exists{more}; pass --overwrite to replace it")
+
+
+def problem_line(path: Path, exc: Exception) -> str:
+    """One line naming the file: a CupreError as it is, anything else as 'cannot read'."""
+    if isinstance(exc, CupreError):
+        return str(exc)
+    return str(file_error(path, f"cannot read image ({exc.__class__.__name__}: {exc})"))

@@ -1,0 +1,130 @@
+"""Masks as COCO run-length encodings, shared by evaluation, prediction and the reports.
+
+Compressed RLE (``{"size": [H, W], "counts": str}``) is what COCO results files and
+faster-coco-eval / pycocotools read. :func:`masks_to_results` encodes a detector's masks,
+:func:`crop_rle` a box-local mask crop without building the full-size mask, and
+:func:`segmentation_to_rle` reads any COCO segmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as pycoco_mask
+
+
+def masks_to_results(
+    image_id: int,
+    boxes: Any,
+    scores: Any,
+    labels: Any,
+    masks: Any | None,
+    category_ids: Sequence[int] | Mapping[int, int] | None = None,
+) -> list[dict]:
+    """Encode one image's detections as COCO result dicts (compressed RLE masks).
+
+    Args:
+        image_id: the COCO ``id`` of the image.
+        boxes: ``Nx4`` XYXY boxes in pixels (tensor or ndarray).
+        scores: ``N`` confidences.
+        labels: ``N`` integer class labels of the model.
+        masks: ``NxHxW`` (or ``Nx1xHxW``) masks: bool/integer masks are used as they
+            are, float masks are thresholded at 0.5; ``None`` writes box-only results.
+        category_ids: COCO ``category_id`` of each label. A sequence is read in the
+            torchvision convention, label 0 being the background: label ``l`` is
+            written as ``category_ids[l - 1]``; a mapping is read as
+            ``category_ids[l]``; ``None`` writes the label itself.
+
+    Returns:
+        ``N`` dicts with ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and,
+        with masks, ``segmentation`` ``{"size": [H, W], "counts": str}``.
+    """
+    boxes = _numpy(boxes).reshape(-1, 4).astype(np.float64)
+    scores, labels = _numpy(scores).reshape(-1), _numpy(labels).reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"boxes, scores and labels differ in length: {len(boxes)}, {len(scores)}, {len(labels)}")
+    rles = _encode_masks(masks, len(boxes)) if masks is not None else None
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        result = {
+            "image_id": int(image_id),
+            "category_id": _category_id(int(labels[i]), category_ids),
+            "score": float(scores[i]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+        }
+        if rles is not None:
+            result["segmentation"] = rles[i]
+        out.append(result)
+    return out
+
+
+def _category_id(label: int, category_ids: Sequence[int] | Mapping[int, int] | None) -> int:
+    if category_ids is None:
+        return label
+    if isinstance(category_ids, Mapping):
+        if label not in category_ids:
+            raise ValueError(f"label {label} has no entry in category_ids {dict(category_ids)}")
+        return int(category_ids[label])
+    if not 1 <= label <= len(category_ids):
+        raise ValueError(f"label {label} outside 1..{len(category_ids)} (0 is the background)")
+    return int(category_ids[label - 1])
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _encode_masks(masks: Any, n: int) -> list[dict]:
+    masks = _numpy(masks)
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.ndim != 3 or masks.shape[0] != n:
+        raise ValueError(f"masks must be {n}xHxW, found shape {masks.shape}")
+    binary = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    if n == 0:
+        return []
+    encoded = pycoco_mask.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    return [compressed(rle) for rle in encoded]
+
+
+def compressed(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def crop_rle(crop: np.ndarray, origin: tuple[int, int], height: int, width: int) -> dict:
+    """Compressed COCO RLE of a cropped mask placed at ``origin = (y0, x0)`` in an
+    ``height x width`` image, without building the full-size mask.
+
+    RLE runs go down the columns (Fortran order); the crop's foreground pixels in that
+    order have image indices ``(x0 + c) * H + (y0 + r)``, increasing, so runs are where
+    consecutive indices differ by one.
+    """
+    y0, x0 = int(origin[0]), int(origin[1])
+    cols, rows = np.nonzero(crop.T)  # Fortran order of the crop
+    pos = (cols.astype(np.int64) + x0) * height + rows + y0
+    if pos.size == 0:
+        counts = [height * width]
+    else:
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        starts = pos[np.concatenate([[0], breaks])]
+        ends = pos[np.concatenate([breaks - 1, [pos.size - 1]])] + 1
+        gaps = starts - np.concatenate([[0], ends[:-1]])
+        runs = np.stack([gaps, ends - starts], axis=1).reshape(-1)
+        counts = runs.tolist() + [int(height * width - ends[-1])]
+    rle = pycoco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if isinstance(segmentation, list):
+        return pycoco_mask.merge(pycoco_mask.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return pycoco_mask.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
