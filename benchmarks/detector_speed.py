@@ -35,9 +35,9 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from cupre.config import DetectorConfig
-from cupre.models.paste import paste_masks
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.detector import build_detector
+from cupre.models.paste import paste_masks
 
 
 @dataclass

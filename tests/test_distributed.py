@@ -8,11 +8,10 @@ import sys
 
 import torch
 import yaml
+from test_procedures import DETECTOR, FAST
 
 from cupre.data.synthetic import write_synthetic
 from cupre.train.checkpoint import load_checkpoint
-
-from test_procedures import DETECTOR, FAST
 
 
 def test_two_process_pretrain_and_finetune(tmp_path):

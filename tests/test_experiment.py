@@ -14,9 +14,9 @@ from PIL import Image
 from cupre.cli import main as cli_main
 from cupre.data.synthetic import write_synthetic
 from cupre.errors import CupreError
-from cupre.experiments.overlays import choose_images, outline
 from cupre.experiments.config import ExperimentConfig, load_experiment
 from cupre.experiments.grid import pretrain_config
+from cupre.experiments.overlays import choose_images, outline
 from cupre.experiments.table import format_table2, read_results_csv, select_best
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

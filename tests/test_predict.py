@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
 from faster_coco_eval.core import mask as coco_mask
+from PIL import Image
 from scipy import ndimage
 
 from cupre import cli
@@ -21,10 +21,10 @@ from cupre.config import DetectorConfig
 from cupre.data.imageio import read_image
 from cupre.errors import CupreError
 from cupre.inference.inputs import expand_inputs
+from cupre.inference.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.writers import paint_labels, roi_bytes, trace_outline
 from cupre.masks import crop_rle
-from cupre.inference.tiling import Objects
 
 TINY = dict(backbone="resnet18", fpn_channels=32, rpn_pre_nms_top_n_train=300,
             rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=200,

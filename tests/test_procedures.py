@@ -15,11 +15,11 @@ from cupre.config import Amt2Config, FinetuneConfig, PretrainConfig
 from cupre.data.formats import open_dataset
 from cupre.data.synthetic import write_synthetic
 from cupre.errors import CupreError
+from cupre.modelfile import load_model_file
 from cupre.train import stage as stage_module
 from cupre.train.finetune import run_finetune
 from cupre.train.inits import build_init
 from cupre.train.pretrain import run_pretrain
-from cupre.modelfile import load_model_file
 
 DETECTOR = {
     "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,

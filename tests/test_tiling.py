@@ -10,8 +10,9 @@ import torch
 from scipy import ndimage
 
 from cupre.errors import CupreError
-from cupre.inference.tiling import (Objects, crop_output, in_core, make_tiles, predict_images,
-                                    remove_duplicates)
+from cupre.inference.objects import Objects, crop_output
+from cupre.inference.tiles import in_core, make_tiles
+from cupre.inference.tiling import predict_images, remove_duplicates
 from cupre.inference.writers import paint_labels
 
 

@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
         if out.exists() and any(out.iterdir()):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         if not args.config:
-            raise CupreError("pretrain: give a config YAML (e.g. configs/demo.yaml's `pretrain` part)")
+            raise CupreError("pretrain: give a config YAML (e.g. configs/pretrain-coco-mini.yaml)")
         data = load_yaml(args.config)
         data = resolve_paths(dict(data.get("pretrain", data)), Path(args.config).parent)
     if args.device:

@@ -42,8 +42,8 @@ class DataConfig(ConfigBase):
 
 
 @dataclass
-class SyntheticObjectsConfig(ConfigBase):
-    """Synthetic natural-object scenes appended to the COCO stage (0 images: none)."""
+class SyntheticConfig(ConfigBase):
+    """A synthetic dataset written once into ``OUT/data/<kind>`` (0 images: none)."""
 
     images: int = 0
     size: int = 256
@@ -64,7 +64,8 @@ class ExperimentConfig(ConfigBase):
     """``cupre experiment``: shared pre-training, then the fine-tuning grid."""
 
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    synthetic_objects: SyntheticObjectsConfig = field(default_factory=SyntheticObjectsConfig)
+    synthetic_objects: SyntheticConfig = field(default_factory=SyntheticConfig)  # appended to the COCO stage
+    synthetic_cells: SyntheticConfig = field(default_factory=SyntheticConfig)  # OUT/data/cells, for "{out}/..." paths
     data: list[DataConfig] = field(default_factory=list)
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -99,18 +100,38 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     return cfg
 
 
+OUT = "{out}"  # stands for the experiment folder in dataset paths (synthetic data lives there)
+
+
 def _abs(base: Path, value: str) -> str:
+    if value.startswith(OUT):
+        return value
     return os.path.abspath(base / os.path.expanduser(value))
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> None:
-    """Make every dataset path absolute, relative ones taken from ``base``."""
+    """Make every dataset path absolute, relative ones taken from ``base`` (``{out}/...``
+    paths stay as they are until :func:`in_folder` names the experiment folder)."""
     cfg.pretrain.coco = [_abs(base, p) for p in cfg.pretrain.coco]
     cfg.pretrain.unlabeled = [_abs(base, p) for p in cfg.pretrain.unlabeled]
     for d in cfg.data:
         d.labeled = _abs(base, d.labeled) if d.labeled else d.labeled
         d.val = _abs(base, d.val) if d.val else None
         d.test = _abs(base, d.test) if d.test else None
+
+
+def in_folder(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
+    """A copy of ``cfg`` whose ``{out}/...`` dataset paths point into ``out``."""
+    new = ExperimentConfig.from_dict(cfg.to_dict())
+
+    def sub(value: str | None) -> str | None:
+        return str(out.resolve()) + value[len(OUT):] if value and value.startswith(OUT) else value
+
+    new.pretrain.coco = [sub(p) for p in new.pretrain.coco]
+    new.pretrain.unlabeled = [sub(p) for p in new.pretrain.unlabeled]
+    for d in new.data:
+        d.labeled, d.val, d.test = sub(d.labeled), sub(d.val), sub(d.test)
+    return new
 
 
 def validate(cfg: ExperimentConfig, where: str) -> None:

@@ -16,7 +16,7 @@ from cupre.experiments.config import (
     PART_NAMES,
     DataConfig,
     ExperimentConfig,
-    SyntheticObjectsConfig,
+    SyntheticConfig,
     dataset_name,
 )
 from cupre.fileio import write_text_atomic
@@ -86,8 +86,8 @@ def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
     return pre
 
 
-def write_synthetic_objects(cfg: SyntheticObjectsConfig, folder: Path) -> None:
-    """Generate the COCO padding once; refuse a folder made with other settings."""
+def write_synthetic_data(kind: str, cfg: SyntheticConfig, folder: Path) -> None:
+    """Generate a synthetic dataset once; refuse a folder made with other settings."""
     from cupre.data.synthetic import write_synthetic
 
     ann = folder / "annotations.json"
@@ -95,11 +95,11 @@ def write_synthetic_objects(cfg: SyntheticObjectsConfig, folder: Path) -> None:
         data = json.loads(ann.read_text())
         made = (len(data["images"]), data["info"].get("size"), data["info"].get("seed"))
         if made != (cfg.images, cfg.size, cfg.seed):
-            raise CupreError(f"{folder}: synthetic objects were made with (images, size, seed) = {made}, the "
+            raise CupreError(f"{folder}: synthetic {kind} were made with (images, size, seed) = {made}, the "
                              f"config asks {(cfg.images, cfg.size, cfg.seed)}; use another -o")
         return
-    print(f"experiment: writing {cfg.images} synthetic object images to {folder}")
-    write_synthetic("objects", folder, n_images=cfg.images, size=cfg.size, seed=cfg.seed)
+    print(f"experiment: writing {cfg.images} synthetic {kind} images to {folder}")
+    write_synthetic(kind, folder, n_images=cfg.images, size=cfg.size, seed=cfg.seed)
 
 
 def write_split(path: Path, content: dict, *, write: bool) -> None:

@@ -6,6 +6,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
 
     OUT/config.yaml                          the resolved experiment config
     OUT/data/objects/                        synthetic objects padding COCO (synthetic_objects.images > 0)
+    OUT/data/cells/                          synthetic cells (synthetic_cells.images > 0; "{out}/data/cells/...")
     OUT/pretrain/                            one `cupre pretrain` run shared by every cell
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig
+from cupre.experiments.config import ExperimentConfig, in_folder
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -33,7 +34,7 @@ from cupre.experiments.grid import (
     plan_cells,
     prepare_target,
     pretrain_config,
-    write_synthetic_objects,
+    write_synthetic_data,
 )
 from cupre.fileio import write_text_atomic
 from cupre.train.inits import pretrain_done
@@ -62,6 +63,10 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         raise CupreError(f"--only-method {unknown[0]}: not among the config's methods ({', '.join(cfg.methods)})")
     if not dry_run:
         Run(out, tensorboard=False).save_config(cfg.to_dict())
+        for kind, synth in (("objects", cfg.synthetic_objects), ("cells", cfg.synthetic_cells)):
+            if synth.images > 0:
+                write_synthetic_data(kind, synth, out / "data" / kind)
+    cfg = in_folder(cfg, out)
     targets = [prepare_target(cfg, d, out, single=len(cfg.data) == 1, write=not dry_run) for d in cfg.data]
     cells = plan_cells(cfg, targets, methods)
     pre = pretrain_config(cfg, methods, out, targets)
@@ -74,8 +79,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         return ""
     t0 = time.time()
     if pre is not None and pre_state != "done":
-        if cfg.synthetic_objects.images > 0:
-            write_synthetic_objects(cfg.synthetic_objects, out / "data" / "objects")
         run_pretrain(pre, out / "pretrain")
         print(f"experiment: pre-training done after {time.time() - t0:.0f} s")
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid

@@ -50,13 +50,14 @@ from cupre.fileio import write_json_atomic
 from cupre.inference import writers
 from cupre.inference.inputs import (
     Job,
-    problem_line,
     check_outputs,
     expand_inputs,
     job_outputs,
     plan_jobs,
+    problem_line,
 )
-from cupre.inference.tiling import make_tiles, predict_at_object_scale
+from cupre.inference.tiles import make_tiles
+from cupre.inference.tiling import predict_at_object_scale
 
 DEFAULT_CATEGORIES = [{"id": 1, "name": "cell"}]
 

@@ -28,165 +28,17 @@ about ``tile_size`` pixels; outputs come back in image pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from cupre.errors import CupreError
+from cupre.inference.objects import Objects, crop_output
+from cupre.inference.tiles import Tile, in_core, make_tiles, scaled_tiling
 from cupre.scale import estimated_factor, scale_factor, snap
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One tile of an image and its core (all in image pixels, ends exclusive).
-
-    Attributes:
-        y0, x0, y1, x1: the tile window ``image[:, y0:y1, x0:x1]``.
-        core: ``(cy0, cx0, cy1, cx1)``; a box centre ``(cy, cx)`` belongs to this tile when
-            ``cy0 <= cy < cy1`` and ``cx0 <= cx < cx1`` (image borders are at +-inf).
-    """
-
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-    core: tuple[float, float, float, float]
-
-
-@dataclass
-class Objects:
-    """Detections of one image, each mask cropped to its own extent.
-
-    Attributes:
-        boxes: float32 ``Nx4`` XYXY boxes from the detector, in image pixels.
-        scores: float32 ``N``.
-        labels: int64 ``N`` model labels (1..C).
-        origins: int64 ``Nx2`` ``(y0, x0)`` of each crop in the image.
-        crops: ``N`` bool arrays ``h_i x w_i``; object ``i`` covers
-            ``image[y0 + r, x0 + c]`` where ``crops[i][r, c]``.
-    """
-
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    origins: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    crops: list[np.ndarray] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def select(self, index: np.ndarray) -> "Objects":
-        """The objects at ``index`` (int indices or a bool mask), in that order."""
-        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
-        return Objects(self.boxes[index], self.scores[index], self.labels[index], self.origins[index],
-                       [self.crops[i] for i in index.tolist()])
-
-    def areas(self) -> np.ndarray:
-        """int64 ``N`` pixel counts of the masks."""
-        return np.array([int(c.sum()) for c in self.crops], dtype=np.int64)
-
-    @staticmethod
-    def concat(parts: Sequence["Objects"]) -> "Objects":
-        if not parts:
-            return Objects()
-        return Objects(
-            np.concatenate([p.boxes for p in parts]).astype(np.float32),
-            np.concatenate([p.scores for p in parts]).astype(np.float32),
-            np.concatenate([p.labels for p in parts]).astype(np.int64),
-            np.concatenate([p.origins for p in parts]).astype(np.int64),
-            [c for p in parts for c in p.crops],
-        )
-
-
-def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
-    """Evenly spaced tile starts along one axis, neighbours overlapping by >= ``overlap``."""
-    if length <= tile_size:
-        return [0]
-    count = math.ceil((length - overlap) / (tile_size - overlap))
-    return [round(i * (length - tile_size) / (count - 1)) for i in range(count)]
-
-
-def _cores(starts: list[int], size: int) -> list[tuple[float, float]]:
-    """Core interval of each tile along one axis: split every overlap at its middle."""
-    bounds = [-math.inf] + [(starts[i + 1] + starts[i] + size) / 2 for i in range(len(starts) - 1)] + [math.inf]
-    return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
-
-
-def make_tiles(height: int, width: int, *, tile_size: int, overlap: int) -> list[Tile]:
-    """Overlapping tiles covering an ``height x width`` image, row by row.
-
-    An image that fits in ``tile_size`` along an axis has one tile of its own size along
-    that axis; an image that fits on both axes is a single tile.
-
-    Raises:
-        CupreError: ``tile_size`` or ``overlap`` out of range.
-    """
-    if tile_size < 32:
-        raise CupreError(f"--tile-size must be at least 32 pixels, got {tile_size}")
-    if not 0 <= overlap < tile_size // 2:
-        raise CupreError(f"--tile-overlap must be in 0..{tile_size // 2 - 1} for --tile-size {tile_size}, got {overlap}")
-    ys, xs = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
-    th, tw = min(tile_size, height), min(tile_size, width)
-    tiles = []
-    for y0, (cy0, cy1) in zip(ys, _cores(ys, th)):
-        for x0, (cx0, cx1) in zip(xs, _cores(xs, tw)):
-            tiles.append(Tile(y0, x0, y0 + th, x0 + tw, (cy0, cx0, cy1, cx1)))
-    return tiles
-
-
-def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold: float = 0.0) -> Objects:
-    """One detector output (full-tile masks) -> :class:`Objects` in image coordinates.
-
-    Args:
-        out: ``boxes`` ``Nx4`` XYXY, ``scores`` ``N``, ``labels`` ``N``, ``masks``
-            ``NxHxW`` (uint8/bool, or ``Nx1xHxW``) over the tile.
-        origin: ``(y0, x0)`` of the tile in the image.
-        score_threshold: detections scoring below it are dropped; so are empty masks.
-    """
-    masks = out["masks"]
-    if masks.dim() == 4:
-        masks = masks[:, 0]
-    keep = torch.nonzero(out["scores"] >= score_threshold).flatten()
-    if keep.numel() < masks.shape[0]:
-        masks = masks[keep]  # N x H x W, still on the model's device (no copy when all pass)
-    rows, cols = masks.any(dim=2).bool(), masks.any(dim=1).bool()  # NxH, NxW
-    nonempty = torch.nonzero(rows.any(dim=1)).flatten()
-    keep, rows, cols = keep[nonempty], rows[nonempty], cols[nonempty]
-    if keep.numel() == 0:
-        return Objects()
-    y0 = rows.byte().argmax(dim=1)
-    y1 = rows.shape[1] - rows.flip(1).byte().argmax(dim=1)
-    x0 = cols.byte().argmax(dim=1)
-    x1 = cols.shape[1] - cols.flip(1).byte().argmax(dim=1)
-    ext = torch.stack([y0, x0, y1, x1], dim=1).cpu().numpy()
-    rows_in = nonempty.tolist()
-    flat = torch.cat([masks[i, a:c, b:d].reshape(-1) for i, (a, b, c, d) in zip(rows_in, ext.tolist())])
-    flat = flat.cpu().numpy() != 0
-    sizes = (ext[:, 2] - ext[:, 0]) * (ext[:, 3] - ext[:, 1])
-    pieces = np.split(flat, np.cumsum(sizes)[:-1])
-    crops = [p.reshape(c - a, d - b) for p, (a, b, c, d) in zip(pieces, ext.tolist())]
-    oy, ox = origin
-    boxes = out["boxes"][keep].float().cpu().numpy() + np.array([ox, oy, ox, oy], np.float32)
-    return Objects(
-        boxes=boxes.astype(np.float32),
-        scores=out["scores"][keep].float().cpu().numpy(),
-        labels=out["labels"][keep].cpu().numpy().astype(np.int64),
-        origins=(ext[:, :2] + np.array([oy, ox])).astype(np.int64),
-        crops=crops,
-    )
-
-
-def in_core(boxes: np.ndarray, tile: Tile) -> np.ndarray:
-    """bool ``N``: the box centre (image pixels) lies in the tile's core."""
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    cy0, cx0, cy1, cx1 = tile.core
-    return (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
 
 
 def _reach(tiles: list[Tile]) -> float:
@@ -274,14 +126,6 @@ def remove_duplicates(
                 if objs.scores[j] <= objs.scores[i]:
                     keep[j] = False
     return keep
-
-
-def scaled_tiling(tile_size: int, overlap: int, factor: float) -> tuple[int, int]:
-    """Tile size in image pixels for an image run at ``factor``: the detector still sees
-    about ``tile_size`` pixels; the overlap (in image pixels) is kept."""
-    if factor == 1.0:
-        return tile_size, overlap
-    return max(round(tile_size / factor), 2 * overlap + 1), overlap
 
 
 @torch.no_grad()

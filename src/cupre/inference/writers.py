@@ -20,7 +20,7 @@ import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from cupre.inference.tiling import Objects
+from cupre.inference.objects import Objects
 from cupre.masks import crop_rle, masks_to_results
 
 CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",

@@ -20,14 +20,17 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import (
+    GeneralizedRCNNTransform,
+    resize_boxes,
+)
 
 from cupre.config import DetectorConfig
-from cupre.models.paste import paste_masks
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head
 from cupre.models.neck import as_feature_dict, build_fpn
+from cupre.models.paste import paste_masks
 from cupre.scale import resize_image
 
 

@@ -11,7 +11,11 @@ from typing import Callable
 from torch import nn
 
 from cupre.config import DetectorConfig
-from cupre.models.heads.maskrcnn import build_maskrcnn_roi_heads, build_rpn, reset_maskrcnn_predictors
+from cupre.models.heads.maskrcnn import (
+    build_maskrcnn_roi_heads,
+    build_rpn,
+    reset_maskrcnn_predictors,
+)
 from cupre.models.neck import FEATURE_NAMES
 
 

@@ -1,0 +1,98 @@
+"""Detections of one image kept box-local: :class:`Objects` holds each mask cropped to
+its own extent (never a full-size mask), and :func:`crop_output` turns a detector's
+output into it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Objects:
+    """Detections of one image, each mask cropped to its own extent.
+
+    Attributes:
+        boxes: float32 ``Nx4`` XYXY boxes from the detector, in image pixels.
+        scores: float32 ``N``.
+        labels: int64 ``N`` model labels (1..C).
+        origins: int64 ``Nx2`` ``(y0, x0)`` of each crop in the image.
+        crops: ``N`` bool arrays ``h_i x w_i``; object ``i`` covers
+            ``image[y0 + r, x0 + c]`` where ``crops[i][r, c]``.
+    """
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    origins: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    crops: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def select(self, index: np.ndarray) -> "Objects":
+        """The objects at ``index`` (int indices or a bool mask), in that order."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
+        return Objects(self.boxes[index], self.scores[index], self.labels[index], self.origins[index],
+                       [self.crops[i] for i in index.tolist()])
+
+    def areas(self) -> np.ndarray:
+        """int64 ``N`` pixel counts of the masks."""
+        return np.array([int(c.sum()) for c in self.crops], dtype=np.int64)
+
+    @staticmethod
+    def concat(parts: Sequence["Objects"]) -> "Objects":
+        if not parts:
+            return Objects()
+        return Objects(
+            np.concatenate([p.boxes for p in parts]).astype(np.float32),
+            np.concatenate([p.scores for p in parts]).astype(np.float32),
+            np.concatenate([p.labels for p in parts]).astype(np.int64),
+            np.concatenate([p.origins for p in parts]).astype(np.int64),
+            [c for p in parts for c in p.crops],
+        )
+
+
+def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold: float = 0.0) -> Objects:
+    """One detector output (full-tile masks) -> :class:`Objects` in image coordinates.
+
+    Args:
+        out: ``boxes`` ``Nx4`` XYXY, ``scores`` ``N``, ``labels`` ``N``, ``masks``
+            ``NxHxW`` (uint8/bool, or ``Nx1xHxW``) over the tile.
+        origin: ``(y0, x0)`` of the tile in the image.
+        score_threshold: detections scoring below it are dropped; so are empty masks.
+    """
+    masks = out["masks"]
+    if masks.dim() == 4:
+        masks = masks[:, 0]
+    keep = torch.nonzero(out["scores"] >= score_threshold).flatten()
+    if keep.numel() < masks.shape[0]:
+        masks = masks[keep]  # N x H x W, still on the model's device (no copy when all pass)
+    rows, cols = masks.any(dim=2).bool(), masks.any(dim=1).bool()  # NxH, NxW
+    nonempty = torch.nonzero(rows.any(dim=1)).flatten()
+    keep, rows, cols = keep[nonempty], rows[nonempty], cols[nonempty]
+    if keep.numel() == 0:
+        return Objects()
+    y0 = rows.byte().argmax(dim=1)
+    y1 = rows.shape[1] - rows.flip(1).byte().argmax(dim=1)
+    x0 = cols.byte().argmax(dim=1)
+    x1 = cols.shape[1] - cols.flip(1).byte().argmax(dim=1)
+    ext = torch.stack([y0, x0, y1, x1], dim=1).cpu().numpy()
+    rows_in = nonempty.tolist()
+    flat = torch.cat([masks[i, a:c, b:d].reshape(-1) for i, (a, b, c, d) in zip(rows_in, ext.tolist())])
+    flat = flat.cpu().numpy() != 0
+    sizes = (ext[:, 2] - ext[:, 0]) * (ext[:, 3] - ext[:, 1])
+    pieces = np.split(flat, np.cumsum(sizes)[:-1])
+    crops = [p.reshape(c - a, d - b) for p, (a, b, c, d) in zip(pieces, ext.tolist())]
+    oy, ox = origin
+    boxes = out["boxes"][keep].float().cpu().numpy() + np.array([ox, oy, ox, oy], np.float32)
+    return Objects(
+        boxes=boxes.astype(np.float32),
+        scores=out["scores"][keep].float().cpu().numpy(),
+        labels=out["labels"][keep].cpu().numpy().astype(np.int64),
+        origins=(ext[:, :2] + np.array([oy, ox])).astype(np.int64),
+        crops=crops,
+    )
