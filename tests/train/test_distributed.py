@@ -8,10 +8,11 @@ import sys
 
 import torch
 import yaml
-from test_procedures import DETECTOR, FAST
 
 from cupre.data.synthetic import write_synthetic
 from cupre.train.checkpoint import load_checkpoint
+from tests.helpers import FAST_OPTIM as FAST
+from tests.helpers import TINY_DETECTOR as DETECTOR
 
 
 def test_two_process_pretrain_and_finetune(tmp_path):

@@ -20,13 +20,10 @@ from cupre.train import stage as stage_module
 from cupre.train.finetune import run_finetune
 from cupre.train.inits import build_init
 from cupre.train.pretrain import run_pretrain
+from tests.helpers import FAST_OPTIM, TINY_DETECTOR
 
-DETECTOR = {
-    "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 32, "detections_per_img": 50,
-}
-FAST = {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_iterations": 1, "crop_size": None}
+DETECTOR = TINY_DETECTOR
+FAST = FAST_OPTIM
 
 
 def pretrain_cfg(tmp: Path, **over) -> PretrainConfig:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_evaluation import gt_as_results, make_gt, perturbed_results
 
 from cupre.cli import main
+from tests.evaluation.test_livecell import gt_as_results, make_gt, perturbed_results
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.models.backbone import build_backbone
 from cupre.models.detector import CupreDetector, build_detector
+from tests.helpers import TINY_DETECTOR
 
 RPN_KEYS = {"loss_objectness", "loss_rpn_box_reg"}
 MASKRCNN_KEYS = RPN_KEYS | {"loss_classifier", "loss_box_reg", "loss_mask"}
@@ -20,20 +21,8 @@ BOTTLENECK_CHANNELS = [256, 512, 1024, 2048]
 
 
 def tiny_config(**overrides) -> DetectorConfig:
-    values = dict(
-        backbone="resnet18",
-        fpn_channels=32,
-        rpn_pre_nms_top_n_train=200,
-        rpn_post_nms_top_n_train=100,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=100,
-        rpn_batch_size_per_image=64,
-        box_batch_size_per_image=32,
-        box_score_thresh=0.0,
-        detections_per_img=40,
-    )
-    values.update(overrides)
-    return DetectorConfig(**values)
+    values = {**TINY_DETECTOR, "box_score_thresh": 0.0, "detections_per_img": 40, **overrides}
+    return DetectorConfig.from_dict(values)
 
 
 def make_target(height: int, width: int, num: int, *, seed: int = 0, num_classes: int = 1) -> dict:

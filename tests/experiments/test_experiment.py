@@ -18,14 +18,13 @@ from cupre.experiments.config import ExperimentConfig, load_experiment
 from cupre.experiments.grid import pretrain_config
 from cupre.experiments.overlays import choose_images, outline
 from cupre.experiments.table import format_table2, read_results_csv, select_best
+from tests.helpers import CONFIGS, TINY_DETECTOR
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["scratch", "coco", "cupre"]
 FRACTIONS = [0.2, 0.5]
 SEEDS = [0, 1]
-DETECTOR = {"arch": "maskrcnn", "backbone": "resnet18", "norm": "gn", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64], "rpn_pre_nms_top_n_train": 100,
-            "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
-            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 32, "detections_per_img": 30}
+DETECTOR = {**TINY_DETECTOR, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+            "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "detections_per_img": 30}
 
 
 def _optim(iterations: int, batch: int) -> dict:

@@ -8,8 +8,9 @@ from pathlib import Path
 from cupre.config import PretrainConfig, load_yaml
 from cupre.experiments.demo import PRESET, demo_config, run_demo
 from cupre.train.pretrain import resolve_paths
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def tiny_demo():

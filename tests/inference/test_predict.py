@@ -25,10 +25,11 @@ from cupre.inference.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.writers import paint_labels, roi_bytes, trace_outline
 from cupre.masks import crop_rle
+from tests.helpers import TINY_DETECTOR
 
-TINY = dict(backbone="resnet18", fpn_channels=32, rpn_pre_nms_top_n_train=300,
-            rpn_post_nms_top_n_train=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=200,
-            box_batch_size_per_image=64, rpn_batch_size_per_image=64, detections_per_img=100)
+TINY = {**TINY_DETECTOR, "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 200,
+        "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 200, "box_batch_size_per_image": 64,
+        "detections_per_img": 100}
 
 
 class ComponentDetector:

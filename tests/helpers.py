@@ -1,0 +1,18 @@
+"""What many tests share: the tiny detector and the fast optimiser settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# A ResNet-18 detector small enough to train a few iterations in seconds on a CPU.
+TINY_DETECTOR = {
+    "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64],
+    "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64,
+    "box_batch_size_per_image": 32, "detections_per_img": 50,
+}
+# AdamW, one warm-up iteration, whole images: a stage that moves in two iterations.
+FAST_OPTIM = {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_iterations": 1, "crop_size": None}
