@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 import torch
 from faster_coco_eval.core import mask as coco_mask
@@ -23,7 +23,7 @@ from cupre.errors import CupreError
 from cupre.inference.inputs import expand_inputs
 from cupre.inference.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
-from cupre.inference.writers import paint_labels, roi_bytes, trace_outline
+from cupre.inference.writers import paint_labels, polygon_roi, trace_outline
 from cupre.masks import crop_rle
 from tests.helpers import TINY_DETECTOR
 
@@ -161,14 +161,11 @@ def _check_rois(path: Path, label: np.ndarray) -> None:
 
 
 def _decode_roi(data: bytes):
-    """Read an ImageJ polygon ROI per the documented 64-byte header (big-endian)."""
-    assert data[:4] == b"Iout"
-    version, roi_type = struct.unpack_from(">hB", data, 4)
-    top, left, bottom, right, n = struct.unpack_from(">5h", data, 8)
-    assert version >= 218 and roi_type == 0 and n >= 3 and len(data) == 64 + 4 * n
-    xs = np.frombuffer(data, ">i2", n, 64).astype(int)
-    ys = np.frombuffer(data, ">i2", n, 64 + 2 * n).astype(int)
-    return top, left, bottom, right, xs, ys
+    """Read an ImageJ polygon ROI back with roifile."""
+    roi = roifile.ImagejRoi.frombytes(data)
+    assert roi.roitype == roifile.ROI_TYPE.POLYGON and roi.n_coordinates >= 3
+    xs, ys = roi.integer_coordinates[:, 0].astype(int), roi.integer_coordinates[:, 1].astype(int)
+    return roi.top, roi.left, roi.bottom, roi.right, xs, ys
 
 
 def test_traced_outlines_enclose_exactly_the_mask():
@@ -184,7 +181,7 @@ def test_traced_outlines_enclose_exactly_the_mask():
         assert area == biggest.sum()  # pixel corners: the polygon's area is the pixel count
         rows, cols = np.nonzero(biggest)
         assert (x.min(), y.min(), x.max(), y.max()) == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
-        top, left, bottom, right, xs, ys = _decode_roi(roi_bytes(poly))
+        top, left, bottom, right, xs, ys = _decode_roi(polygon_roi(poly, "x").tobytes())
         assert (top, left) == (rows.min(), cols.min()) and (xs + left == x).all() and (ys + top == y).all()
 
 

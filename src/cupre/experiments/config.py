@@ -7,11 +7,12 @@ the runner sets itself are refused, and the grid is checked before anything runs
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from cupre.config import ConfigBase, FinetuneConfig, PretrainConfig, load_yaml
+from pydantic import Field
+
+from cupre.config import ConfigBase, FinetuneConfig, FloatTuple, PretrainConfig, load_yaml
 from cupre.errors import CupreError
 from cupre.train.inits import INITS
 
@@ -28,20 +29,18 @@ RUNNER_FINETUNE_KEYS = ("init", "pretrain_dir", "train", "split", "fraction", "v
 RUNNER_PRETRAIN_KEYS = ("device", "cells_moco", "nol2sp", "coco_baseline", "exclude")
 
 
-@dataclass
 class DataConfig(ConfigBase):
     """One labeled target dataset, its seeded partition and (optionally) separate val/test sets."""
 
     name: str = ""  # label in results.csv and the table (default: the file or folder name)
     labeled: str = ""  # annotated dataset, any supported format (few-shot splits come from its train part)
-    partition: tuple[float, ...] = (0.8, 0.2)  # parts train, val[, test], stratified by cell type
+    partition: FloatTuple = (0.8, 0.2)  # parts train, val[, test], stratified by cell type
     partition_seed: int = 0
     val: str | None = None  # a separate validation dataset (then `partition` has no val part)
     test: str | None = None  # a separate test dataset (then `partition` has no test part)
     fractions: list[float] | None = None  # label fractions for this dataset (default: the experiment's)
 
 
-@dataclass
 class SyntheticConfig(ConfigBase):
     """A synthetic dataset written once into ``OUT/data/<kind>`` (0 images: none)."""
 
@@ -50,31 +49,29 @@ class SyntheticConfig(ConfigBase):
     seed: int = 0
 
 
-@dataclass
 class OverlayConfig(ConfigBase):
     """Fig. 8: predictions next to the ground truth on a few validation images."""
 
     images: int = 4
-    methods: list[str] = field(default_factory=lambda: ["scratch", "coco", "cupre"])
+    methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
     score_thresh: float = 0.5
 
 
-@dataclass
 class ExperimentConfig(ConfigBase):
     """``cupre experiment``: shared pre-training, then the fine-tuning grid."""
 
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    synthetic_objects: SyntheticConfig = field(default_factory=SyntheticConfig)  # appended to the COCO stage
-    synthetic_cells: SyntheticConfig = field(default_factory=SyntheticConfig)  # OUT/data/cells, for "{out}/..." paths
-    data: list[DataConfig] = field(default_factory=list)
-    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    methods: list[Method] = field(default_factory=lambda: list(INITS))
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # shared by every cell
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    synthetic_objects: SyntheticConfig = Field(default_factory=SyntheticConfig)  # appended to the COCO stage
+    synthetic_cells: SyntheticConfig = Field(default_factory=SyntheticConfig)  # OUT/data/cells, for "{out}/..." paths
+    data: list[DataConfig] = Field(default_factory=list)
+    fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    methods: list[Method] = Field(default_factory=lambda: list(INITS))
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)  # shared by every cell
     eval_every: int = 500  # validation every this many fine-tuning iterations (and at the end)
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
     device: str = "auto"
-    overlays: OverlayConfig = field(default_factory=OverlayConfig)
+    overlays: OverlayConfig = Field(default_factory=OverlayConfig)
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:

@@ -10,12 +10,12 @@ the CSV table, the COCO results (``object_id``) and the ROI names are the same s
 from __future__ import annotations
 
 import csv
-import struct
 import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import roifile
 import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -205,19 +205,17 @@ def trace_outline(mask: np.ndarray) -> np.ndarray:
     return np.array(vertices, dtype=np.int64)
 
 
-def roi_bytes(polygon: np.ndarray) -> bytes:
-    """An ImageJ polygon ``.roi`` (version 228, big-endian, 64-byte header).
+def polygon_roi(polygon: np.ndarray, name: str) -> roifile.ImagejRoi:
+    """An ImageJ polygon ROI (encoded by ``roifile``) of a traced outline.
 
-    Header: ``Iout``, version, type (0 = polygon), top, left, bottom, right, the number of
-    vertices; then the x coordinates and the y coordinates as shorts relative to left/top.
+    The vertices are pixel corners, so the ROI's right/bottom bounds are the largest
+    corner coordinates (the exclusive pixel bounds), as in ImageJ's traced ROIs.
     """
-    xs, ys = polygon[:, 0], polygon[:, 1]
-    left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-    header = bytearray(64)
-    header[0:4] = b"Iout"
-    struct.pack_into(">hBxhhhhh", header, 4, 228, 0, top, left, bottom, right, len(polygon))
-    coords = np.concatenate([xs - left, ys - top]).astype(">i2")
-    return bytes(header) + coords.tobytes()
+    roi = roifile.ImagejRoi.frompoints(polygon)
+    roi.roitype = roifile.ROI_TYPE.POLYGON
+    roi.right, roi.bottom = int(polygon[:, 0].max()), int(polygon[:, 1].max())
+    roi.name = name
+    return roi
 
 
 def write_roi_zip(path: Path, label: np.ndarray) -> int:
@@ -232,7 +230,7 @@ def write_roi_zip(path: Path, label: np.ndarray) -> int:
             if len(poly) < 3:
                 continue
             poly = poly + np.array([sl[1].start, sl[0].start])
-            zf.writestr(f"{k:05d}.roi", roi_bytes(poly))
+            zf.writestr(f"{k:05d}.roi", polygon_roi(poly, f"{k:05d}").tobytes())
             written += 1
     return written
 

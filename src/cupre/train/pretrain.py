@@ -16,7 +16,6 @@ MoCo. Every MoCo step runs at least one epoch over the unlabeled images.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -53,8 +52,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     coco = MergedDataset([open_dataset(p) for p in cfg.coco])
     unlabeled = UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude)
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
-    amt2 = dataclasses.replace(cfg.amt2, moco=moco_cfg)
-    det_cfg = dataclasses.replace(cfg.detector, num_classes=len(coco.categories))
+    amt2 = cfg.amt2.replace(moco=moco_cfg)
+    det_cfg = cfg.detector.replace(num_classes=len(coco.categories))
     settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every)
     if distributed.is_main():
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
@@ -76,8 +75,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
                  run=Run(out / Path(PRODUCTS[product]).parent), moco_steps=moco_steps, use_l2sp=use_l2sp,
                  product=product, settings=settings)
     if cfg.cells_moco:
-        cells_cfg = dataclasses.replace(
-            moco_cfg, optim=dataclasses.replace(moco_cfg.optim, iterations=moco_cfg.optim.iterations * amt2.rounds))
+        cells_cfg = moco_cfg.replace(optim=moco_cfg.optim.replace(iterations=moco_cfg.optim.iterations * amt2.rounds))
         run_cells_moco(moco_cfg=cells_cfg, det_cfg=det_cfg, unlabeled=unlabeled,
                        run=Run(out / Path(PRODUCTS["cells-moco"]).parent), categories=coco.categories,
                        settings=settings)
@@ -94,7 +92,7 @@ def moco_covering(cfg: MocoConfig, n_images: int) -> MocoConfig:
     if distributed.is_main():
         print(f"pretrain: MoCo steps raised from {cfg.optim.iterations} to {needed} iterations so that each "
               f"sees all {n_images} unlabeled images")
-    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, iterations=needed))
+    return cfg.replace(optim=cfg.optim.replace(iterations=needed))
 
 
 def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, categories,
