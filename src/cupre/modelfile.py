@@ -1,61 +1,154 @@
-"""Model files: the weights of a detector plus what is needed to rebuild it.
+"""Model files: tensors, not code.
 
-A model file holds ``{"kind": "cupre-detector", "model": state dict, "detector":
-DetectorConfig as a dict, "categories": [...], **facts}`` (facts such as the training
-stage and iteration). Written atomically; read by training (initialisations),
-evaluation and prediction alike.
+A cupre model file is a safetensors file (``model.safetensors``): the detector's state
+dict, and in its metadata, as JSON, the detector config, the categories and the
+training facts (stage, iteration ...), plus a SHA-256 digest of the tensors. Loading
+never executes anything from the file: safetensors checks the header and the byte
+ranges, the digest catches altered tensor bytes, and the tensors are checked against
+the config before they reach the model. Every problem is one line naming the file.
+
+Files of cupre < 0.2 were pickles (``model.pt``); pickles can run code when loaded, so
+they are refused. :func:`convert_legacy` turns one into a model file: it reads it with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain types only, and
+falls back to a full unpickling only when the caller says the file is trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.fileio import atomic_path
 
-KIND = "cupre-detector"
+MODEL_FILE = "model.safetensors"
+FORMAT = "cupre-detector/1"
 LEGACY_DETECTOR_KEYS = ("min_size", "max_size")  # resize settings before the object-scale rule
 
 
-def write_model_file(path: str | Path, model: torch.nn.Module, cfg: DetectorConfig, categories: list[dict],
-                     **facts: Any) -> Path:
-    """Write the model file atomically (weights moved to the CPU)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_model_file(path: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], cfg: DetectorConfig,
+                     categories: list[dict], **facts: Any) -> Path:
+    """Write the model file atomically (tensors moved to the CPU, made contiguous)."""
+    source = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    state = {k: v.detach().cpu().contiguous() for k, v in source.items()}
+    metadata = {"format": FORMAT, "detector": json.dumps(cfg.to_dict()), "categories": json.dumps(categories),
+                "facts": json.dumps(facts, default=str), "digest": tensor_digest(state)}
     with atomic_path(path) as tmp:
-        torch.save({"kind": KIND, "model": state, "detector": cfg.to_dict(), "categories": categories, **facts}, tmp)
+        tmp.write_bytes(st_save(state, metadata=metadata))
     return Path(path)
 
 
+def is_pickle(path: Path) -> bool:
+    """Whether ``path`` (not a safetensors file) looks like a torch pickle: a zip archive,
+    or a raw pickle (protocol 2-5 opcode)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and 2 <= head[1] <= 5)
+
+
 def load_model_file(path: str | Path) -> dict[str, Any]:
-    """Read a model file, with one-line errors for a missing, broken or foreign file."""
+    """Read and check a model file.
+
+    Returns:
+        ``{"model": state dict, "detector": config dict, "categories": [...], **facts}``.
+
+    Raises:
+        CupreError: one line naming ``path``: missing, a legacy pickle, not a
+            safetensors file, not a cupre model, altered tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise CupreError(f"{path}: model file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many kinds here (pickle, zip, EOF)
-        raise CupreError(f"{path}: not a readable model file ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
-        raise CupreError(f"{path}: not a cupre model file (no detector weights in it)")
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            state = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if is_pickle(path):
+            raise CupreError(f"{path}: a pickled model file from cupre < 0.2; pickles can run code when loaded, "
+                             f"so cupre does not read them. To convert one: cupre convert-model {path}") from None
+        raise CupreError(f"{path}: not a readable model file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CupreError(f"{path}: not a cupre model file (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    if tensor_digest(state) != metadata.get("digest"):
+        raise CupreError(f"{path}: the tensors do not match the digest stored with them (altered or damaged file)")
+    try:
+        detector = json.loads(metadata["detector"])
+        out = {"model": state, "detector": detector, "categories": json.loads(metadata["categories"]),
+               **json.loads(metadata.get("facts", "{}"))}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CupreError(f"{path}: damaged model metadata ({exc.__class__.__name__}: {exc})") from None
     for key in LEGACY_DETECTOR_KEYS:
-        ckpt["detector"].pop(key, None)
-    return ckpt
+        detector.pop(key, None)
+    return out
+
+
+def check_state(path: str | Path, model: torch.nn.Module, state: dict[str, torch.Tensor], *, prefix: str = "") -> None:
+    """Raise one line when ``state`` does not fit ``model`` (missing, extra or misshapen tensors)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", extra), ("of another shape", shapes)):
+        if names:
+            problems.append(f"{len(names)} tensors {label} (e.g. {prefix}{names[0]})")
+    if problems:
+        raise CupreError(f"{path}: the tensors do not fit the detector its config describes: {'; '.join(problems)} "
+                         "(wrong backbone or a damaged file?)")
 
 
 def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None):
     """Rebuild the detector stored in ``path`` (config overrides allowed).
 
     Returns:
-        (model, its DetectorConfig, the file's dict).
+        (model, its DetectorConfig, the file's content as from :func:`load_model_file`).
     """
     from cupre.models.detector import build_detector
 
     ckpt = load_model_file(path)
-    cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=str(path))
+    cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=f"{path} (detector config)")
     model = build_detector(cfg)
+    check_state(path, model, ckpt["model"])
     model.load_state_dict(ckpt["model"])
     return model, cfg, ckpt
+
+
+def convert_legacy(old: str | Path, new: str | Path, *, trust: bool = False) -> Path:
+    """Convert a pickled model file of cupre < 0.2 into a safetensors model file.
+
+    The pickle is read with ``weights_only=True`` (tensors and plain types only); with
+    ``trust`` a file that needs more is unpickled fully, which can run code in it.
+    """
+    old = Path(old)
+    try:
+        ckpt = torch.load(old, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on such files
+        if not trust:
+            raise CupreError(f"{old}: cannot be read as plain tensors ({exc.__class__.__name__}); "
+                             "pass --trust only if you made this file yourself") from None
+        ckpt = torch.load(old, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "cupre-detector":
+        raise CupreError(f"{old}: not a cupre model file (no detector weights in it)")
+    detector = {k: v for k, v in ckpt["detector"].items() if k not in LEGACY_DETECTOR_KEYS}
+    cfg = DetectorConfig.from_dict(detector, where=f"{old} (detector config)")
+    facts = {k: v for k, v in ckpt.items() if k not in ("kind", "model", "detector", "categories")}
+    return write_model_file(new, ckpt["model"], cfg, list(ckpt.get("categories") or []), converted_from=str(old),
+                            **facts)

@@ -29,16 +29,16 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     table = run_demo(tmp_path, cfg=tiny_demo())
     assert all(f"| {m} " in table for m in ("scratch", "coco", "cupre"))
     for method in ("scratch", "coco", "cupre"):
-        assert (tmp_path / "cells" / method / "f0.1" / "s0" / "model.pt").is_file()
+        assert (tmp_path / "cells" / method / "f0.1" / "s0" / "model.safetensors").is_file()
     assert (tmp_path / "table2.md").read_text().strip() == table.strip()
     assert table.strip() in capsys.readouterr().out
-    for part in ("warmup/model.pt", "coco/model.pt", "amt2/model.pt"):
+    for part in ("warmup/model.safetensors", "coco/model.safetensors", "amt2/model.safetensors"):
         assert (tmp_path / "pretrain" / part).is_file()
     assert (tmp_path / "data" / "cells" / "annotations.json").is_file()
     # a second run reuses every finished part
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.pt")}
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.safetensors")}
     assert run_demo(tmp_path, cfg=tiny_demo()) == table
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.pt")} == before
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.safetensors")} == before
 
 
 def test_demo_preset_is_shipped_in_the_package_and_in_configs():

@@ -67,7 +67,7 @@ def cell_dir(out: Path, method: str, fraction: float, seed: int) -> Path:
 
 
 def model_mtimes(out: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/*/*/model.pt"))}
+    return {p: p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/*/*/model.safetensors"))}
 
 
 def test_results_csv_has_every_evaluation(grid):
@@ -141,13 +141,13 @@ def test_rerun_skips_finished_cells(grid):
 def test_interrupted_cell_is_the_only_one_rerun(grid):
     config, out = grid
     victim = cell_dir(out, "cupre", 0.5, 1)
-    for name in ("val_metrics.json", "model.pt", "state.pt"):
+    for name in ("val_metrics.json", "model.safetensors", "state.pt"):
         (victim / name).unlink()
     before = model_mtimes(out)
     assert cli_main(["experiment", str(config), "-o", str(out)]) == 0
     after = model_mtimes(out)
-    assert (victim / "model.pt") in after and (victim / "val_metrics.json").is_file()
-    assert {p: t for p, t in after.items() if p != victim / "model.pt"} == before
+    assert (victim / "model.safetensors") in after and (victim / "val_metrics.json").is_file()
+    assert {p: t for p, t in after.items() if p != victim / "model.safetensors"} == before
     rows = read_results_csv(out / "results.csv")
     assert sum(r["method"] == "cupre" and r["fraction"] == 0.5 and r["seed"] == 1 for r in rows) == 4  # 2 val + 2 test
 

@@ -98,7 +98,7 @@ def test_predict_real_images_writes_consistent_outputs(shared_data, tmp_path):
     folder = shared_data / "samples" / "label-images"
     run = tmp_path / "run"
     run.mkdir()
-    _train_tiny_model(folder, run / "model.pt")
+    _train_tiny_model(folder, run / "model.safetensors")
     out = tmp_path / "out"
     # tiles of 320 px: the 512 px image is tiled (2 x 2), the 256 px one is not
     argv = ["predict", str(run), str(folder), "-o", str(out), "--score-threshold", "0", "--max-detections", "40",
@@ -242,12 +242,12 @@ def test_cli_exit_codes_and_no_overwrite(tmp_path, capsys):
     from cupre.train.weights import save_model
 
     cfg = DetectorConfig.from_dict(TINY)
-    save_model(tmp_path / "model.pt", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+    save_model(tmp_path / "model.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray((_discs(64, [(30, 30)], 10) * 200).astype(np.uint8)).save(folder / "good.png")
     (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff broken")
-    argv = ["predict", str(tmp_path / "model.pt"), str(folder / "*.*"), "-o", str(tmp_path / "out"),
+    argv = ["predict", str(tmp_path / "model.safetensors"), str(folder / "*.*"), "-o", str(tmp_path / "out"),
             "--score-threshold", "0.0", "--max-detections", "5", "--device", "cpu"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from cupre.data.synthetic import write_synthetic
+from cupre.modelfile import load_model_file
 from cupre.train.checkpoint import load_checkpoint
 from tests.helpers import FAST_OPTIM as FAST
 from tests.helpers import TINY_DETECTOR as DETECTOR
@@ -39,12 +40,12 @@ def test_two_process_pretrain_and_finetune(tmp_path):
     state = load_checkpoint(tmp_path / "pre" / "amt2" / "state.pt")
     # MoCo keys are gathered over both ranks: 2 iterations x batch 2 x 2 ranks enqueued
     assert int(state["moco"]["queue_ptr"]) == 8
-    assert (tmp_path / "pre" / "amt2" / "model.pt").is_file()
+    assert (tmp_path / "pre" / "amt2" / "model.safetensors").is_file()
 
     done = subprocess.run(torchrun + ["finetune", "--init", "cupre", "--from", str(tmp_path / "pre"), "--train",
                                       str(tmp_path / "cells" / "annotations.json"), "--iterations", "2",
                                       "--batch-size", "1", "--device", "cpu", "-o", str(tmp_path / "ft")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    model = load_checkpoint(tmp_path / "ft" / "model.pt")["model"]
+    model = load_model_file(tmp_path / "ft" / "model.safetensors")["model"]
     assert all(torch.isfinite(v.float()).all() for v in model.values())

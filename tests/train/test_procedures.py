@@ -66,9 +66,9 @@ def _same(a: dict, b: dict, prefix: str) -> bool:
 
 
 def test_pretrain_writes_every_initialisation(pretrained):
-    cupre, nol2sp = _state(pretrained / "amt2/model.pt"), _state(pretrained / "amt2-nol2sp/model.pt")
+    cupre, nol2sp = _state(pretrained / "amt2/model.safetensors"), _state(pretrained / "amt2-nol2sp/model.safetensors")
     assert not _same(cupre, nol2sp, "backbone.")
-    assert (pretrained / "cells-moco/model.pt").is_file()
+    assert (pretrained / "cells-moco/model.safetensors").is_file()
     rows = list(csv.DictReader(open(pretrained / "amt2/metrics.csv")))
     stages = {r["stage"] for r in rows}
     assert stages == {"amt2/round1/moco", "amt2/round1/coco", "amt2/round2/moco", "amt2/round2/coco"}
@@ -81,7 +81,7 @@ def test_coco_baseline_gets_cupres_coco_steps_without_moco(pretrained):
     cupre_steps = [r for r in csv.DictReader(open(pretrained / "amt2/metrics.csv"))
                    if r["name"] == "loss" and r["stage"].endswith("/coco")]
     assert len(steps) == len(cupre_steps)
-    assert not _same(_state(pretrained / "warmup/model.pt"), _state(pretrained / "coco/model.pt"), "head.")
+    assert not _same(_state(pretrained / "warmup/model.safetensors"), _state(pretrained / "coco/model.safetensors"), "head.")
 
 
 def test_l2sp_at_least_halves_the_backbone_drift(pretrained):
@@ -149,12 +149,12 @@ def test_every_initialisation_builds_a_one_class_model(pretrained, init):
     state = model.state_dict()
     sources = {"coco": "coco", "cupre": "amt2", "cupre++": "amt2", "cupre-nol2sp": "amt2-nol2sp"}
     if init in sources:
-        source = _state(pretrained / sources[init] / "model.pt")
+        source = _state(pretrained / sources[init] / "model.safetensors")
         assert _same(source, state, "backbone.") and _same(source, state, "neck.")
     if init in ("cells-moco", "coco++"):
-        assert _same(_state(pretrained / "cells-moco/model.pt"), state, "backbone.")
+        assert _same(_state(pretrained / "cells-moco/model.safetensors"), state, "backbone.")
     if init == "coco++":  # the paper's: Cells-MoCo backbone, COCO warm-up neck and head
-        warm = _state(pretrained / "warmup/model.pt")
+        warm = _state(pretrained / "warmup/model.safetensors")
         assert _same(warm, state, "neck.") and _same(warm, state, "head.rpn.")
         assert not _same(warm, state, "backbone.")
 
@@ -187,7 +187,7 @@ def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     top = max(h["bbox"]["AP"] for h in history)
     assert best["iteration"] == min(h["iteration"] for h in history if h["bbox"]["AP"] == top)  # earliest on ties
     assert metrics["best"] == best
-    model, _, ckpt = build_from_file(tmp_path / "model.pt")
+    model, _, ckpt = build_from_file(tmp_path / "model.safetensors")
     assert ckpt["iteration"] == best["iteration"]
     assert torch.load(tmp_path / "state.pt", weights_only=False)["iteration"] == 6  # the last state, for --resume
     # the predictions kept beside the model (overlays, Table II) are the kept model's own
@@ -257,7 +257,7 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
             "--batch-size", "2", "--device", "cpu", "-o", str(tmp_path / "ft")]
     assert cli(args) == 0
     assert "no validation set checked it" in capsys.readouterr().out
-    assert (tmp_path / "ft" / "model.pt").is_file()
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
     assert cli(args) == 2
     assert "not empty" in capsys.readouterr().err
     assert cli(["finetune", "--init", "coco", "-o", str(tmp_path / "x"), "--resume"]) == 2
@@ -274,9 +274,9 @@ def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, pretrained, 
     monkeypatch.setattr(stage_module, "train_loop", killed_loop)
     with pytest.raises(KeyboardInterrupt):
         run_pretrain(pretrain_cfg(domains), tmp_path)
-    assert not (tmp_path / "amt2" / "model.pt").exists()
+    assert not (tmp_path / "amt2" / "model.safetensors").exists()
     assert torch.load(tmp_path / "amt2" / "state.pt", weights_only=False)["stage"] == "amt2/round2/moco:done"
     monkeypatch.setattr(stage_module, "train_loop", real_loop)
     run_pretrain(pretrain_cfg(domains), tmp_path)
-    resumed, straight = _state(tmp_path / "amt2/model.pt"), _state(pretrained / "amt2/model.pt")
+    resumed, straight = _state(tmp_path / "amt2/model.safetensors"), _state(pretrained / "amt2/model.safetensors")
     assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5) for k in straight)

@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     if last:
         print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
               f"(validation-best iteration {last['iteration']} by {cfg.select_by}, {out / 'val_metrics.json'})")
-        print(f"model (validation-best): {out / 'model.pt'}")
+        print(f"model (validation-best): {out / 'model.safetensors'}")
     else:
-        print(f"model (last iteration; no validation set checked it): {out / 'model.pt'}")
+        print(f"model (last iteration; no validation set checked it): {out / 'model.safetensors'}")
     return 0

@@ -12,7 +12,7 @@ DESCRIPTION = _lib.__doc__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (.pt) or a run folder holding model.pt")
+    parser.add_argument("model", help="model file (.pt) or a run folder holding model.safetensors")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")

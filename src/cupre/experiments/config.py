@@ -12,7 +12,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from cupre.config import ConfigBase, FinetuneConfig, FloatTuple, PretrainConfig, load_yaml
+from cupre.config import (
+    ConfigBase,
+    FinetuneConfig,
+    FloatTuple,
+    PretrainConfig,
+    load_yaml,
+)
 from cupre.errors import CupreError
 from cupre.train.inits import INITS
 

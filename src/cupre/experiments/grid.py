@@ -20,6 +20,7 @@ from cupre.experiments.config import (
     dataset_name,
 )
 from cupre.fileio import write_text_atomic
+from cupre.modelfile import MODEL_FILE
 
 IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "eval_batch_size", "pretrain_dir",
                          "train", "split", "val", "val_split")
@@ -64,7 +65,7 @@ class Cell:
 
     @property
     def finished(self) -> bool:
-        return (self.folder / "val_metrics.json").is_file() and (self.folder / "model.pt").is_file()
+        return (self.folder / "val_metrics.json").is_file() and (self.folder / MODEL_FILE).is_file()
 
 
 def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,

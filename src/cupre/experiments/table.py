@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from cupre.fileio import write_text_atomic
+from cupre.modelfile import MODEL_FILE
 
 FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 METRICS = tuple(f"{t}_{k}" for t in ("bbox", "segm") for k in FIGURES)
@@ -36,7 +37,7 @@ def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[s
     rows = []
     for key, folder in cells:
         path = Path(folder) / "val_metrics.json"
-        if not path.is_file() or not (Path(folder) / "model.pt").is_file():
+        if not path.is_file() or not (Path(folder) / MODEL_FILE).is_file():
             continue
         for entry in json.loads(path.read_text())["history"]:
             for split, scores in (("val", entry), ("test", entry.get("test"))):

@@ -1,6 +1,6 @@
 """Segment your own images with a trained model.
 
-MODEL is a model file (``model.pt``) or a run folder holding one. INPUT is any mix of
+MODEL is a model file (``model.safetensors``) or a run folder holding one. INPUT is any mix of
 image files, folders (walked recursively; ``*_masks.*`` label files are skipped) and
 glob patterns; every kind of image cupre reads works (8/16-bit, float, grey, RGB, RGBA,
 multi-page TIFF: each page is its own image, written as ``name_pNNN`` with NNN the page
@@ -58,6 +58,7 @@ from cupre.inference.inputs import (
 )
 from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
+from cupre.modelfile import MODEL_FILE
 
 DEFAULT_CATEGORIES = [{"id": 1, "name": "cell"}]
 
@@ -73,12 +74,12 @@ class PredictSummary:
 
 
 def resolve_model_file(model: str | Path) -> Path:
-    """A model file, or ``<folder>/model.pt`` for a run folder."""
+    """A model file, or ``<folder>/model.safetensors`` for a run folder."""
     path = Path(model)
     if path.is_dir():
-        if not (path / "model.pt").is_file():
-            raise file_error(path, "run folder holds no model.pt")
-        return path / "model.pt"
+        if not (path / MODEL_FILE).is_file():
+            raise file_error(path, f"run folder holds no {MODEL_FILE}")
+        return path / MODEL_FILE
     if not path.is_file():
         raise file_error(path, "model file not found")
     return path

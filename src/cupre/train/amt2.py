@@ -18,6 +18,7 @@ from cupre.config import Amt2Config, DetectorConfig
 from cupre.data.sample import collate
 from cupre.data.transforms import DetectionTrainTransform
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
+from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
 from cupre.train.moco import build_moco, run_moco_stage
 from cupre.train.optim import param_groups
@@ -53,14 +54,14 @@ def run_amt2(
     use_l2sp: bool = True,
     product: str = "cupre",
 ) -> None:
-    """Run all rounds and write ``model.pt`` into ``run``. Resumable.
+    """Run all rounds and write ``model.safetensors`` into ``run``. Resumable.
 
     ``moco_steps=False`` runs the COCO steps alone (the fair ``coco`` baseline: the same
     COCO iterations, subsets and schedule as CUPre); ``use_l2sp=False`` the ablation.
     Each COCO step logs ``drift/backbone`` = ||w - w0|| / ||w0|| at its end (also in
     ``drift.json``), with ``w0`` the backbone as the MoCo step left it.
     """
-    if run.path("model.pt").is_file():
+    if run.path(MODEL_FILE).is_file():
         return
     moco = build_moco(model, cfg.moco).to(settings.device) if moco_steps else None
     ctx = RunContext.open(run, settings)
@@ -108,7 +109,7 @@ def run_amt2(
             run.log(f"{name}/coco", cfg.coco.iterations, {"drift/backbone": drift})
             finish(f"{name}/coco")
     run.save_json(drifts, "drift.json")
-    save_model(run.path("model.pt"), model, detector_cfg, coco.categories, stage=product)
+    save_model(run.path(MODEL_FILE), model, detector_cfg, coco.categories, stage=product)
 
 
 def coco_step(*, stage: str, model: torch.nn.Module, data, cfg: Amt2Config, regularizer: L2SP | None,

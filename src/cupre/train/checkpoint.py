@@ -30,7 +30,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise CupreError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=True)  # tensors and plain types only
     except Exception as exc:  # torch raises many kinds here (pickle, zip, EOF)
         raise CupreError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(obj, dict):
@@ -40,9 +40,11 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and CUDA) generator states."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -52,7 +54,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

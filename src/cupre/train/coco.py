@@ -7,6 +7,7 @@ import torch
 from cupre.config import DetectorConfig, OptimConfig
 from cupre.data.sample import collate
 from cupre.data.transforms import DetectionTrainTransform
+from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
@@ -23,11 +24,11 @@ def run_coco_warmup(
     run: Run,
     settings: Settings,
 ) -> None:
-    """Train ``model`` on ``dataset`` (class-aware) and write ``run/model.pt``.
+    """Train ``model`` on ``dataset`` (class-aware) and write ``run/model.safetensors``.
 
-    Resumes from ``run/state.pt`` when it exists; does nothing when ``model.pt`` exists.
+    Resumes from ``run/state.pt`` when it exists; does nothing when ``model.safetensors`` exists.
     """
-    product = run.path("model.pt")
+    product = run.path(MODEL_FILE)
     if product.is_file():
         return
     ctx = RunContext.open(run, settings, extra_state=lambda: {"model": model.state_dict()})

@@ -25,6 +25,7 @@ from cupre.errors import CupreError
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
+from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
 from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, get_init
@@ -55,9 +56,9 @@ def choose_images(cfg: FinetuneConfig, dataset) -> list[int]:
 
 
 def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
-    """Fine-tune, evaluate, and write ``model.pt``, ``split.json``, ``val_metrics.json``.
+    """Fine-tune, evaluate, and write ``model.safetensors``, ``split.json``, ``val_metrics.json``.
 
-    ``model.pt`` is the validation-best model (by ``cfg.select_by``, the earliest
+    ``model.safetensors`` is the validation-best model (by ``cfg.select_by``, the earliest
     evaluation on ties), saved when it is found; without a validation set it is the
     last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
     Returns the chosen evaluation (empty without a validation set).
@@ -66,7 +67,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     distributed.init(device)
     run = Run(out_dir)
     run.save_config(cfg.to_dict())
-    if run.path("model.pt").is_file() and run.path("val_metrics.json").is_file():
+    if run.path(MODEL_FILE).is_file() and run.path("val_metrics.json").is_file():
         return json.loads(run.path("val_metrics.json").read_text()).get("best", {})
     train_all = open_dataset(cfg.train, class_agnostic=True)
     ids = choose_images(cfg, train_all)
@@ -109,7 +110,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     )
     evaluate_and_keep(evaluator, history, cfg.optim.iterations, model, det_cfg)
     if val is None:
-        save_model(run.path("model.pt"), model, det_cfg, CELL, stage=f"finetune:{cfg.init}",
+        save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=f"finetune:{cfg.init}",
                    iteration=cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
     best = best_entry(history, cfg.select_by)
@@ -142,13 +143,13 @@ def best_entry(history: list[dict], select_by: str) -> dict:
 
 
 def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: int, model, det_cfg) -> None:
-    """Score validation (and test) once per iteration; save ``model.pt`` when it is the best so far."""
+    """Score validation (and test) once per iteration; save ``model.safetensors`` when it is the best so far."""
     if evaluator.val is None or not distributed.is_main() or any(h["iteration"] == iteration for h in history):
         return
     entry = evaluator.score(iteration)
     history.append(entry)
     if best_entry(history, evaluator.select_by) is entry:
-        save_model(evaluator.run.path("model.pt"), model, det_cfg, CELL, stage="finetune", iteration=iteration,
+        save_model(evaluator.run.path(MODEL_FILE), model, det_cfg, CELL, stage="finetune", iteration=iteration,
                    select_by=evaluator.select_by)
         evaluator.keep_predictions()
 

@@ -27,15 +27,15 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.modelfile import load_model_file
+from cupre.modelfile import check_state, load_model_file
 
 # What `cupre pretrain` writes, by product name, and the setting that asks for it.
 PRODUCTS = {
-    "warmup": "warmup/model.pt",
-    "coco": "coco/model.pt",
-    "cupre": "amt2/model.pt",
-    "cupre-nol2sp": "amt2-nol2sp/model.pt",
-    "cells-moco": "cells-moco/model.pt",
+    "warmup": "warmup/model.safetensors",
+    "coco": "coco/model.safetensors",
+    "cupre": "amt2/model.safetensors",
+    "cupre-nol2sp": "amt2-nol2sp/model.safetensors",
+    "cells-moco": "cells-moco/model.safetensors",
 }
 PRODUCT_SETTING = {"coco": "coco_baseline: true", "cupre-nol2sp": "nol2sp: true", "cells-moco": "cells_moco: true"}
 
@@ -123,10 +123,13 @@ def build_init(
     cfg = DetectorConfig.from_dict({**base, **overrides}, where=f"--init {name} detector")
     model = build_detector(cfg)
     if init.model is not None:
+        check_state(files[init.model], model, ckpts[init.model]["model"])
         model.load_state_dict(ckpts[init.model]["model"])
     if init.backbone is not None:
         state = ckpts[init.backbone]["model"]
-        model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        check_state(files[init.backbone], model.backbone, backbone, prefix="backbone.")
+        model.backbone.load_state_dict(backbone)
     model.reset_predictors(1)
     cfg.num_classes = 1
     return model, cfg

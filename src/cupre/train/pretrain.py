@@ -3,11 +3,11 @@
 ``cupre pretrain CONFIG.yaml -o RUN_DIR`` writes (names from :data:`cupre.train.inits.PRODUCTS`)::
 
     RUN_DIR/config.yaml            the resolved config
-    RUN_DIR/warmup/model.pt        COCO warm-up            (with cells-moco: --init coco++)
-    RUN_DIR/amt2/model.pt          after K AMT2 rounds     (--init cupre, cupre++)
-    RUN_DIR/amt2-nol2sp/model.pt   AMT2 without L2-SP      (--init cupre-nol2sp; nol2sp: true)
-    RUN_DIR/coco/model.pt          warm-up + AMT2's COCO steps, no MoCo (--init coco; coco_baseline: true)
-    RUN_DIR/cells-moco/model.pt    MoCo on cells only      (--init cells-moco, coco++; cells_moco: true)
+    RUN_DIR/warmup/model.safetensors        COCO warm-up            (with cells-moco: --init coco++)
+    RUN_DIR/amt2/model.safetensors          after K AMT2 rounds     (--init cupre, cupre++)
+    RUN_DIR/amt2-nol2sp/model.safetensors   AMT2 without L2-SP      (--init cupre-nol2sp; nol2sp: true)
+    RUN_DIR/coco/model.safetensors          warm-up + AMT2's COCO steps, no MoCo (--init coco; coco_baseline: true)
+    RUN_DIR/cells-moco/model.safetensors    MoCo on cells only      (--init cells-moco, coco++; cells_moco: true)
 
 Each part keeps its own ``state.pt``; ``--resume`` continues where a killed run stopped.
 Images listed in ``exclude`` (a labeled set's validation and test images) never reach
@@ -25,7 +25,7 @@ from cupre.data.formats import open_dataset
 from cupre.data.unlabeled import UnlabeledImages
 from cupre.devices import pick_device
 from cupre.errors import CupreError
-from cupre.modelfile import load_model_file
+from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed
 from cupre.train.amt2 import run_amt2
 from cupre.train.checkpoint import seed_everything
@@ -101,7 +101,7 @@ def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, catego
     iterations as all AMT2 rounds together (``moco_cfg`` holds that count)."""
     from cupre.models.detector import build_detector
 
-    if run.path("model.pt").is_file():
+    if run.path(MODEL_FILE).is_file():
         return
     seed_everything(stage_seed(settings.seed, "cells-moco/init"))
     model = build_detector(det_cfg).to(settings.device)
@@ -110,7 +110,7 @@ def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, catego
     if ctx.resume is not None:
         moco.load_state_dict(ctx.resume["moco"])
     run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, ctx=ctx)
-    save_model(run.path("model.pt"), model, det_cfg, categories, stage="cells-moco")
+    save_model(run.path(MODEL_FILE), model, det_cfg, categories, stage="cells-moco")
 
 
 def resolve_paths(data: dict, base: Path) -> dict:
