@@ -10,7 +10,12 @@ import torch
 from cupre.cli import main as cli
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.modelfile import build_from_file, convert_legacy, load_model_file, write_model_file
+from cupre.modelfile import (
+    build_from_file,
+    convert_legacy,
+    load_model_file,
+    write_model_file,
+)
 from cupre.models.detector import build_detector
 from tests.helpers import TINY_DETECTOR
 

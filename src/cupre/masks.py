@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import faster_coco_eval.mask_api_new_cpp as rle_api  # the C++ RLE codec: run lengths without masks
 import numpy as np
 from pycocotools import mask as pycoco_mask
 
@@ -128,3 +129,65 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
         return pycoco_mask.frPyObjects(segmentation, height, width)
     counts = segmentation["counts"]
     return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """Why a COCO segmentation cannot be used on a ``height x width`` image, or None."""
+    if isinstance(segmentation, list):
+        return clean_polygons(segmentation)[1]
+    if isinstance(segmentation, dict):
+        return rle_problem(segmentation, height, width)
+    return "segmentation is neither polygons nor an RLE"
+
+
+def clean_polygons(seg: list) -> tuple[list, str | None]:
+    """Drop polygon parts with fewer than 3 points or zero area; problem if none is left."""
+    parts = []
+    for poly in seg:
+        if not isinstance(poly, list) or not all(is_number(v) for v in poly):
+            return seg, "segmentation is neither a list of polygons nor an RLE"
+        if len(poly) >= 6 and len(poly) % 2 == 0:
+            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+            area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
+            if area > 0:
+                parts.append(poly)
+    if not parts:
+        return seg, "degenerate polygon (fewer than 3 points or zero area)"
+    return (seg if len(parts) == len(seg) else parts), None
+
+
+def rle_problem(seg: dict, height: int, width: int) -> str | None:
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        return "RLE has no 'size' [height, width]"
+    if list(size) != [height, width]:
+        return f"RLE size {list(size)} differs from the image size [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        if sum(counts) != height * width:
+            return f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}"
+    elif isinstance(counts, (str, bytes)):
+        runs = compressed_runs({"size": [height, width], "counts": counts})
+        if runs is None:
+            return "RLE counts string cannot be decoded (truncated or corrupt)"
+        if sum(runs) != height * width:
+            return f"RLE counts string covers {sum(runs)} pixels, the image {height * width}"
+    else:
+        return "RLE 'counts' is neither a list nor a string"
+    return None
+
+
+def compressed_runs(rle: dict) -> list[int] | None:
+    """The run lengths of a compressed RLE (decoded in C++, no mask made), or None when
+    the string is malformed."""
+    counts = rle["counts"]
+    text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+    try:
+        return list(rle_api.toUncompressedRLE([{"size": list(rle["size"]), "counts": text}])[0]["counts"])
+    except (RuntimeError, ValueError):
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cupre.cli import main
@@ -64,7 +65,7 @@ def test_evaluate_bad_ground_truth(files, tmp_path, capsys):
 
 def test_evaluate_against_a_dataset_folder(tmp_path, capsys):
     """A label-image folder as ground truth (read through cupre.data), perfect results."""
-    import numpy as np
+
     import tifffile
 
     from cupre.data.convert import dataset_to_coco
@@ -87,3 +88,58 @@ def test_evaluate_against_a_dataset_folder(tmp_path, capsys):
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
     # sizes 150 and 16 px are small, 400 px is medium, nothing is large
     assert metrics["segm"]["APs"] == pytest.approx(1.0) and metrics["segm"]["APl"] == -1
+
+
+def _cut_rle_files(tmp_path):
+
+    from pycocotools import mask as coco_mask
+
+    a = np.zeros((50, 60), np.uint8, order="F")
+    a[10:20, 5:30] = 1
+    a[30:40, 40:55] = 1
+    counts = coco_mask.encode(a)["counts"].decode()
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 10, 25, 10], "area": 250, "iscrowd": 0,
+           "segmentation": {"size": [50, 60], "counts": counts[: len(counts) // 2]}}  # a cut RLE string
+    poly = {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3], "area": 4, "iscrowd": 0,
+            "segmentation": [[1, 1, 4, 4]]}  # a 2-point polygon
+    good = {"id": 3, "image_id": 1, "category_id": 1, "bbox": [5, 10, 25, 10], "area": 250, "iscrowd": 0,
+            "segmentation": {"size": [50, 60], "counts": counts}}
+    gt = {"images": [{"id": 1, "height": 50, "width": 60, "file_name": "x.png"}],
+          "categories": [{"id": 1, "name": "cell"}], "annotations": [ann, poly, good]}
+    dt = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [5, 10, 25, 10],
+           "segmentation": {"size": [50, 60], "counts": counts}},
+          {"image_id": 1, "category_id": 1, "score": 0.8, "bbox": [5, 10, 25, 10],
+           "segmentation": {"size": [50, 60], "counts": counts[:-3]}}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    return tmp_path / "gt.json", tmp_path / "dt.json"
+
+
+def test_truncated_rle_and_two_point_polygons_are_skipped_within_a_second(tmp_path, capsys):
+    import time
+
+    gt, dt = _cut_rle_files(tmp_path)
+    start = time.perf_counter()
+    with pytest.warns(Warning) as record:
+        assert main(["evaluate", "--gt", str(gt), "--dt", str(dt), "--out", str(tmp_path / "m.json")]) == 0
+    assert time.perf_counter() - start < 1.0  # this ground truth hung the evaluator before it was checked
+    said = " ".join(str(w.message) for w in record)
+    assert "annotations[0] (id 1): RLE counts string covers 1270 pixels" in said
+    assert "annotations[1] (id 2): degenerate polygon" in said and "result #1" in said
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)  # the one good object, found by the one good result
+    assert main(["evaluate", "--gt", str(gt), "--dt", str(dt), "--strict"]) == 2
+    assert "cupre: error:" in capsys.readouterr().err
+
+
+def test_convert_skips_a_cut_rle_instead_of_inventing_an_object(tmp_path):
+    from PIL import Image
+
+    from cupre.data.coco import CocoDataset
+
+    gt, _ = _cut_rle_files(tmp_path)
+    Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "x.png")
+    with pytest.warns(Warning, match="RLE counts string covers 1270 pixels"):
+        dataset = CocoDataset(gt)
+    _, target = dataset[0]
+    assert len(target["masks"]) == 1 and int(target["masks"][0].sum()) == 400  # only the good object

@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the per-category and per-cell-type AP (faster)"
     )
+    parser.add_argument("--strict", action="store_true",
+                        help="a malformed annotation or result is an error (default: warned about and skipped)")
 
 
 def main(args: argparse.Namespace) -> int:
-    gt = load_ground_truth(args.gt)
-    results = load_results(args.dt, gt)
+    gt = load_ground_truth(args.gt, strict=args.strict)
+    results = load_results(args.dt, gt, strict=args.strict)
     metrics = evaluate(gt, results, protocol=args.protocol, breakdown=not args.no_breakdown)
     print(format_table(metrics))
     if args.out is not None:

@@ -31,6 +31,7 @@ from cupre.data.label_images import image_size
 from cupre.data.sample import ImageRecord, InstanceDataset, RawInstances
 from cupre.errors import file_error, warn_or_raise
 from cupre.fileio import read_json
+from cupre.masks import clean_polygons, is_number, rle_problem
 
 LIVECELL_NAME = re.compile(r"^([A-Za-z0-9]+)_Phase_[A-Z]\d+_\d+_\d+d\d+h\d+m_\d+\.tiff?$")
 
@@ -275,9 +276,9 @@ class AnnotationChecker:
             return None
         seg = ann.get("segmentation")
         if isinstance(seg, list):
-            seg, text = _clean_polygons(seg)
+            seg, text = clean_polygons(seg)
         elif isinstance(seg, dict):
-            text = _rle_problem(seg, height, width)
+            text = rle_problem(seg, height, width)
         else:
             text = "has no segmentation (polygons or RLE)"
         text = text or _bbox_problem(ann.get("bbox"), height, width)
@@ -289,46 +290,10 @@ class AnnotationChecker:
         return ann
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
-def _clean_polygons(seg: list) -> tuple[list, str | None]:
-    """Drop polygon parts with fewer than 3 points or zero area; problem if none is left."""
-    parts = []
-    for poly in seg:
-        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
-            return seg, "segmentation is neither a list of polygons nor an RLE"
-        if len(poly) >= 6 and len(poly) % 2 == 0:
-            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-            area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
-            if area > 0:
-                parts.append(poly)
-    if not parts:
-        return seg, "degenerate polygon (fewer than 3 points or zero area)"
-    return (seg if len(parts) == len(seg) else parts), None
-
-
-def _rle_problem(seg: dict, height: int, width: int) -> str | None:
-    size, counts = seg.get("size"), seg.get("counts")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        return "RLE has no 'size' [height, width]"
-    if list(size) != [height, width]:
-        return f"RLE size {list(size)} differs from the image size [{height}, {width}]"
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and c >= 0 for c in counts):
-            return "uncompressed RLE counts must be non-negative integers"
-        if sum(counts) != height * width:
-            return f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}"
-    elif not isinstance(counts, (str, bytes)):
-        return "RLE 'counts' is neither a list nor a string"
-    return None
-
-
 def _bbox_problem(bbox: Any, height: int, width: int) -> str | None:
     if bbox is None:
         return None
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
         return f"bbox {bbox!r} is not [x, y, width, height]"
     x, y, w, h = bbox
     if w < 0 or h < 0:

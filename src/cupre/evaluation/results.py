@@ -17,24 +17,27 @@ from __future__ import annotations
 
 import math
 import reprlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faster_coco_eval.mask_api_new_cpp as rle_api  # the C++ RLE codec: decodes run lengths without masks
 import numpy as np
 from faster_coco_eval.core import mask as mask_api
 from pycocotools import mask as pycoco_mask
 
-from cupre.errors import CupreError, file_error
+from cupre.errors import CupreError, CupreWarning, file_error
 from cupre.fileio import read_json
-from cupre.masks import compressed
+from cupre.masks import compressed, rle_problem
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
-_RLE_CHUNK = 2048
 
 
-def load_results(path: str | Path, gt: dict) -> list[dict]:
+class SegmentationProblem(CupreError):
+    """A result's segmentation cannot be used (skipped unless strict)."""
+
+
+def load_results(path: str | Path, gt: dict, *, strict: bool = True) -> list[dict]:
     """Read a COCO results JSON file and check it against the ground truth.
 
     Args:
@@ -56,20 +59,41 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
     data = read_json(path, missing="results file not found")
     if not isinstance(data, list):
         raise file_error(path, f"a COCO results file is a JSON list of detections, found a {type(data).__name__}")
-    return check_results(data, gt, source=path)
+    return check_results(data, gt, source=path, strict=strict)
 
 
-def check_results(results: Sequence[Any], gt: dict, *, source: str | Path = "results") -> list[dict]:
+def check_results(results: Sequence[Any], gt: dict, *, source: str | Path = "results",
+                  strict: bool = True) -> list[dict]:
     """Check result dicts against the ground truth; see :func:`load_results`.
 
     Args:
         results: the decoded results list.
         gt: COCO instances dict.
         source: the name used in error messages (the file).
+        strict: a result whose segmentation is unusable is an error; otherwise it is
+            warned about (the first ten, then a count) and skipped. Other problems (keys,
+            ids, boxes, scores) are always errors.
     """
     sizes = {img["id"]: _image_size(img) for img in gt.get("images", [])}
-    out = [_check_one(i, r, sizes, source) for i, r in enumerate(results)]
-    _check_rle_counts(out, source)
+    out, skipped = [], 0
+    for i, r in enumerate(results):
+        try:
+            checked = _check_one(i, r, sizes, source)
+            if "segmentation" in checked:
+                h, w = checked["segmentation"]["size"]
+                problem = rle_problem(checked["segmentation"], h, w)
+                if problem:
+                    raise SegmentationProblem(f"{_where(source, i, r)}: segmentation {problem}")
+        except SegmentationProblem as exc:
+            if strict:
+                raise
+            skipped += 1
+            if skipped <= 10:
+                warnings.warn(f"{exc} (skipped)", CupreWarning, stacklevel=2)
+            continue
+        out.append(checked)
+    if skipped > 10:
+        warnings.warn(f"{source}: {skipped - 10} more malformed result(s) skipped", CupreWarning, stacklevel=2)
     for r in out:
         if "bbox" not in r:
             r["bbox"] = [float(v) for v in mask_api.toBbox(r["segmentation"])]
@@ -132,22 +156,22 @@ def _check_bbox(bbox: Any, where: str) -> list[float]:
 def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> dict:
     """Normalise a result's segmentation to compressed RLE of the image's size."""
     if size is None:
-        raise CupreError(f"{where}: the ground-truth image has no height/width to check the segmentation against")
+        raise SegmentationProblem(f"{where}: the ground-truth image has no height/width to check the segmentation against")
     h, w = size
     if isinstance(segm, list):  # polygons
         polys_ok = all(
             isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_number(v) for v in p) for p in segm
         )
         if not segm or not polys_ok:
-            raise CupreError(f"{where}: segmentation is neither an RLE dict nor a list of polygons [x1, y1, x2, ...]")
+            raise SegmentationProblem(f"{where}: segmentation is neither an RLE dict nor a list of polygons [x1, y1, x2, ...]")
         return compressed(pycoco_mask.merge(pycoco_mask.frPyObjects(segm, h, w)))
     if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
-        raise CupreError(f"{where}: segmentation must be an RLE dict with 'size' and 'counts'")
+        raise SegmentationProblem(f"{where}: segmentation must be an RLE dict with 'size' and 'counts'")
     rle_size = segm["size"]
     if not (isinstance(rle_size, (list, tuple)) and len(rle_size) == 2 and all(_is_int(v) for v in rle_size)):
-        raise CupreError(f"{where}: segmentation size {rle_size!r} is not [height, width]")
+        raise SegmentationProblem(f"{where}: segmentation size {rle_size!r} is not [height, width]")
     if [int(v) for v in rle_size] != [h, w]:
-        raise CupreError(f"{where}: segmentation size {list(rle_size)} is not the image's [height, width] {[h, w]}")
+        raise SegmentationProblem(f"{where}: segmentation size {list(rle_size)} is not the image's [height, width] {[h, w]}")
     counts = segm["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii", errors="replace")
@@ -155,30 +179,6 @@ def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> 
         return {"size": [h, w], "counts": counts}
     if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
         if sum(counts) != h * w:
-            raise CupreError(f"{where}: uncompressed RLE counts cover {sum(counts)} pixels, the image has {h * w}")
+            raise SegmentationProblem(f"{where}: uncompressed RLE counts cover {sum(counts)} pixels, the image has {h * w}")
         return compressed(pycoco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w))
-    raise CupreError(f"{where}: segmentation counts must be an RLE string or a list of run lengths")
-
-
-def _check_rle_counts(results: list[dict], source: str | Path) -> None:
-    """Decode every compressed RLE's run lengths (C++, no mask) and check they cover the image."""
-    indexed = [(i, r["segmentation"]) for i, r in enumerate(results) if "segmentation" in r]
-    for start in range(0, len(indexed), _RLE_CHUNK):
-        chunk = indexed[start : start + _RLE_CHUNK]
-        try:
-            decoded = rle_api.toUncompressedRLE([rle for _, rle in chunk])
-        except (RuntimeError, ValueError):
-            decoded = None
-        for k, (i, rle) in enumerate(chunk):
-            runs = decoded[k]["counts"] if decoded is not None else _runs_or_none(rle)
-            h, w = rle["size"]
-            if runs is None or sum(runs) != h * w:
-                problem = "cannot be decoded" if runs is None else f"covers {sum(runs)} pixels, the image {h * w}"
-                raise CupreError(f"{_where(source, i, results[i])}: segmentation RLE counts string {problem}")
-
-
-def _runs_or_none(rle: dict) -> list[int] | None:
-    try:
-        return rle_api.toUncompressedRLE([rle])[0]["counts"]
-    except (RuntimeError, ValueError):
-        return None
+    raise SegmentationProblem(f"{where}: segmentation counts must be an RLE string or a list of run lengths")
