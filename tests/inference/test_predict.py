@@ -277,3 +277,19 @@ def test_inputs_errors_and_output_names(tmp_path):
     assert [name for _, name in found] == ["two", "one", "sub/one"]  # sorted by path, sub-folders mirrored
     with pytest.raises(CupreError, match="same name"):
         expand_inputs([tmp_path / "x" / "one.png", tmp_path / "x" / "sub" / "one.png"])
+
+
+def test_an_odd_tiff_is_skipped_and_the_run_writes_its_run_files(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((_discs(64, [(30, 30)], 10) * 200).astype(np.uint8)).save(folder / "good.png")
+    tifffile.imwrite(folder / "five.tif", np.zeros((64, 64, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig", metadata={"axes": "YXS"})
+    summary = run_predict(ComponentDetector(), [folder], out=tmp_path / "out", progress=False)
+    assert "five.tif" in capsys.readouterr().err
+    assert summary.predicted == 1 and [f for f, _ in summary.failed] == [str(folder / "five.tif")]
+    images = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert "samples per pixel" in images["failed"][0]["error"]
+    assert (tmp_path / "out" / "results_coco.json").is_file() and (tmp_path / "out" / "good_masks.tif").is_file()

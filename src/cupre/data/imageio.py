@@ -84,23 +84,47 @@ def _read_pil_frame(path: Path, page: int | None) -> np.ndarray:
         return np.asarray(im)
 
 
+IMAGE_AXES = {"Y", "X", "S"}  # a plane's rows, columns and samples (colour); every other axis indexes planes
+MAX_SAMPLES = 4
+
+
+def tiff_planes(axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the plane index of a TIFF series (``()`` for a single plane).
+
+    Every axis other than Y, X and S (time, depth, channel, ...) indexes planes, each
+    predicted or trained on as its own image.
+
+    Raises:
+        ValueError: no Y/X plane, or more than four samples per pixel (one line naming
+            the axes found).
+    """
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"TIFF axes {axes!r} {tuple(shape)} have no Y/X image plane")
+    if "S" in axes and shape[axes.index("S")] > MAX_SAMPLES:
+        raise ValueError(f"TIFF has {shape[axes.index('S')]} samples per pixel (axes {axes!r} {tuple(shape)}); "
+                         f"cupre reads 1-{MAX_SAMPLES} (grey, grey+alpha, RGB, RGBA)")
+    return tuple(size for ax, size in zip(axes, shape) if ax not in IMAGE_AXES)
+
+
 def _tiff_page(arr: np.ndarray, axes: str, page: int | None) -> np.ndarray:
-    """Pick one 2-D (or 2-D + channels) plane out of a TIFF series."""
-    keep = {"Y", "X", "S"}
-    index = []
-    for ax, size in zip(axes, arr.shape):
-        if ax in keep:
-            index.append(slice(None))
-        else:
-            index.append(0 if page is None else min(page, size - 1))
-    out = arr[tuple(index)]
-    if out.ndim == 3 and out.shape[0] in (1, 3, 4) and out.shape[-1] not in (1, 3, 4):
-        out = np.moveaxis(out, 0, -1)
-    return out
+    """Plane ``page`` (counted over all non-image axes, C order) of a TIFF series."""
+    planes = tiff_planes(axes, arr.shape)
+    count = int(np.prod(planes)) if planes else 1
+    if page is not None and not 0 <= page < count:
+        raise ValueError(f"plane {page} requested, the TIFF has {count} (axes {axes!r})")
+    where = iter(np.unravel_index(page or 0, planes) if planes else ())
+    index = tuple(slice(None) if ax in IMAGE_AXES else int(next(where)) for ax in axes)
+    out = arr[index]
+    kept = [ax for ax in axes if ax in IMAGE_AXES]
+    return np.moveaxis(out, kept.index("S"), -1) if "S" in kept else out
 
 
 def count_pages(path: str | Path) -> int:
-    """Number of 2-D frames in an image file (1 for anything but a multi-page TIFF)."""
+    """Number of 2-D planes in an image file (1 for anything but a multi-plane TIFF).
+
+    Raises:
+        CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
+    """
     path = Path(path)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return 1
@@ -109,11 +133,8 @@ def count_pages(path: str | Path) -> int:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            n = 1
-            for ax, size in zip(series.axes, series.shape):
-                if ax not in ("Y", "X", "S"):
-                    n *= size
-            return max(1, n)
+            planes = tiff_planes(series.axes, tuple(series.shape))
+            return max(1, int(np.prod(planes)) if planes else 1)
     except (OSError, ValueError, IndexError) as exc:
         raise file_error(path, f"cannot read TIFF ({exc})") from None
 
