@@ -23,6 +23,12 @@ IntTuple = Annotated[tuple[int, ...], Strict(False)]
 FloatTuple = Annotated[tuple[float, ...], Strict(False)]
 StrTuple = Annotated[tuple[str, ...], Strict(False)]
 FloatPair = Annotated[tuple[float, float], Strict(False)]
+# Numbers that would make a run meaningless are refused before anything runs.
+Count = Annotated[int, Field(ge=1)]  # iterations, batch sizes, rounds, intervals, sizes
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class ConfigBase(BaseModel):
@@ -139,39 +145,39 @@ class DetectorConfig(ConfigBase):
     arch: typing.Literal["maskrcnn", "cascade"] = "maskrcnn"
     backbone: str = "resnet50"  # any timm ResNet/ResNeSt: resnet18, resnet50, resnest14d, resnest50d, resnest200e
     norm: typing.Literal["gn", "frozen_bn", "bn", "syncbn"] = "gn"
-    num_classes: int = 1  # foreground classes (background excluded)
-    fpn_channels: int = 256
-    object_size: float | None = None  # typical object diameter (px) the model works at; None: native pixels
+    num_classes: Count = 1  # foreground classes (background excluded)
+    fpn_channels: Count = 256
+    object_size: Positive | None = None  # typical object diameter (px) the model works at; None: native pixels
     anchor_sizes: IntTuple = (8, 16, 32, 64, 128)  # one size per FPN level P2..P6
     aspect_ratios: FloatTuple = (0.5, 1.0, 2.0)
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 3000
-    rpn_post_nms_top_n_test: int = 2000
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512
-    box_score_thresh: float = 0.01
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 2000
+    rpn_pre_nms_top_n_train: Count = 2000
+    rpn_post_nms_top_n_train: Count = 2000
+    rpn_pre_nms_top_n_test: Count = 3000
+    rpn_post_nms_top_n_test: Count = 2000
+    rpn_batch_size_per_image: Count = 256
+    box_batch_size_per_image: Count = 512
+    box_score_thresh: Fraction = 0.01
+    box_nms_thresh: Fraction = 0.5
+    detections_per_img: Count = 2000
     cascade_ious: FloatTuple = (0.5, 0.6, 0.7)
-    mask_threshold: float = 0.5
+    mask_threshold: Fraction = 0.5
 
 
 class OptimConfig(ConfigBase):
     """One training stage: optimiser, schedule and batches (iteration-based)."""
 
-    iterations: int = 1000
-    batch_size: int = 4
+    iterations: Count = 1000
+    batch_size: Count = 4
     optimizer: typing.Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 100  # linear warm-up of the learning rate
+    lr: Positive = 0.02
+    momentum: Fraction = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
+    warmup_iterations: NonNegative = 100  # linear warm-up of the learning rate
     schedule: typing.Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: FloatTuple = (0.75, 0.9)  # "step" schedule: fractions of iterations, x0.1 each
-    grad_clip: float = 10.0  # max gradient norm; 0 disables
-    crop_size: int | None = 512  # random crop for training (None: whole images)
-    scale_jitter: float = 1.0  # training rescale factor drawn log-uniformly in [1/j, j] (1: none)
+    grad_clip: NonNegativeFloat = 10.0  # max gradient norm; 0 disables
+    crop_size: Count | None = 512  # random crop for training (None: whole images)
+    scale_jitter: Annotated[float, Field(ge=1)] = 1.0  # training rescale factor drawn log-uniformly in [1/j, j] (1: none)
 
 
 class MocoConfig(ConfigBase):
@@ -182,11 +188,11 @@ class MocoConfig(ConfigBase):
             iterations=1000, batch_size=32, lr=0.03, weight_decay=1e-4, warmup_iterations=50, crop_size=224
         )
     )
-    dim: int = 128
-    hidden_dim: int = 2048
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.2
+    dim: Count = 128
+    hidden_dim: Count = 2048
+    queue_size: Count = 65536
+    momentum: Fraction = 0.999
+    temperature: Positive = 0.2
     crop_scale: FloatPair = (0.2, 1.0)
 
 
@@ -197,15 +203,15 @@ class L2SPConfig(ConfigBase):
     ``lr * weight * alpha`` is the fraction of the distance to ``w0`` removed per step.
     """
 
-    alpha: float = 0.99  # |w| >> |w - w0|: at 0.5 the plain-L2 half would act as strong weight decay
-    weight: float = 1.0  # with SGD at lr 0.02: 2% of the distance to w0 per step; AdamW needs ~100x more
+    alpha: Fraction = 0.99  # |w| >> |w - w0|: at 0.5 the plain-L2 half would act as strong weight decay
+    weight: NonNegativeFloat = 1.0  # with SGD at lr 0.02: 2% of the distance to w0 per step; AdamW needs ~100x more
     parts: StrTuple = ("backbone",)  # fine-tuning (cupre++): the paper's Eq. 7 regularises the backbone
 
 
 class Amt2Config(ConfigBase):
     """Alternating multi-task training: K rounds of (MoCo on cells, COCO subset k with L2-SP)."""
 
-    rounds: int = 10
+    rounds: Count = 10
     moco: MocoConfig = Field(default_factory=MocoConfig)
     coco: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=1000))
     l2sp: L2SPConfig = Field(default_factory=L2SPConfig)
@@ -226,8 +232,8 @@ class PretrainConfig(ConfigBase):
     exclude: list[str] = Field(default_factory=list)  # image files kept out of MoCo (held-out val/test images)
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 2
-    checkpoint_every: int = 200
+    num_workers: NonNegative = 2
+    checkpoint_every: Count = 200
 
 
 class FinetuneConfig(ConfigBase):
@@ -238,17 +244,17 @@ class FinetuneConfig(ConfigBase):
     detector: dict[str, Any] = Field(default_factory=dict)  # DetectorConfig keys overriding the init's
     train: str = ""  # dataset (any supported format)
     split: str | None = None  # split JSON from `cupre split` (None: the whole train set)
-    fraction: float | None = None  # or: make the split here
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # or: make the split here
     val: str | None = None
     val_split: str | None = None  # split JSON selecting the validation images of `val`
     test: str | None = None  # scored at every evaluation too (never used to choose anything)
     test_split: str | None = None
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=2000))
     l2sp: L2SPConfig = Field(default_factory=L2SPConfig)  # cupre++
-    eval_every: int = 500
+    eval_every: Count = 500
     select_by: typing.Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks the kept model
-    eval_batch_size: int = 2
+    eval_batch_size: Count = 2
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 2
-    checkpoint_every: int = 200
+    num_workers: NonNegative = 2
+    checkpoint_every: Count = 200

@@ -247,6 +247,8 @@ def test_killed_finetune_resumes_with_the_same_losses(domains, pretrained, tmp_p
 
     straight, resumed = losses("straight"), losses("killed")
     assert set(resumed) == set(straight)
+    rows = [(r["stage"], r["step"], r["name"]) for r in csv.DictReader(open(tmp_path / "killed" / "metrics.csv"))]
+    assert len(rows) == len(set(rows))  # the iterations run again after the resume are logged once
     for step in (3, 4, 5, 6):  # steps 3.. were run again after the resume
         assert resumed[step] == pytest.approx(straight[step], rel=1e-4)
 

@@ -37,9 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume:
+        ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+                   if k not in ("out", "resume", "device", "_module", "command") and v is not None]
+        if ignored:
+            raise CupreError(f"--resume continues with {out / 'config.yaml'}; {', '.join(ignored)} would be ignored "
+                             "(drop them, or start a new run with another -o)")
         if not (out / "config.yaml").is_file():
             raise CupreError(f"{out}: nothing to resume (no config.yaml)")
         cfg = FinetuneConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
+        if args.device:
+            cfg.device = args.device
     else:
         if out.exists() and any(out.iterdir()):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")

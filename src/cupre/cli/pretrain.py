@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume:
+        if args.config:
+            raise CupreError(f"--resume continues with {out / 'config.yaml'}; {args.config} would be ignored "
+                             "(drop it, or start a new run with another -o)")
         if not (out / "config.yaml").is_file():
             raise CupreError(f"{out}: nothing to resume (no config.yaml)")
         data = load_yaml(out / "config.yaml")

@@ -12,13 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cupre.config import (
-    ConfigBase,
-    FinetuneConfig,
-    FloatTuple,
-    PretrainConfig,
-    load_yaml,
-)
+from cupre.config import ConfigBase, Count, FinetuneConfig, FloatTuple, NonNegative, PretrainConfig, load_yaml
 from cupre.errors import CupreError
 from cupre.train.inits import INITS
 
@@ -50,15 +44,15 @@ class DataConfig(ConfigBase):
 class SyntheticConfig(ConfigBase):
     """A synthetic dataset written once into ``OUT/data/<kind>`` (0 images: none)."""
 
-    images: int = 0
-    size: int = 256
+    images: NonNegative = 0
+    size: Count = 256
     seed: int = 0
 
 
 class OverlayConfig(ConfigBase):
     """Fig. 8: predictions next to the ground truth on a few validation images."""
 
-    images: int = 4
+    images: NonNegative = 4
     methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
     score_thresh: float = 0.5
 
@@ -74,7 +68,7 @@ class ExperimentConfig(ConfigBase):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     methods: list[Method] = Field(default_factory=lambda: list(INITS))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)  # shared by every cell
-    eval_every: int = 500  # validation every this many fine-tuning iterations (and at the end)
+    eval_every: Count = 500  # validation every this many fine-tuning iterations (and at the end)
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
     device: str = "auto"
     overlays: OverlayConfig = Field(default_factory=OverlayConfig)
@@ -165,6 +159,19 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
             raise bad(f"data {name}: give a validation set either as a partition part or as `val`, exactly once")
         if len(d.partition) == 3 and d.test is not None:
             raise bad(f"data {name}: `test` given twice (partition part and `test`)")
+
+
+def check_inputs_exist(cfg: ExperimentConfig, *, pretraining: bool) -> None:
+    """Every dataset path the run will read exists (``{out}/...`` paths are made by the
+    run itself), so that a typo is found before anything is written or trained."""
+    paths = [("data.labeled", d.labeled) for d in cfg.data]
+    paths += [("data.val", d.val) for d in cfg.data if d.val] + [("data.test", d.test) for d in cfg.data if d.test]
+    if pretraining:
+        paths += [("pretrain.coco", p) for p in cfg.pretrain.coco]
+        paths += [("pretrain.unlabeled", p) for p in cfg.pretrain.unlabeled]
+    for key, path in paths:
+        if not path.startswith(OUT) and not Path(path).exists():
+            raise CupreError(f"{key}: {path} not found")
 
 
 def dataset_name(d: DataConfig) -> str:

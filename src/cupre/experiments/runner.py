@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig, in_folder
+from cupre.experiments.config import ExperimentConfig, check_inputs_exist, in_folder
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -61,6 +61,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
     unknown = [m for m in methods if m not in cfg.methods]
     if unknown:
         raise CupreError(f"--only-method {unknown[0]}: not among the config's methods ({', '.join(cfg.methods)})")
+    check_inputs_exist(cfg, pretraining=any(m != "scratch" for m in methods))
     if not dry_run:
         Run(out, tensorboard=False).save_config(cfg.to_dict())
         for kind, synth in (("objects", cfg.synthetic_objects), ("cells", cfg.synthetic_cells)):

@@ -28,7 +28,7 @@ from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
 from cupre.train.checkpoint import seed_everything
-from cupre.train.inits import build_init, get_init
+from cupre.train.inits import build_init, get_init, product_files
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.stage import (
@@ -63,19 +63,22 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
     Returns the chosen evaluation (empty without a validation set).
     """
-    device = pick_device(cfg.device)
-    distributed.init(device)
-    run = Run(out_dir)
-    run.save_config(cfg.to_dict())
-    if run.path(MODEL_FILE).is_file() and run.path("val_metrics.json").is_file():
-        return json.loads(run.path("val_metrics.json").read_text()).get("best", {})
+    out = Path(out_dir)
+    if (out / MODEL_FILE).is_file() and (out / "val_metrics.json").is_file():
+        return json.loads((out / "val_metrics.json").read_text()).get("best", {})
+    # everything that can be wrong with the inputs is found before the run folder is made
+    product_files(cfg.init, cfg.pretrain_dir)
     train_all = open_dataset(cfg.train, class_agnostic=True)
     ids = choose_images(cfg, train_all)
+    val = _held_out(cfg.val, cfg.val_split)
+    test = _held_out(cfg.test, cfg.test_split)
+    device = pick_device(cfg.device)
+    distributed.init(device)
+    run = Run(out)
+    run.save_config(cfg.to_dict())
     run.save_json({"dataset": str(cfg.train), "image_ids": ids,
                    "files": [str(r.file) for r in train_all.subset(ids).records]}, "split.json")
     train = train_all.subset(ids)
-    val = _held_out(cfg.val, cfg.val_split)
-    test = _held_out(cfg.test, cfg.test_split)
 
     seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
     model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
@@ -87,6 +90,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     ctx.extra_state = lambda: {"model": model.state_dict(), "history": history}
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
+        run.drop_after(int(ctx.resume.get("iteration", 0)), ["val", "test"])
     regularizer = build_l2sp(model, start, cfg) if get_init(cfg.init).l2sp else None
     evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
                           val=val, test=test, select_by=cfg.select_by)

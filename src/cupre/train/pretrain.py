@@ -48,9 +48,9 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     device = pick_device(cfg.device)
     distributed.init(device)
     out = Path(out_dir)
-    Run(out, tensorboard=False).save_config(cfg.to_dict())
     coco = MergedDataset([open_dataset(p) for p in cfg.coco])
     unlabeled = UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude)
+    Run(out, tensorboard=False).save_config(cfg.to_dict())  # only once the inputs are known to be readable
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
     amt2 = cfg.amt2.replace(moco=moco_cfg)
     det_cfg = cfg.detector.replace(num_classes=len(coco.categories))

@@ -6,9 +6,10 @@ Every procedure writes into one :class:`Run`; a result can be reproduced from it
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -63,6 +64,22 @@ class Run:
                 self._tb = SummaryWriter(str(self.path("tb")))
             for name, value in values.items():
                 self._tb.add_scalar(f"{stage}/{name}", float(value), step)
+
+    def drop_after(self, step: int, stages: Iterable[str]) -> None:
+        """Forget the ``metrics.csv`` rows of ``stages`` logged after ``step``: a resumed
+        run logs those iterations again, so each (stage, step, name) stays unique."""
+        path = self.path("metrics.csv")
+        if not self.main or not path.is_file():
+            return
+        stages = set(stages)
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = [r for r in rows[1:] if not (r[0] in stages and int(r[1]) > step)]
+        if len(kept) == len(rows) - 1:
+            return
+        buf = io.StringIO()
+        csv.writer(buf).writerows([rows[0], *kept])
+        write_text_atomic(path, buf.getvalue())
 
     def close(self) -> None:
         if self._tb is not None:

@@ -128,6 +128,7 @@ def run_stage(
         num_workers=ctx.num_workers,
     )
     if resuming:
+        ctx.run.drop_after(start, [stage])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
