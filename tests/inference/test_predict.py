@@ -293,3 +293,41 @@ def test_an_odd_tiff_is_skipped_and_the_run_writes_its_run_files(tmp_path, capsy
     images = json.loads((tmp_path / "out" / "images.json").read_text())
     assert "samples per pixel" in images["failed"][0]["error"]
     assert (tmp_path / "out" / "results_coco.json").is_file() and (tmp_path / "out" / "good_masks.tif").is_file()
+
+
+def test_an_interrupted_predict_resumes_and_refuses_other_options(tmp_path, monkeypatch, capsys):
+    import cupre.inference.predict as predict_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        Image.fromarray((_discs(64, [(20 + 5 * k, 30)], 8) * 200).astype(np.uint8)).save(folder / f"im{k}.png")
+    run_predict(ComponentDetector(), [folder], out=tmp_path / "straight", progress=False)
+
+    real = predict_module.write_image_outputs
+    calls = []
+
+    def dying(paths, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "write_image_outputs", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(ComponentDetector(), [folder], out=tmp_path / "out", options=PredictOptions(batch_size=1),
+                    progress=False)
+    monkeypatch.setattr(predict_module, "write_image_outputs", real)
+    assert not (tmp_path / "out" / "results_coco.json").exists()
+    with pytest.raises(CupreError, match="another options"):
+        run_predict(ComponentDetector(), [folder], out=tmp_path / "out",
+                    options=PredictOptions(resume=True, score_threshold=0.9), progress=False)
+    model = ComponentDetector()
+    summary = run_predict(model, [folder], out=tmp_path / "out", options=PredictOptions(resume=True, batch_size=1),
+                          progress=False)
+    assert model.calls == 2 and summary.predicted == 4  # only the two unfinished images ran again
+    for name in ("results_coco.json", "images.json"):
+        assert (tmp_path / "out" / name).read_text() == (tmp_path / "straight" / name).read_text().replace(
+            str(tmp_path / "straight"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / ".cupre-predict").exists()
+    assert "--resume" in __import__("cupre.cli", fromlist=["ON_INTERRUPT"]).ON_INTERRUPT["predict"]

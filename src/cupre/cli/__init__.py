@@ -29,6 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-model": ("cupre.cli.convert_model", "a pickled model file of cupre < 0.2 -> safetensors"),
 }
 
+# What a stopped command offers; commands not named here write nothing half-made.
+ON_INTERRUPT = {
+    "pretrain": "run it again with --resume and the same -o to continue where it stopped",
+    "finetune": "run it again with --resume and the same -o to continue where it stopped",
+    "predict": "run it again with --resume to continue with the images not finished",
+    "experiment": "run the same command again to continue: finished cells are kept",
+    "demo": "run the same command again to continue: finished parts are kept",
+}
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -65,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cupre: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cupre: interrupted (run again with --resume to continue where it stopped)", file=sys.stderr)
+        print(f"cupre: interrupted ({ON_INTERRUPT.get(args.command, 'no output was left half-written')})",
+              file=sys.stderr)
         return 130
     return int(code or 0)
 

@@ -28,13 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in -o (same model, options and inputs)")
 
 
 def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
         score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-        object_size=args.object_size, roi_zip=args.roi_zip, overwrite=args.overwrite,
+        object_size=args.object_size, roi_zip=args.roi_zip, overwrite=args.overwrite, resume=args.resume,
     )
     summary = run_predict(args.model, args.inputs, out=args.out, options=options)
     print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")

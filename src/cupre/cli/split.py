@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import cupre.data.splits as _lib
 from cupre.data.sample import ImageRecord
 from cupre.data.splits import UNKNOWN_TYPE, _describe, fewshot_split, partition
 from cupre.errors import CupreError, file_error
+from cupre.fileio import write_json_atomic
 
 DESCRIPTION = _lib.__doc__
 
@@ -74,7 +74,6 @@ def main(args: argparse.Namespace) -> int:
         out["fraction"] = float(args.fraction)
         out.update(_describe(ids, by_id, base))
         _print_counts(f"few-shot {args.fraction:g}", ids, by_id, Counter(r.cell_type or UNKNOWN_TYPE for r in pool))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_json_atomic(args.out, out, indent=1)
     print(args.out)
     return 0

@@ -8,7 +8,6 @@ visible-part instance masks. The same seed always writes the same bytes.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from scipy import ndimage
 
 from cupre.data.synth_common import MIN_AREA, SynthImage
 from cupre.errors import CupreError
+from cupre.fileio import write_json_atomic
 
 KINDS = ("cells", "objects")
 _IMAGE_NAME = re.compile(r"^\d{6}\.png$")
@@ -117,5 +117,5 @@ def write_synthetic(kind: str, out_dir: str | Path, *, n_images: int, size: int 
         "categories": module.CATEGORIES,
     }
     json_path = out_dir / "annotations.json"
-    json_path.write_text(json.dumps(coco, separators=(",", ":")))
+    write_json_atomic(json_path, coco)
     return json_path

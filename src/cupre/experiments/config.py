@@ -12,7 +12,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from cupre.config import ConfigBase, Count, FinetuneConfig, FloatTuple, NonNegative, PretrainConfig, load_yaml
+from cupre.config import (
+    ConfigBase,
+    Count,
+    FinetuneConfig,
+    FloatTuple,
+    NonNegative,
+    PretrainConfig,
+    load_yaml,
+)
 from cupre.errors import CupreError
 from cupre.train.inits import INITS
 

@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from cupre.data.sample import ImageRecord
+from cupre.fileio import atomic_path
 from cupre.masks import segmentation_to_rle
 
 GT_COLOR = (0, 255, 0)
@@ -135,5 +136,6 @@ def render_overlays(val: str | Path, val_split: str | Path | None, predictions: 
         for j, panel in enumerate(panels):
             sheet.paste(panel, (j * panel_size, i * (panel_size + LABEL_HEIGHT)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cupre.experiments.table import mean_std, ordered, summarize
+from cupre.fileio import atomic_path
 from cupre.train.inits import INITS
 
 ABLATIONS = ("coco++", "cupre-nol2sp", "cupre", "cupre++")
@@ -86,7 +87,8 @@ def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: li
             ax.set_ylabel(f"validation {label}")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 
@@ -109,7 +111,8 @@ def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, met
         ax.set_ylabel(f"validation {label}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 
@@ -140,5 +143,6 @@ def plot_ablations(cells: dict[tuple[str, float], dict], path: Path, *, methods:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small", ncols=len(present))
     axes[0].set_title("ablations vs coco (difference to coco above each bar)")
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path

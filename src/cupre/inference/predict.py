@@ -56,6 +56,7 @@ from cupre.inference.inputs import (
     plan_jobs,
     problem_line,
 )
+from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import MODEL_FILE
@@ -169,6 +170,7 @@ class PredictOptions:
         object_size: the typical object side in the images (pixels); None: estimated.
         roi_zip: also write ImageJ ROI zips.
         overwrite: replace existing output files.
+        resume: continue an interrupted run in the same output folder.
     """
 
     score_threshold: float = 0.5
@@ -180,6 +182,7 @@ class PredictOptions:
     object_size: float | None = None
     roi_zip: bool = False
     overwrite: bool = False
+    resume: bool = False
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option."""
@@ -224,7 +227,12 @@ def run_predict(
         resolve_model_file(model)  # a missing model is reported before anything else
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out))
-    check_outputs(out, jobs, roi_zip=options.roi_zip, overwrite=options.overwrite)
+    ledger = Ledger(out, {"model": model_identity(resolve_model_file(model) if isinstance(model, (str, Path))
+                                                  else model),
+                          "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
+                          "inputs": [f"{j.file}#{j.page}" for j in jobs]})
+    if not options.resume:
+        check_outputs(out, jobs, roi_zip=options.roi_zip, overwrite=options.overwrite)
     device = pick_device(options.device)
     if isinstance(model, (str, Path)):
         net, cats = load_model(model, device=device)
@@ -233,26 +241,34 @@ def run_predict(
         if isinstance(net, torch.nn.Module):
             net.eval().to(device)
     cats = categories or cats
-    out.mkdir(parents=True, exist_ok=True)
+    done = ledger.start(resume=options.resume)
+    todo = [job for job in jobs if job.image_id not in done]
+    if done:
+        print(f"predict: {len(done)} of {len(jobs)} images finished before; continuing with {len(todo)}")
     with detection_limits(net, score_threshold=options.score_threshold, max_detections=options.max_detections):
-        summary, results, entries = _predict_jobs(net, jobs, out=out, categories=cats, options=options,
-                                                  device=device, progress=progress)
+        _predict_jobs(net, todo, out=out, categories=cats, options=options, device=device, progress=progress,
+                      ledger=ledger)
+    summary, results, entries = PredictSummary(out=out), [], []
+    for job in jobs:
+        record = ledger.read(job.image_id)
+        results += record["results"]
+        entries.append(record["entry"])
+        if "error" in record["entry"]:
+            summary.failed.append((str(job.file), record["entry"]["error"]))
+        else:
+            summary.predicted += 1
+            summary.objects += record["entry"]["objects"]
     write_json_atomic(out / "results_coco.json", results)
     write_json_atomic(out / "images.json", {"images": entries, "categories": cats,
                                             "failed": [{"file": f, "error": p} for f, p in summary.failed]})
+    ledger.close()
     return summary
 
 
 def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], options: PredictOptions,
-                  device: torch.device, progress: bool) -> tuple[PredictSummary, list[dict], list[dict]]:
-    """Read, predict and write every job, ``options.batch_size`` images at a time.
-
-    Returns:
-        the summary, the COCO results of all images, and the ``images.json`` entries.
-    """
-    summary = PredictSummary(out=out)
-    results: list[dict] = []
-    entries: list[dict] = []
+                  device: torch.device, progress: bool, ledger: Ledger) -> None:
+    """Read, predict and write every job, ``options.batch_size`` images at a time; each
+    finished (or unreadable) image is recorded in the ledger."""
     batch_size = options.batch_size
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), batch_size):
@@ -261,8 +277,7 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
             try:
                 loaded.append((job, *_read(job)))
             except CupreError as exc:
-                summary.failed.append((str(job.file), str(exc)))
-                entries.append(_image_entry(job, None, 0, str(exc)))
+                ledger.record(job.image_id, [], _image_entry(job, None, 0, str(exc)))
                 tqdm.write(f"cupre: warning: {exc} (skipped)", file=sys.stderr)
                 bar.update(1)
         found, factors = predict_at_object_scale(
@@ -271,11 +286,6 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
         for (job, raw, image), objs, factor in zip(loaded, found, factors):
             paths = job_outputs(out, job, roi_zip=options.roi_zip)
             res, count = write_image_outputs(paths, objs, raw, image, job, categories)
-            results += res
-            entries.append({**_image_entry(job, image, count, None), "scale": factor})
-            summary.predicted += 1
-            summary.objects += count
+            ledger.record(job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor})
             bar.update(1)
     bar.close()
-    entries.sort(key=lambda e: e["id"])
-    return summary, results, entries

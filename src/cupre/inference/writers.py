@@ -20,6 +20,7 @@ import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from cupre.fileio import atomic_path
 from cupre.inference.objects import Objects
 from cupre.masks import crop_rle, masks_to_results
 
@@ -99,12 +100,14 @@ def object_rows(label: np.ndarray, kept: np.ndarray, objs: Objects, raw: np.ndar
 
 
 def write_label_tiff(path: Path, label: np.ndarray) -> None:
-    """The label image as a zlib-compressed TIFF (uint16 or uint32)."""
-    tifffile.imwrite(path, label, compression="zlib", photometric="minisblack")
+    """The label image as a zlib-compressed TIFF (uint16 or uint32), written atomically."""
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, label, compression="zlib", photometric="minisblack")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
+    """The per-object table, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -144,7 +147,8 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[d
     for row in rows:
         xy = (row["centroid_x"], row["centroid_y"])
         draw.text(xy, str(row["id"]), fill=(255, 255, 255), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
-    pil.save(path, compress_level=1)
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG", compress_level=1)
 
 
 def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height: int, width: int,
@@ -222,7 +226,7 @@ def write_roi_zip(path: Path, label: np.ndarray) -> int:
     """One ImageJ polygon ROI per id of ``label`` (entries ``00001.roi`` ...), zipped as
     the ImageJ ROI Manager reads them. Returns the number of ROIs written."""
     written = 0
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for k, sl in enumerate(ndimage.find_objects(label), start=1):
             if sl is None:
                 continue
