@@ -24,8 +24,9 @@ def file_error(path: str | Path, problem: str) -> CupreError:
     return CupreError(f"{path}: {problem}")
 
 
-def warn_or_raise(path: str | Path, problem: str, *, strict: bool) -> None:
-    """Warn and let the caller skip the item, or raise when ``strict`` is set."""
+def warn_or_raise(path: str | Path, problem: str, *, strict: bool, skipped: bool = True) -> None:
+    """Warn (the caller skips the item when ``skipped``), or raise when ``strict`` is set."""
     if strict:
         raise file_error(path, problem)
-    warnings.warn(f"{path}: {problem} (skipped; --strict makes this an error)", CupreWarning, stacklevel=2)
+    note = "skipped; " if skipped else ""
+    warnings.warn(f"{path}: {problem} ({note}--strict makes this an error)", CupreWarning, stacklevel=2)

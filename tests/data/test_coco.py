@@ -264,3 +264,37 @@ def test_empty_decoded_mask_is_skipped_at_read_time(coco_file: Path) -> None:
 def test_decode_segmentation_reports_garbage_as_value_error() -> None:
     with pytest.raises(ValueError, match="cannot decode segmentation"):
         decode_segmentation({"counts": "!!!garbage", "size": [H, W]}, H, W)
+
+
+def test_files_that_are_odd_but_readable_are_named_in_a_warning(tmp_path):
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from cupre.data.formats import open_dataset
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
+    image = {"id": 1, "file_name": "a.png", "height": 20, "width": 20}
+    (tmp_path / "noann.json").write_text(json.dumps({"images": [image], "categories": [{"id": 1, "name": "c"}]}))
+    with pytest.warns(Warning, match="noann.json: has no 'annotations'"):
+        assert len(open_dataset(tmp_path / "noann.json")[0][1]["masks"]) == 0
+    seg = [[2, 2, 10, 2, 10, 10, 2, 10]]
+    anns = [{"id": k, "image_id": 1, "category_id": 1, "segmentation": seg, "bbox": [2, 2, 8, 8], "iscrowd": 0,
+             "area": 64} for k in (1, 2)]
+    (tmp_path / "dup.json").write_text(json.dumps({"images": [image], "categories": [{"id": 1, "name": "c"}],
+                                                   "annotations": anns}))
+    with pytest.warns(Warning, match="dup.json: annotation id 2: the same segmentation as annotation id 1"):
+        assert len(open_dataset(tmp_path / "dup.json")[0][1]["masks"]) == 1
+    nuclei = tmp_path / "bb" / "x1"
+    (nuclei / "images").mkdir(parents=True)
+    (nuclei / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(nuclei / "images" / "x1.png")
+    with pytest.warns(Warning, match="x1/masks: masks/ is empty"):
+        open_dataset(tmp_path / "bb")
+    (tmp_path / "li").mkdir()
+    tifffile.imwrite(tmp_path / "li" / "im.tif", np.zeros((20, 20), np.uint16))
+    tifffile.imwrite(tmp_path / "li" / "im_masks.tif", np.zeros((3, 20, 20), np.uint16), photometric="minisblack",
+                     metadata={"axes": "ZYX"})
+    with pytest.warns(Warning, match="im_masks.tif: label image has 3 planes; only the first is read"):
+        open_dataset(tmp_path / "li")

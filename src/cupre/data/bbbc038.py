@@ -107,6 +107,9 @@ class Bbbc038Dataset(InstanceDataset):
             info = self.summary.get(folder.name, {})
             shape = info.get("shape") or (None, None)
             masks_dir = folder / "masks"
+            if masks_dir.is_dir() and not any(masks_dir.iterdir()):
+                warn_or_raise(masks_dir, "masks/ is empty: the image is read without nuclei", strict=strict,
+                              skipped=False)
             extra = {"id": folder.name, "masks_dir": masks_dir if masks_dir.is_dir() else None}
             records.append(ImageRecord(len(records) + 1, image, info.get("kind"), shape[0], shape[1], None, extra))
         if not records:

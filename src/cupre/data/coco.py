@@ -18,6 +18,7 @@ the part before the first underscore.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -42,6 +43,9 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     data = read_json(path, missing="annotation file not found")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise file_error(path, "not a COCO instances file (expected an object with an 'images' list)")
+    if "annotations" not in data:
+        warn_or_raise(path, "has no 'annotations': every image is read without instances", strict=False,
+                      skipped=False)
     anns = data.get("annotations", [])
     if isinstance(anns, dict):  # LIVECell stores annotations as {id: annotation}
         anns = list(anns.values())
@@ -165,6 +169,7 @@ class CocoDataset(InstanceDataset):
         by_id = {r.image_id: r for r in records}
         known_ids = {e["id"] for e in entries}
         checker = AnnotationChecker(self.ann_file, {c["id"] for c in categories}, strict=self.strict)
+        seen: dict[tuple, Any] = {}
         for ann in anns:
             image_id = ann.get("image_id")
             if image_id not in known_ids:
@@ -174,8 +179,14 @@ class CocoDataset(InstanceDataset):
             if rec is None:  # image file missing: already warned about
                 continue
             ann = checker.check(ann, rec.height, rec.width)
-            if ann is not None:
-                rec.extra["annotations"].append(ann)
+            if ann is None:
+                continue
+            key = (image_id, json.dumps(ann["segmentation"], sort_keys=True, default=str))
+            if key in seen:
+                checker.problem(ann, f"the same segmentation as annotation id {seen[key]!r} of image {image_id!r}")
+                continue
+            seen[key] = ann.get("id")
+            rec.extra["annotations"].append(ann)
         checker.flush()
         self._label_of = {c["id"]: i + 1 for i, c in enumerate(categories)}
 

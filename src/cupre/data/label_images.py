@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from cupre.data.imageio import TIFF_SUFFIXES, Normalization, read_image
+from cupre.data.imageio import TIFF_SUFFIXES, Normalization, count_pages, read_image
 from cupre.data.sample import (
     CELL_CATEGORIES,
     ImageRecord,
@@ -157,6 +157,10 @@ class LabelImageDataset(InstanceDataset):
             raise file_error(root, f"no '*{MASK_SUFFIX}.(tif|tiff|png)' label images found")
         records = []
         for image, label in pairs:
+            pages = count_pages(label)
+            if pages > 1:
+                warn_or_raise(label, f"label image has {pages} planes; only the first is read", strict=strict,
+                              skipped=False)
             size = _checked_pair_size(image, label, strict=strict)
             if size is not None:
                 rec = ImageRecord(len(records) + 1, image, height=size[0], width=size[1], extra={"label": label})
