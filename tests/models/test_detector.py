@@ -143,14 +143,16 @@ def test_eval_outputs_in_original_image_size(model):
         assert n > 0 and out["boxes"].shape == (n, 4) and out["boxes"].dtype == torch.float32
         assert out["labels"].shape == (n,) and out["labels"].dtype == torch.int64
         assert out["scores"].shape == (n,) and out["scores"].dtype == torch.float32
-        assert out["masks"].shape == (n, h, w) and out["masks"].dtype == torch.uint8
-        assert set(out["masks"].unique().tolist()) <= {0, 1}
+        assert "masks" not in out and out["mask_origins"].shape == (n, 2) and len(out["mask_crops"]) == n
         boxes = out["boxes"]
         assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all()
         assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= h).all()
-        # pasted foreground lies inside its box (one pixel of bilinear slack)
-        for mask, (x1, y1, x2, y2) in zip(out["masks"], boxes.tolist()):
-            ys, xs = torch.nonzero(mask, as_tuple=True)
+        # box-local masks: each window lies in the image; its foreground inside its box (one pixel of slack)
+        for crop, (y0, x0), (x1, y1, x2, y2) in zip(out["mask_crops"], out["mask_origins"].tolist(), boxes.tolist()):
+            assert crop.dtype == torch.bool and y0 >= 0 and x0 >= 0
+            assert y0 + crop.shape[0] <= h and x0 + crop.shape[1] <= w
+            ys, xs = torch.nonzero(crop, as_tuple=True)
+            ys, xs = ys + y0, xs + x0
             if len(xs):
                 assert xs.min() >= math.floor(x1) - 1 and xs.max() <= math.ceil(x2)
                 assert ys.min() >= math.floor(y1) - 1 and ys.max() <= math.ceil(y2)
@@ -213,7 +215,7 @@ def test_cascade_detector_trains_and_predicts():
     with torch.no_grad():
         (out,) = model([torch.rand(3, 90, 120)])
     n = out["boxes"].shape[0]
-    assert out["masks"].shape == (n, 90, 120) and out["masks"].dtype == torch.uint8
+    assert len(out["mask_crops"]) == n and out["mask_origins"].shape == (n, 2)
     assert out["scores"].shape == (n,) and out["labels"].shape == (n,)
 
 

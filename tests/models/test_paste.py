@@ -96,3 +96,22 @@ def test_shapes_threshold_and_empty():
     assert low[0].sum().item() == 20 * 30
     empty = paste_masks(torch.zeros(0, 1, M, M), torch.zeros(0, 4), (64, 48))
     assert empty.shape == (0, 64, 48) and empty.dtype == torch.bool
+
+
+def test_box_local_pasting_equals_full_image_pasting():
+    from cupre.models.paste import paste_masks_in_boxes
+
+    torch.manual_seed(0)
+    n, height, width = 40, 70, 90
+    xy = torch.rand(n, 2) * torch.tensor([width, height]) - 5
+    boxes = torch.cat([xy, xy + 3 + torch.rand(n, 2) * 30], dim=1)
+    probs = torch.rand(n, 1, 28, 28)
+    full = paste_masks(probs, boxes, (height, width))
+    origins, crops = paste_masks_in_boxes(probs, boxes, (height, width))
+    for k in range(n):
+        y0, x0 = origins[k].tolist()
+        rebuilt = torch.zeros(height, width, dtype=torch.bool)
+        rebuilt[y0:y0 + crops[k].shape[0], x0:x0 + crops[k].shape[1]] = crops[k]
+        assert torch.equal(rebuilt, full[k])
+    # memory grows with the boxes, not with N x H x W
+    assert sum(c.numel() for c in crops) < 0.25 * n * height * width

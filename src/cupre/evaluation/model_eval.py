@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from cupre.masks import masks_to_results
+from cupre.masks import crop_rle, masks_to_results
 from cupre.scale import detect
 
 
@@ -28,15 +28,21 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, ba
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [image.to(device) for image, _ in items]
         outputs, _ = detect(model, images)
-        for (_, target), out in zip(items, outputs):
+        for (image, target), out in zip(items, outputs):
             labels = out["labels"].clamp(1, len(cat_ids)).cpu()
-            results += masks_to_results(
+            box_local = "mask_crops" in out
+            found = masks_to_results(
                 image_id=target["image_id"],
                 boxes=out["boxes"].float().cpu(),
                 scores=out["scores"].float().cpu(),
                 labels=labels,
-                masks=out["masks"].cpu(),
+                masks=None if box_local else out["masks"].cpu(),
                 category_ids=cat_ids,
             )
+            if box_local:  # RLE straight from each crop: no full-size mask is ever made
+                height, width = image.shape[-2:]
+                for res, crop, origin in zip(found, out["mask_crops"], out["mask_origins"].tolist()):
+                    res["segmentation"] = crop_rle(crop.cpu().numpy(), origin, height, width)
+            results += found
     model.train(was_training)
     return results

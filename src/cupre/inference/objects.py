@@ -57,14 +57,17 @@ class Objects:
 
 
 def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold: float = 0.0) -> Objects:
-    """One detector output (full-tile masks) -> :class:`Objects` in image coordinates.
+    """One detector output -> :class:`Objects` in image coordinates.
 
     Args:
-        out: ``boxes`` ``Nx4`` XYXY, ``scores`` ``N``, ``labels`` ``N``, ``masks``
-            ``NxHxW`` (uint8/bool, or ``Nx1xHxW``) over the tile.
+        out: ``boxes`` ``Nx4`` XYXY, ``scores`` ``N``, ``labels`` ``N`` and either the
+            detector's box-local ``mask_crops`` / ``mask_origins`` or (any other detector)
+            ``masks`` ``NxHxW`` (uint8/bool, or ``Nx1xHxW``) over the tile.
         origin: ``(y0, x0)`` of the tile in the image.
         score_threshold: detections scoring below it are dropped; so are empty masks.
     """
+    if "mask_crops" in out:
+        return _from_crops(out, origin=origin, score_threshold=score_threshold)
     masks = out["masks"]
     if masks.dim() == 4:
         masks = masks[:, 0]
@@ -94,5 +97,34 @@ def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold:
         scores=out["scores"][keep].float().cpu().numpy(),
         labels=out["labels"][keep].cpu().numpy().astype(np.int64),
         origins=(ext[:, :2] + np.array([oy, ox])).astype(np.int64),
+        crops=crops,
+    )
+
+
+def _from_crops(out: dict, *, origin: tuple[int, int], score_threshold: float) -> Objects:
+    """Box-local detector masks, each trimmed to its own non-empty extent."""
+    oy, ox = origin
+    keep, origins, crops = [], [], []
+    scores = out["scores"].float().cpu().numpy()
+    starts = out["mask_origins"].cpu().numpy()
+    for i, crop in enumerate(out["mask_crops"]):
+        if scores[i] < score_threshold:
+            continue
+        crop = crop.cpu().numpy()
+        rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
+        if rows.size == 0:
+            continue
+        keep.append(i)
+        crops.append(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+        origins.append((starts[i][0] + rows[0] + oy, starts[i][1] + cols[0] + ox))
+    if not keep:
+        return Objects()
+    index = torch.tensor(keep)
+    boxes = out["boxes"][index].float().cpu().numpy() + np.array([ox, oy, ox, oy], np.float32)
+    return Objects(
+        boxes=boxes.astype(np.float32),
+        scores=scores[keep].astype(np.float32),
+        labels=out["labels"][index].cpu().numpy().astype(np.int64),
+        origins=np.array(origins, dtype=np.int64).reshape(-1, 2),
         crops=crops,
     )

@@ -8,7 +8,9 @@ In training the model returns a dict of named scalar losses (``loss_objectness``
 ``loss_rpn_box_reg`` from the RPN; ``loss_classifier``, ``loss_box_reg``, ``loss_mask``
 from the Mask R-CNN heads, or the cascade's per-stage keys). In eval it returns one dict
 per image: ``boxes`` (float ``Nx4`` XYXY in original image pixels), ``labels`` (int64
-``N``), ``scores`` (float ``N``) and ``masks`` (uint8 ``NxHxW`` of the original size, 0/1).
+``N``), ``scores`` (float ``N``), and the masks kept box-local (never ``N x H x W``):
+``mask_origins`` (int64 ``Nx2`` ``(y0, x0)``) and ``mask_crops`` (``N`` bool tensors; mask
+``i`` covers ``image[y0 + r, x0 + c]`` where ``mask_crops[i][r, c]``).
 
 The detector never resizes on its own: training crops arrive at the object scale
 (:mod:`cupre.scale`), and in eval ``scales`` gives each image's resize factor.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import (
     GeneralizedRCNNTransform,
@@ -30,7 +31,7 @@ from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head
 from cupre.models.neck import as_feature_dict, build_fpn
-from cupre.models.paste import paste_masks
+from cupre.models.paste import paste_masks_in_boxes
 from cupre.scale import resize_image
 
 
@@ -123,7 +124,7 @@ class CupreDetector(nn.Module):
         image_sizes: list[tuple[int, int]],
         original_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """Map boxes back to the original images and paste masks (batched) at that size.
+        """Map boxes back to the original images and paste masks (batched, box-local) at that size.
 
         Args:
             detections: per image, ``boxes`` ``Nx4`` in resized-image pixels and
@@ -137,8 +138,10 @@ class CupreDetector(nn.Module):
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
             result = {**det, "boxes": boxes}
             if "masks" in det:
-                pasted = paste_masks(det["masks"], boxes, (height, width), threshold=self.mask_threshold)
-                result["masks"] = pasted.to(torch.uint8)
+                origins, crops = paste_masks_in_boxes(det.pop("masks"), boxes, (height, width),
+                                                      threshold=self.mask_threshold)
+                result.pop("masks", None)
+                result["mask_origins"], result["mask_crops"] = origins, crops
             results.append(result)
         return results
 

@@ -75,6 +75,51 @@ def paste_masks(
     return out
 
 
+def paste_masks_in_boxes(
+    mask_probs: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    threshold: float = 0.5,
+    chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+) -> tuple[Tensor, list[Tensor]]:
+    """Paste per-box mask probabilities into binary masks kept box-local.
+
+    The same sampling as :func:`paste_masks`, but each mask is returned as the window
+    around its own box (clipped to the image) instead of a full-image mask, so memory
+    grows with the boxes' areas, not with ``N x H x W``.
+
+    Returns:
+        origins: int64 ``Nx2`` ``(y0, x0)`` of each window in the image;
+        crops: ``N`` bool tensors ``h_i x w_i``; mask ``i`` covers
+        ``image[y0 + r, x0 + c]`` where ``crops[i][r, c]``.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    if mask_probs.dim() == 4:
+        mask_probs = mask_probs[:, 0]
+    num = mask_probs.shape[0]
+    if boxes.shape != (num, 4):
+        raise ValueError(f"expected {num}x4 boxes for {num} masks, got {tuple(boxes.shape)}")
+    device = mask_probs.device
+    origins = torch.zeros((num, 2), dtype=torch.int64, device=device)
+    crops: list[Tensor] = [torch.zeros((0, 0), dtype=torch.bool, device=device)] * num
+    if num == 0 or height == 0 or width == 0:
+        return origins, crops
+    boxes = boxes.to(device=device, dtype=torch.float32)
+    start, extent = _windows(boxes, mask_probs.shape[-1], height, width)
+    extent = torch.minimum(extent, torch.tensor([width, height], device=device) - start).clamp(min=0)
+    order = torch.argsort(extent.amax(dim=1))
+    for idx in _chunks(extent[order].amax(dim=1), chunk_pixels):
+        idx = order[idx]
+        win_w, win_h = (int(v) for v in extent[idx].amax(dim=0).tolist())
+        sampled = _sample_windows(mask_probs[idx], boxes[idx], start[idx], win_h, win_w) > threshold
+        for k, i in enumerate(idx.tolist()):
+            w, h = (int(v) for v in extent[i].tolist())
+            crops[i] = sampled[k, :h, :w]
+        origins[idx] = start[idx].flip(1)
+    return origins, crops
+
+
 def _windows(boxes: Tensor, mask_size: int, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Per-box pixel windows that cover the mask's support (where it can be non-zero).
 
