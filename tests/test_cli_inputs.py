@@ -39,8 +39,8 @@ def test_missing_inputs_leave_no_half_made_run_folder(cells, tmp_path, capsys):
 
 def test_resume_refuses_flags_it_would_ignore(cells, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli(["finetune", "--init", "scratch", "--train", str(cells), "--iterations", "1", "--device", "cpu",
-                "-o", str(out)]) == 0
+    out.mkdir()
+    (out / "config.yaml").write_text(f"init: scratch\ntrain: {cells}\n")  # a stopped run's resolved config
     assert cli(["finetune", "-o", str(out), "--resume", "--iterations", "50"]) == 2
     assert "--iterations would be ignored" in capsys.readouterr().err
     assert cli(["pretrain", "some.yaml", "-o", str(out), "--resume"]) == 2
