@@ -15,7 +15,7 @@ ROOT = REPO
 
 def tiny_demo():
     cfg = demo_config(device="cpu")
-    cfg.synthetic_objects.images, cfg.synthetic_cells.images = 8, 20
+    cfg.synthetic_objects.images, cfg.synthetic_cells.images = 6, 12
     cfg.pretrain.warmup.iterations = 3
     cfg.pretrain.amt2.moco.optim.iterations = 2
     cfg.pretrain.amt2.coco.iterations = 2
