@@ -51,11 +51,8 @@ def paste_masks(
         bool ``NxHxW`` on the device of ``mask_probs``.
     """
     height, width = int(image_size[0]), int(image_size[1])
-    if mask_probs.dim() == 4:
-        mask_probs = mask_probs[:, 0]
+    mask_probs = _checked(mask_probs, boxes)
     num = mask_probs.shape[0]
-    if boxes.shape != (num, 4):
-        raise ValueError(f"expected {num}x4 boxes for {num} masks, got {tuple(boxes.shape)}")
     out = torch.zeros((num, height, width), dtype=torch.bool, device=mask_probs.device)
     if num == 0 or height == 0 or width == 0:
         return out
@@ -95,11 +92,8 @@ def paste_masks_in_boxes(
         ``image[y0 + r, x0 + c]`` where ``crops[i][r, c]``.
     """
     height, width = int(image_size[0]), int(image_size[1])
-    if mask_probs.dim() == 4:
-        mask_probs = mask_probs[:, 0]
+    mask_probs = _checked(mask_probs, boxes)
     num = mask_probs.shape[0]
-    if boxes.shape != (num, 4):
-        raise ValueError(f"expected {num}x4 boxes for {num} masks, got {tuple(boxes.shape)}")
     device = mask_probs.device
     origins = torch.zeros((num, 2), dtype=torch.int64, device=device)
     crops: list[Tensor] = [torch.zeros((0, 0), dtype=torch.bool, device=device)] * num
@@ -118,6 +112,16 @@ def paste_masks_in_boxes(
             crops[i] = sampled[k, :h, :w]
         origins[idx] = start[idx].flip(1)
     return origins, crops
+
+
+def _checked(mask_probs: Tensor, boxes: Tensor) -> Tensor:
+    """``NxMxM`` mask probabilities, after checking there is one box per mask."""
+    if mask_probs.dim() == 4:
+        mask_probs = mask_probs[:, 0]
+    num = mask_probs.shape[0]
+    if boxes.shape != (num, 4):
+        raise ValueError(f"expected {num}x4 boxes for {num} masks, got {tuple(boxes.shape)}")
+    return mask_probs
 
 
 def _windows(boxes: Tensor, mask_size: int, height: int, width: int) -> tuple[Tensor, Tensor]:
