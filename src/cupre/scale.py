@@ -21,7 +21,7 @@ Detections always come back in the original image's pixels. ``object_size = None
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,43 @@ def resize_image(image: torch.Tensor, factor: float) -> torch.Tensor:
                          antialias=factor < 1.0)[0]
 
 
+def at_object_scale(
+    run: Callable[[list[torch.Tensor], list[float] | None], list],
+    images: Sequence[torch.Tensor],
+    object_size: float | None,
+    *,
+    object_sizes: Sequence[float | None] | None = None,
+    measure: Callable[[Any], tuple] = lambda out: (out["boxes"], out["scores"]),
+) -> tuple[list, list[float]]:
+    """The rule itself, for any way of running a model over images.
+
+    Args:
+        run: ``run(images, scales)`` -> one output per image in original pixels;
+            ``scales`` None means native pixels.
+        images: float ``3xHxW`` tensors in [0, 1].
+        object_size: the model's object size (None: native pixels, one pass).
+        object_sizes: the typical object size of each image when known (None: estimate).
+        measure: an output's ``(boxes, scores)``, for the estimate.
+
+    Returns:
+        (the outputs, the factor each image ran at).
+    """
+    images = list(images)
+    if object_size is None:
+        return run(images, None), [1.0] * len(images)
+    if object_sizes is not None:
+        factors = [snap(scale_factor(object_size, s)) for s in object_sizes]
+        return run(images, factors), factors
+    outputs = run(images, None)
+    factors = [estimated_factor(object_size, *measure(o)) for o in outputs]
+    redo = [i for i, f in enumerate(factors) if f != 1.0]
+    if redo:
+        again = run([images[i] for i in redo], [factors[i] for i in redo])
+        for i, out in zip(redo, again):
+            outputs[i] = out
+    return outputs, factors
+
+
 @torch.no_grad()
 def detect(model, images: Sequence[torch.Tensor], *,
            object_sizes: Sequence[float | None] | None = None) -> tuple[list[dict], list[float]]:
@@ -80,17 +117,7 @@ def detect(model, images: Sequence[torch.Tensor], *,
     Returns:
         (detections in original pixels, the factor each image ran at).
     """
-    target = getattr(model, "object_size", None)
-    if target is None:
-        return model(list(images)), [1.0] * len(images)
-    if object_sizes is not None:
-        factors = [snap(scale_factor(target, s)) for s in object_sizes]
-        return model(list(images), scales=factors), factors
-    outputs = model(list(images))
-    factors = [estimated_factor(target, o["boxes"], o["scores"]) for o in outputs]
-    redo = [i for i, f in enumerate(factors) if f != 1.0]
-    if redo:
-        again = model([images[i] for i in redo], scales=[factors[i] for i in redo])
-        for i, out in zip(redo, again):
-            outputs[i] = out
-    return outputs, factors
+    def run(batch: list[torch.Tensor], scales: list[float] | None) -> list[dict]:
+        return model(batch) if scales is None else model(batch, scales=scales)
+
+    return at_object_scale(run, images, getattr(model, "object_size", None), object_sizes=object_sizes)

@@ -36,7 +36,7 @@ from torchvision.ops import box_iou
 
 from cupre.inference.objects import Objects, crop_output
 from cupre.inference.tiles import Tile, in_core, make_tiles, scaled_tiling
-from cupre.scale import estimated_factor, scale_factor, snap
+from cupre.scale import at_object_scale
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
 
@@ -206,17 +206,7 @@ def predict_at_object_scale(
     Returns:
         (objects per image, the factor each image ran at).
     """
-    target = getattr(model, "object_size", None)
-    if target is None:
-        return predict_images(model, images, **tiling), [1.0] * len(images)
-    if object_size is not None:
-        factors = [snap(scale_factor(target, object_size))] * len(images)
-        return predict_images(model, images, scales=factors, **tiling), factors
-    found = predict_images(model, images, **tiling)
-    factors = [estimated_factor(target, objs.boxes, objs.scores) for objs in found]
-    redo = [i for i, f in enumerate(factors) if f != 1.0]
-    if redo:
-        again = predict_images(model, [images[i] for i in redo], scales=[factors[i] for i in redo], **tiling)
-        for i, objs in zip(redo, again):
-            found[i] = objs
-    return found, factors
+    sizes = None if object_size is None else [object_size] * len(images)
+    return at_object_scale(lambda batch, scales: predict_images(model, batch, scales=scales, **tiling), images,
+                           getattr(model, "object_size", None), object_sizes=sizes,
+                           measure=lambda objs: (objs.boxes, objs.scores))
