@@ -223,19 +223,18 @@ def run_predict(
             without ``overwrite`` (checked before any prediction).
     """
     options.check()
-    if isinstance(model, (str, Path)):
-        resolve_model_file(model)  # a missing model is reported before anything else
+    # a missing model is reported before anything else
+    model_file = resolve_model_file(model) if isinstance(model, (str, Path)) else None
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out))
-    ledger = Ledger(out, {"model": model_identity(resolve_model_file(model) if isinstance(model, (str, Path))
-                                                  else model),
+    ledger = Ledger(out, {"model": model_identity(model_file or model),
                           "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
                           "inputs": [f"{j.file}#{j.page}" for j in jobs]})
     if not options.resume:
         check_outputs(out, jobs, roi_zip=options.roi_zip, overwrite=options.overwrite)
     device = pick_device(options.device)
-    if isinstance(model, (str, Path)):
-        net, cats = load_model(model, device=device)
+    if model_file is not None:
+        net, cats = load_model(model_file, device=device)
     else:
         net, cats = model, DEFAULT_CATEGORIES
         if isinstance(net, torch.nn.Module):
