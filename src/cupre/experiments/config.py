@@ -150,8 +150,6 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
         raise bad(f"`methods` must list distinct initialisations from {', '.join(INITS)}")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise bad("`seeds` must list distinct non-negative integers")
-    if cfg.eval_every < 1:
-        raise bad("`eval_every` must be >= 1")
     names = [dataset_name(d) for d in cfg.data]
     if len(set(names)) != len(names):
         raise bad(f"two datasets share a name ({', '.join(names)}); give each a `name`")

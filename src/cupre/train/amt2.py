@@ -98,7 +98,7 @@ def run_amt2(
             w0 = snapshot(model.backbone)
             finish(f"{name}/moco")
         if f"{name}/coco" not in done:
-            start = w0 if w0 is not None and moco is not None else snapshot(model.backbone)
+            start = w0 if w0 is not None else snapshot(model.backbone)  # w0: set by the MoCo step
             regularizer = None
             if use_l2sp and moco is not None and not cfg.freeze_backbone:
                 regularizer = L2SP(model.backbone, start, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
