@@ -6,12 +6,20 @@ crowded cell image. Two figures per device: the model plus tile merging
 (:func:`cupre.inference.tiling.predict_images`), and the whole ``run_predict`` including
 the label TIFF, overlay PNG, CSV and COCO results it writes.
 
-Usage: python benchmarks/predict_speed.py [--backbone resnet50] [--images 4] [--batch-size 2]
+``--large 4000`` instead runs the ``cupre predict`` command in a child process on one
+4,000 x 4,000 image (tiled, 2,000 detections allowed per tile, score threshold 0) and
+prints that process's peak resident memory, its wall time and what it ran with.
+
+Usage: python benchmarks/predict_speed.py [--backbone resnet50] [--images 4] [--batch-size 2] [--threads N]
+       python benchmarks/predict_speed.py --large 4000 [--threads N] [--precision auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +29,7 @@ import torch
 from PIL import Image
 
 from cupre.config import DetectorConfig
+from cupre.devices import resolve_precision, set_threads
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.tiling import predict_images
 from cupre.models.detector import build_detector
@@ -44,6 +53,7 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
     cfg = DetectorConfig.from_dict({"backbone": args.backbone, "detections_per_img": args.max_detections,
                                     "box_score_thresh": 0.0})
     model = build_detector(cfg).eval().to(device)
+    model.precision = resolve_precision(args.precision, device)
     images = [torch.from_numpy(a).float().div(255)[None].expand(3, -1, -1).contiguous() for a in arrays]
     kwargs = dict(tile_size=1024, overlap=128, batch_size=args.batch_size, device=device)
     predict_images(model, images[: args.batch_size], **kwargs)  # warm-up (allocator, cuDNN autotune)
@@ -55,7 +65,7 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
             Image.fromarray(a).save(Path(tmp) / f"img{k:03d}.png")
         start = time.perf_counter()
         options = PredictOptions(score_threshold=0.0, max_detections=args.max_detections,
-                                 batch_size=args.batch_size, device=str(device))
+                                 batch_size=args.batch_size, device=str(device), precision=args.precision)
         summary = run_predict(model, [tmp], out=Path(tmp) / "out", options=options, progress=False)
         full_s = time.perf_counter() - start
     n = len(images)
@@ -63,7 +73,36 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{device.type:4s} {n / model_s:6.2f} images/s model + merge | {n / full_s:6.2f} images/s whole predict "
           f"(files written) | {per_image:.0f} detections/image ({summary.objects / n:.0f} in label images) | "
-          f"{args.backbone}, batch {args.batch_size}, {n} images {args.size}x{args.size}, {name}")
+          f"{args.backbone}, batch {args.batch_size}, {n} images {args.size}x{args.size}, {name}, {model.precision}")
+
+
+def bench_large(args: argparse.Namespace) -> None:
+    """Peak memory of ``cupre predict`` on one ``--large`` x ``--large`` image, in a child process."""
+    from cupre.train.weights import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (image,) = synthetic_images(1, args.large)
+        Image.fromarray(image).save(Path(tmp) / "large.png")
+        cfg = DetectorConfig.from_dict({"backbone": args.backbone})
+        torch.manual_seed(0)
+        save_model(Path(tmp) / "model.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+        cmd = [sys.executable, "-m", "cupre.cli", "predict", str(Path(tmp) / "model.safetensors"),
+               str(Path(tmp) / "large.png"), "-o", str(Path(tmp) / "out"), "--score-threshold", "0",
+               "--max-detections", str(args.max_detections), "--device", "cpu", "--precision", args.precision,
+               "--batch-size", str(args.batch_size)]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-2000:])
+        print(done.stdout.strip().splitlines()[-1])
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GB (the whole process), "
+          f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), tiles 1024 px / 128 overlap, "
+          f"batch {args.batch_size}, score threshold 0, up to {args.max_detections} detections per tile, cpu, "
+          f"{args.threads or 'all'} threads, {precision}")
 
 
 def main() -> None:
@@ -74,7 +113,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-detections", type=int, default=2000)
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped when absent")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--large", type=int, default=None, metavar="SIDE",
+                        help="peak memory of cupre predict on one SIDE x SIDE image instead")
     args = parser.parse_args()
+    if args.large:
+        bench_large(args)
+        return
+    set_threads(args.threads)
     arrays = synthetic_images(args.images, args.size)
     for name in args.devices.split(","):
         if name.startswith("cuda") and not torch.cuda.is_available():

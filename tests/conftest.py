@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# ``--precision auto`` means fp32 in every test (and in what they start), set before any
+# fixture runs: results must not depend on whether this CPU computes bf16 natively.
+os.environ["CUPRE_PRECISION"] = "fp32"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

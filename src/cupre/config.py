@@ -29,6 +29,8 @@ NonNegative = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# bf16 autocast or fp32; auto: bf16 where the GPU or CPU computes it natively (cupre.devices)
+Precision = typing.Literal["auto", "bf16", "fp32"]
 
 
 class ConfigBase(BaseModel):
@@ -235,6 +237,7 @@ class PretrainConfig(ConfigBase):
     exclude: list[str] = Field(default_factory=list)  # image files kept out of MoCo (held-out val/test images)
     seed: int = 0
     device: str = "auto"
+    precision: Precision = "auto"
     num_workers: NonNegative = 2
     checkpoint_every: Count = 200
 
@@ -259,5 +262,6 @@ class FinetuneConfig(ConfigBase):
     eval_batch_size: Count = 2
     seed: int = 0
     device: str = "auto"
+    precision: Precision = "auto"
     num_workers: NonNegative = 2
     checkpoint_every: Count = 200

@@ -1,10 +1,14 @@
-"""Device choice, shared by training, evaluation and prediction."""
+"""Device, precision and thread choices, shared by training, evaluation and prediction."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import torch
+
+from cupre.errors import CupreError
 
 
 def pick_device(name: str) -> torch.device:
@@ -17,3 +21,66 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PRECISION_ENV = "CUPRE_PRECISION"  # overrides "auto" (the tests set fp32)
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes in bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16``).
+
+    Without these instructions oneDNN emulates bf16, which is slower than fp32, so only
+    Linux's CPU flags count as a yes.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")) and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """``bf16`` or ``fp32`` for ``choice`` (``auto``, ``bf16``, ``fp32``) on ``device``.
+
+    ``auto`` reads ``$CUPRE_PRECISION`` when set, else picks bf16 on a CUDA GPU that
+    supports it and on a CPU with native bf16 (:func:`cpu_has_bf16`), fp32 elsewhere.
+    """
+    if choice == "auto":
+        choice = os.environ.get(PRECISION_ENV, "auto")
+    if choice not in PRECISIONS:
+        raise CupreError(f"precision must be one of {', '.join(PRECISIONS)}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision == "bf16"``, else nothing."""
+    device_type = torch.device(device).type
+    if precision == "bf16" and device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; all cores where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads: ``threads``, or every core available when None.
+
+    Returns the number set. One process per machine should use all its cores; under
+    torchrun or with other heavy processes, give each a share.
+    """
+    count = available_cores() if threads is None else int(threads)
+    if count < 1:
+        raise CupreError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(count)
+    return count

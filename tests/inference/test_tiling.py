@@ -23,9 +23,14 @@ class ComponentDetector:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+    def __call__(self, images: list[torch.Tensor], select=None) -> list[dict]:
         self.calls += 1
-        return [self._one(img) for img in images]
+        outputs = [self._one(img) for img in images]
+        if select is not None:  # as the detector does: keep what select accepts
+            for i, out in enumerate(outputs):
+                keep = torch.as_tensor(select(i, out["boxes"]), dtype=torch.bool)
+                outputs[i] = {k: v[keep] for k, v in out.items()}
+        return outputs
 
     @staticmethod
     def _one(img: torch.Tensor) -> dict:

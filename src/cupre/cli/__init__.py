@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-model": ("cupre.cli.convert_model", "a pickled model file of cupre < 0.2 -> safetensors"),
 }
 
+# Commands that run a model: they take --threads and --precision (added here, applied in main).
+COMPUTE = ("demo", "pretrain", "finetune", "experiment", "predict")
+
 # What a stopped command offers; commands not named here write nothing half-made.
 ON_INTERRUPT = {
     "pretrain": "run it again with --resume and the same -o to continue where it stopped",
@@ -53,8 +56,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             name, help=help_text, description=module.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(p)
+        if name in COMPUTE:
+            add_compute_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for the model (default: every core this process may use; "
+                             "give each of several heavy processes its share)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                        help="bf16 autocast or fp32 (default auto: bf16 on GPUs and on CPUs with native bf16 "
+                             "such as avx512_bf16 / AMX, fp32 elsewhere; overrides the config's `precision`)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", CupreWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"cupre: warning: {msg}\n"
     try:
+        if args.command in COMPUTE:
+            from cupre.devices import set_threads
+
+            set_threads(args.threads)
         code = args._module.main(args)
     except CupreError as exc:
         print(f"cupre: error: {exc}", file=sys.stderr)

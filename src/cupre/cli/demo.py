@@ -17,5 +17,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run_demo(args.out, seed=args.seed, device=args.device)
+    run_demo(args.out, seed=args.seed, device=args.device, precision=args.precision or "auto")
     return 0

@@ -23,5 +23,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config)
     if args.device:
         cfg.device = args.device
+    if args.precision:
+        cfg.precision = args.precision
     run_experiment(cfg, args.out, only_methods=args.only_method, dry_run=args.dry_run)
     return 0

@@ -38,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                   if k not in ("out", "resume", "device", "_module", "command") and v is not None]
+                   if k not in ("out", "resume", "device", "precision", "threads", "_module", "command")
+                   and v is not None]
         if ignored:
             raise CupreError(f"--resume continues with {out / 'config.yaml'}; {', '.join(ignored)} would be ignored "
                              "(drop them, or start a new run with another -o)")
@@ -47,13 +48,16 @@ def main(args: argparse.Namespace) -> int:
         cfg = FinetuneConfig.from_dict(load_yaml(out / "config.yaml"), where=str(out / "config.yaml"))
         if args.device:
             cfg.device = args.device
+        if args.precision:
+            cfg.precision = args.precision
     else:
         if out.exists() and any(out.iterdir()):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         data = load_yaml(args.config) if args.config else {}
         flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
                 "fraction": args.fraction, "val": args.val, "val_split": args.val_split,
-                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device}
+                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device,
+                "precision": args.precision}
         data.update({k: v for k, v in flat.items() if v is not None})
         optim = dict(data.get("optim", {}))
         for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--cluster", metavar="ADDRESS",
+                        help="spread the images over a running Dask cluster (scheduler address, e.g. "
+                             "tcp://host:8786); workers write into -o, so it must be reachable from them")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="spread the images over a local Dask cluster of N worker processes")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in -o (same model, options and inputs)")
 
@@ -36,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
         score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-        object_size=args.object_size, roi_zip=args.roi_zip, overwrite=args.overwrite, resume=args.resume,
+        object_size=args.object_size, precision=args.precision or "auto", roi_zip=args.roi_zip, overwrite=args.overwrite, resume=args.resume,
+        cluster=args.cluster, workers=args.workers,
     )
     summary = run_predict(args.model, args.inputs, out=args.out, options=options)
     print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")

@@ -40,6 +40,8 @@ def main(args: argparse.Namespace) -> int:
         data = resolve_paths(dict(data.get("pretrain", data)), Path(args.config).parent)
     if args.device:
         data["device"] = args.device
+    if args.precision:
+        data["precision"] = args.precision
     cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))
     run_pretrain(cfg, out)
     if distributed.is_main():

@@ -166,12 +166,13 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> torch.T
         a = a[..., :3]
     if a.ndim == 3 and a.shape[-1] == 2:
         a = a[..., 0]
-    a = a.astype(np.float32, copy=False)
-    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    a = np.nan_to_num(a.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # our own copy
     lo, hi = (float(v) for v in np.percentile(a, [norm.low, norm.high]))
     if hi - lo < 1e-6:
         hi = lo + 1.0
-    a = np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    a -= lo  # in place: a whole-slide image is not copied again at every step
+    a /= hi - lo
+    np.clip(a, 0.0, 1.0, out=a)
+    out = np.empty((3, *a.shape[:2]), dtype=np.float32)
+    out[:] = a if a.ndim == 2 else a.transpose(2, 0, 1)
+    return torch.from_numpy(out)

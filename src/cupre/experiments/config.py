@@ -18,6 +18,7 @@ from cupre.config import (
     FinetuneConfig,
     FloatTuple,
     NonNegative,
+    Precision,
     PretrainConfig,
     load_yaml,
 )
@@ -31,10 +32,10 @@ PART_NAMES = ("train", "val", "test")
 
 
 RUNNER_FINETUNE_KEYS = ("init", "pretrain_dir", "train", "split", "fraction", "val", "val_split", "seed",
-                        "device", "eval_every", "select_by")
+                        "device", "precision", "eval_every", "select_by")
 
 
-RUNNER_PRETRAIN_KEYS = ("device", "cells_moco", "nol2sp", "coco_baseline", "exclude")
+RUNNER_PRETRAIN_KEYS = ("device", "precision", "cells_moco", "nol2sp", "coco_baseline", "exclude")
 
 
 class DataConfig(ConfigBase):
@@ -79,6 +80,7 @@ class ExperimentConfig(ConfigBase):
     eval_every: Count = 500  # validation every this many fine-tuning iterations (and at the end)
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
     device: str = "auto"
+    precision: Precision = "auto"  # bf16 or fp32 for every training and evaluation of the grid
     overlays: OverlayConfig = Field(default_factory=OverlayConfig)
 
 
@@ -96,7 +98,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         clash = sorted(set(given) & set(reserved)) if isinstance(given, dict) else []
         if clash:
             raise CupreError(f"{path}: {section}.{clash[0]} is set by the experiment runner (per cell or from "
-                             f"`methods`); remove it (top-level keys: eval_every, device)")
+                             f"`methods`); remove it (top-level keys: eval_every, device, precision)")
     if isinstance(raw.get("data"), dict):
         raw["data"] = [raw["data"]]
     cfg = ExperimentConfig.from_dict(raw, where=str(path))

@@ -18,13 +18,14 @@ from cupre.experiments.runner import run_experiment
 PRESET = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"
 
 
-def demo_config(*, seed: int = 0, device: str = "auto") -> ExperimentConfig:
-    """The embedded demo config, with its seed and device set."""
+def demo_config(*, seed: int = 0, device: str = "auto", precision: str = "auto") -> ExperimentConfig:
+    """The embedded demo config, with its seed, device and precision set."""
     cfg = load_experiment(PRESET)
-    cfg.seeds, cfg.device = [seed], device
+    cfg.seeds, cfg.device, cfg.precision = [seed], device, precision
     return cfg
 
 
-def run_demo(out: str | Path, *, cfg: ExperimentConfig | None = None, seed: int = 0, device: str = "auto") -> str:
+def run_demo(out: str | Path, *, cfg: ExperimentConfig | None = None, seed: int = 0, device: str = "auto",
+             precision: str = "auto") -> str:
     """Run the demo (or continue it) into ``out``; returns the Table II markdown."""
-    return run_experiment(cfg or demo_config(seed=seed, device=device), out)
+    return run_experiment(cfg or demo_config(seed=seed, device=device, precision=precision), out)

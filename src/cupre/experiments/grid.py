@@ -81,7 +81,7 @@ def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
     pre.nol2sp = "cupre-nol2sp" in methods
     pre.coco_baseline = "coco" in methods
     pre.exclude = sorted({f for t in targets for f in t.held_out})
-    pre.device = cfg.device
+    pre.device, pre.precision = cfg.device, cfg.precision
     if cfg.synthetic_objects.images > 0:
         pre.coco = [*pre.coco, str(out / "data" / "objects" / "annotations.json")]
     return pre
@@ -162,7 +162,7 @@ def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> Finetu
         val_split=str(cell.target.val_split) if cell.target.val_split else None,
         test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
         seed=cell.seed, select_by=cfg.select_by,
-        device=cfg.device, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
+        device=cfg.device, precision=cfg.precision, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
     )
     return FinetuneConfig.from_dict(data, where=f"cell {cell.folder}")
 

@@ -19,7 +19,8 @@ from cupre.errors import CupreError
 from cupre.fileio import write_json_atomic
 
 FOLDER = ".cupre-predict"
-RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "object_size", "roi_zip")
+RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "object_size", "precision",
+                  "roi_zip")
 
 
 def model_identity(model: Any) -> str:

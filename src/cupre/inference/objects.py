@@ -115,7 +115,7 @@ def _from_crops(out: dict, *, origin: tuple[int, int], score_threshold: float) -
         if rows.size == 0:
             continue
         keep.append(i)
-        crops.append(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+        crops.append(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy())  # frees the box window
         origins.append((starts[i][0] + rows[0] + oy, starts[i][1] + cols[0] + ox))
     if not keep:
         return Objects()

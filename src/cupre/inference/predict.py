@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from cupre.data.imageio import normalize, read_image
-from cupre.devices import pick_device
+from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError, file_error
 from cupre.fileio import write_json_atomic
 from cupre.inference import writers
@@ -95,9 +95,10 @@ def load_model(model: str | Path, *, device: torch.device) -> tuple[torch.nn.Mod
 
 
 @contextlib.contextmanager
-def detection_limits(net, *, score_threshold: float, max_detections: int):
-    """Apply the score threshold and the detection cap in the one place they act: the
-    detector's RoI heads (restored afterwards, so a model passed in is left as it was).
+def detection_limits(net, *, score_threshold: float, max_detections: int, precision: str = "fp32"):
+    """Apply the score threshold and the detection cap in the one place they act, the
+    detector's RoI heads, and the precision the detector runs at (all restored afterwards,
+    so a model passed in is left as it was).
 
     A detector without RoI heads (any other callable) filters its own outputs.
     """
@@ -105,12 +106,13 @@ def detection_limits(net, *, score_threshold: float, max_detections: int):
     if heads is None:
         yield
         return
-    before = heads.score_thresh, heads.detections_per_img
+    before = heads.score_thresh, heads.detections_per_img, net.precision
     heads.score_thresh, heads.detections_per_img = float(score_threshold), int(max_detections)
+    net.precision = precision
     try:
         yield
     finally:
-        heads.score_thresh, heads.detections_per_img = before
+        heads.score_thresh, heads.detections_per_img, net.precision = before
 
 
 def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
@@ -168,9 +170,13 @@ class PredictOptions:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         tile_size, tile_overlap: tiling of large images (pixels).
         object_size: the typical object side in the images (pixels); None: estimated.
+        precision: ``auto``, ``bf16`` or ``fp32`` (:func:`cupre.devices.resolve_precision`).
         roi_zip: also write ImageJ ROI zips.
         overwrite: replace existing output files.
         resume: continue an interrupted run in the same output folder.
+        cluster: a Dask scheduler address to spread the images over
+            (:mod:`cupre.inference.cluster`); workers: or a local cluster of this many
+            worker processes. None for both: this process predicts.
     """
 
     score_threshold: float = 0.5
@@ -180,9 +186,12 @@ class PredictOptions:
     tile_size: int = 1024
     tile_overlap: int = 128
     object_size: float | None = None
+    precision: str = "auto"
     roi_zip: bool = False
     overwrite: bool = False
     resume: bool = False
+    cluster: str | None = None
+    workers: int | None = None
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option."""
@@ -195,6 +204,10 @@ class PredictOptions:
         if self.object_size is not None and not 0 < self.object_size <= 10_000:
             raise CupreError(f"--object-size must be a positive size in pixels, got {self.object_size}")
         make_tiles(1, 1, tile_size=self.tile_size, overlap=self.tile_overlap)  # validates the tiling
+        if self.workers is not None and self.workers < 1:
+            raise CupreError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers is not None and self.cluster is not None:
+            raise CupreError("give --cluster ADDRESS or --workers N, not both")
 
 
 def run_predict(
@@ -240,11 +253,13 @@ def run_predict(
         if isinstance(net, torch.nn.Module):
             net.eval().to(device)
     cats = categories or cats
+    precision = resolve_precision(options.precision, device)
     done = ledger.start(resume=options.resume)
     todo = [job for job in jobs if job.image_id not in done]
     if done:
         print(f"predict: {len(done)} of {len(jobs)} images finished before; continuing with {len(todo)}")
-    with detection_limits(net, score_threshold=options.score_threshold, max_detections=options.max_detections):
+    with detection_limits(net, score_threshold=options.score_threshold, max_detections=options.max_detections,
+                          precision=precision):
         _predict_jobs(net, todo, out=out, categories=cats, options=options, device=device, progress=progress,
                       ledger=ledger)
     summary, results, entries = PredictSummary(out=out), [], []
@@ -266,25 +281,46 @@ def run_predict(
 
 def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], options: PredictOptions,
                   device: torch.device, progress: bool, ledger: Ledger) -> None:
-    """Read, predict and write every job, ``options.batch_size`` images at a time; each
-    finished (or unreadable) image is recorded in the ledger."""
-    batch_size = options.batch_size
+    """Read, predict and write every job, ``options.batch_size`` images at a time (here,
+    or on a Dask cluster when ``options`` names one); each finished (or unreadable) image
+    is recorded in the ledger."""
+    batches = [jobs[start:start + options.batch_size] for start in range(0, len(jobs), options.batch_size)]
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(jobs), batch_size):
-        loaded = []
-        for job in jobs[start:start + batch_size]:
-            try:
-                loaded.append((job, *_read(job)))
-            except CupreError as exc:
-                ledger.record(job.image_id, [], _image_entry(job, None, 0, str(exc)))
-                tqdm.write(f"cupre: warning: {exc} (skipped)", file=sys.stderr)
-                bar.update(1)
-        found, factors = predict_at_object_scale(
-            net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
-            overlap=options.tile_overlap, batch_size=batch_size, device=device)
-        for (job, raw, image), objs, factor in zip(loaded, found, factors):
-            paths = job_outputs(out, job, roi_zip=options.roi_zip)
-            res, count = write_image_outputs(paths, objs, raw, image, job, categories)
-            ledger.record(job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor})
+    if options.cluster is not None or options.workers is not None:
+        from cupre.inference.cluster import predict_on_cluster
+
+        done = predict_on_cluster(batches, model=net, out=out, categories=categories, options=options)
+    else:
+        done = (predict_batch(net, batch, out=out, categories=categories, options=options, device=device)
+                for batch in batches)
+    for records in done:
+        for image_id, results, entry in records:
+            if "error" in entry:
+                tqdm.write(f"cupre: warning: {entry['error']} (skipped)", file=sys.stderr)
+            ledger.record(image_id, results, entry)
             bar.update(1)
     bar.close()
+
+
+def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], options: PredictOptions,
+                  device: torch.device) -> list[tuple[int, list[dict], dict]]:
+    """Read, predict and write one batch of images (run as one forward pass).
+
+    Returns:
+        Per job ``(image_id, COCO results, images.json entry)``; an unreadable image has
+        no results and an entry with its ``error``.
+    """
+    records, loaded = [], []
+    for job in jobs:
+        try:
+            loaded.append((job, *_read(job)))
+        except CupreError as exc:
+            records.append((job.image_id, [], _image_entry(job, None, 0, str(exc))))
+    found, factors = predict_at_object_scale(
+        net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
+        overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
+    for (job, raw, image), objs, factor in zip(loaded, found, factors):
+        paths = job_outputs(out, job, roi_zip=options.roi_zip)
+        res, count = write_image_outputs(paths, objs, raw, image, job, categories)
+        records.append((job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor}))
+    return records

@@ -16,8 +16,9 @@ run through the detector and its detections are merged in two steps:
 
 Memory. Kept objects are stored as :class:`Objects`: a box plus a bool mask cropped to
 the mask's own extent, never a full-size mask, so a 4,000 x 4,000 image with thousands
-of cells needs little more than its label image. The detector's per-tile output (one
-``uint8`` mask per detection over the tile) is cropped as soon as the tile is done.
+of cells needs little more than its label image. The detector's per-tile masks are
+box-local already (a stand-in detector's full masks are cropped as soon as the tile is
+done), and the detector makes masks only for detections the core rule keeps.
 
 Scale. Every image runs at the model's object scale (:mod:`cupre.scale`), the rule
 training and evaluation use: :func:`predict_at_object_scale`. A tile of an image run at
@@ -39,6 +40,11 @@ from cupre.inference.tiles import Tile, in_core, make_tiles, scaled_tiling
 from cupre.scale import at_object_scale
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
+
+
+def _shift(tile: Tile) -> np.ndarray:
+    """Adds a tile's origin to ``x1, y1, x2, y2`` boxes in tile pixels."""
+    return np.array([tile.x0, tile.y0, tile.x0, tile.y0], dtype=np.float32)
 
 
 def _reach(tiles: list[Tile]) -> float:
@@ -146,8 +152,10 @@ def predict_images(
 
     Args:
         model: the detector in eval mode: ``model(list of 3xhxw float tensors in [0, 1],
-            scales=...)`` -> list of dicts with ``boxes``, ``scores``, ``labels``, ``masks``
-            in the input's pixels.
+            scales=..., select=...)`` -> list of dicts with ``boxes``, ``scores``,
+            ``labels`` and masks (``masks``, or ``mask_origins`` + ``mask_crops``) in the
+            input's pixels; ``select(i, boxes)`` says which detections of input ``i`` to
+            keep before masks are made (the core rule; passed for tiled images only).
         images: float ``3xHxW`` tensors in [0, 1] (any device).
         tile_size, overlap: tile side and minimum overlap in pixels (``overlap`` should
             be at least the largest object's size).
@@ -169,10 +177,10 @@ def predict_images(
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         crops = [images[k][:, t.y0:t.y1, t.x0:t.x1].to(device) for k, t in chunk]
-        if scales is None:
-            outputs = model(crops)
-        else:
-            outputs = model(crops, scales=[factors[k] for k, _ in chunk])
+        kwargs: dict = {} if scales is None else {"scales": [factors[k] for k, _ in chunk]}
+        if any(len(layouts[k]) > 1 for k, _ in chunk):  # no masks for what the core rule drops
+            kwargs["select"] = lambda i, boxes: in_core(boxes.cpu().numpy() + _shift(chunk[i][1]), chunk[i][1])
+        outputs = model(crops, **kwargs)
         for (k, tile), out in zip(chunk, outputs):
             objs = crop_output(out, origin=(tile.y0, tile.x0))
             objs = objs.select(in_core(objs.boxes, tile))

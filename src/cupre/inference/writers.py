@@ -242,5 +242,8 @@ def write_roi_zip(path: Path, label: np.ndarray) -> int:
 def normalised_rgb(image) -> np.ndarray:
     """uint8 ``HxWx3`` of a float ``3xHxW`` tensor in [0, 1]."""
     arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    return (np.clip(arr, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+    out = np.empty((*arr.shape[1:], 3), dtype=np.uint8)
+    for c in range(3):  # one plane at a time: no float copy of the whole image
+        out[..., c] = np.clip(arr[c], 0, 1) * 255 + 0.5
+    return out
 

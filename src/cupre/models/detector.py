@@ -14,12 +14,17 @@ per image: ``boxes`` (float ``Nx4`` XYXY in original image pixels), ``labels`` (
 
 The detector never resizes on its own: training crops arrive at the object scale
 (:mod:`cupre.scale`), and in eval ``scales`` gives each image's resize factor.
+
+``precision`` (``fp32`` by default, ``bf16``) sets the autocast the forward pass runs
+under; callers resolve the user's choice with :func:`cupre.devices.resolve_precision`.
+Scores, boxes and mask probabilities always leave the heads in fp32.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import (
     GeneralizedRCNNTransform,
@@ -27,6 +32,7 @@ from torchvision.models.detection.transform import (
 )
 
 from cupre.config import DetectorConfig
+from cupre.devices import autocast
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head
@@ -58,6 +64,7 @@ class CupreDetector(nn.Module):
         mask_threshold: probability above which a pasted mask pixel is foreground.
         object_size: the typical object side (px) the model works at, or None
             (:mod:`cupre.scale`).
+        precision: ``fp32`` or ``bf16``: the autocast of :meth:`forward`.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class CupreDetector(nn.Module):
         self.neck = neck
         self.head = head
         self.mask_threshold = mask_threshold
+        self.precision = "fp32"
 
     @property
     def backbone_out_channels(self) -> int:
@@ -97,11 +105,16 @@ class CupreDetector(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
         *,
         scales: list[float] | None = None,
+        select: Callable[[int, Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (training) or detections (eval); see the module docstring.
 
-        ``scales`` (eval only): each image is resized by its factor before the
-        backbone; detections still come back in the original pixels.
+        Eval only:
+            scales: each image is resized by its factor before the backbone;
+                detections still come back in the original pixels.
+            select: ``select(i, boxes)`` -> bool ``N``: which of image ``i``'s detections
+                (boxes ``Nx4`` in original pixels) to keep; masks are computed for those
+                only.
         """
         if self.training:
             check_targets(targets)
@@ -110,13 +123,28 @@ class CupreDetector(nn.Module):
             if self.training:
                 raise ValueError("scales are for eval; training crops arrive at the object scale")
             images = [resize_image(image, float(f)) for image, f in zip(images, scales)]
-        batch, targets = self.transform(images, targets)
-        features = self.neck(as_feature_dict(self.backbone(batch.tensors)))
-        proposals, rpn_losses = self.head.rpn(batch, features, targets)
-        detections, roi_losses = self.head.roi_heads(features, proposals, batch.image_sizes, targets)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
+        with autocast(images[0].device if images else "cpu", self.precision):
+            batch, targets = self.transform(images, targets)
+            features = self.neck(as_feature_dict(self.backbone(batch.tensors)))
+            proposals, rpn_losses = self.head.rpn(batch, features, targets)
+            if self.training:
+                _, roi_losses = self.head.roi_heads(features, proposals, batch.image_sizes, targets)
+                return {**rpn_losses, **roi_losses}
+            heads = self.head.roi_heads
+            detections = heads.detect_boxes(features, proposals, batch.image_sizes)
+            if select is not None:
+                detections = self._select(detections, select, batch.image_sizes, original_sizes)
+            heads.add_masks(features, detections, batch.image_sizes)
         return self.postprocess(detections, batch.image_sizes, original_sizes)
+
+    @staticmethod
+    def _select(detections, select, image_sizes, original_sizes) -> list[dict[str, Tensor]]:
+        """Keep the detections ``select`` accepts (judged on boxes in original pixels)."""
+        kept = []
+        for i, (det, size, original) in enumerate(zip(detections, image_sizes, original_sizes)):
+            keep = torch.as_tensor(select(i, to_original(det["boxes"], size, original)), dtype=torch.bool)
+            kept.append({k: v[keep.to(v.device)] for k, v in det.items()})
+        return kept
 
     def postprocess(
         self,
@@ -133,9 +161,7 @@ class CupreDetector(nn.Module):
         """
         results = []
         for det, size, (height, width) in zip(detections, image_sizes, original_sizes):
-            boxes = resize_boxes(det["boxes"], size, (height, width))
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            boxes = to_original(det["boxes"], size, (height, width))
             result = {**det, "boxes": boxes}
             if "masks" in det:
                 origins, crops = paste_masks_in_boxes(det.pop("masks"), boxes, (height, width),
@@ -144,6 +170,15 @@ class CupreDetector(nn.Module):
                 result["mask_origins"], result["mask_crops"] = origins, crops
             results.append(result)
         return results
+
+
+def to_original(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """Boxes of a resized ``size`` image in the ``original`` image's pixels, clipped to it."""
+    height, width = original
+    boxes = resize_boxes(boxes, size, original)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
 
 
 def check_targets(targets: list[dict[str, Tensor]] | None) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_CHUNK_PIXELS = 1 << 25  # about 128 MB of float32 samples per chunk
+DEFAULT_CHUNK_PIXELS = 1 << 22  # 4M samples per chunk: ~50 MB of grid, samples and bits
 PIXEL_OFFSET = 0.25  # pixel i is sampled at box coordinate i + 0.25 (see the module docstring)
 
 
@@ -109,7 +109,7 @@ def paste_masks_in_boxes(
         sampled = _sample_windows(mask_probs[idx], boxes[idx], start[idx], win_h, win_w) > threshold
         for k, i in enumerate(idx.tolist()):
             w, h = (int(v) for v in extent[i].tolist())
-            crops[i] = sampled[k, :h, :w]
+            crops[i] = sampled[k, :h, :w].clone()  # its own pixels only, not a view of the chunk
         origins[idx] = start[idx].flip(1)
     return origins, crops
 

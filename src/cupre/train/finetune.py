@@ -20,7 +20,7 @@ from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
 from cupre.data.splits import fewshot_split, load_split
 from cupre.data.transforms import DetectionTrainTransform
-from cupre.devices import pick_device
+from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
@@ -84,7 +84,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
     start = {part: snapshot(module) for part, module in model.parts().items()}
+    model.precision = resolve_precision(cfg.precision, device)  # training steps and validation alike
     ctx = RunContext.open(run, Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
+                                        precision=model.precision,
                                         checkpoint_every=cfg.checkpoint_every))
     history: list[dict] = ctx.resume.get("history", []) if ctx.resume else []
     ctx.extra_state = lambda: {"model": model.state_dict(), "history": history}

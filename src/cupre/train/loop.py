@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
+from cupre.devices import autocast
 from cupre.errors import CupreError
 from cupre.losses.l2sp import L2SP
 from cupre.train import distributed
 from cupre.train.run import Run
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_loop(
@@ -35,6 +28,7 @@ def train_loop(
     checkpoint_every: int,
     grad_clip: float = 0.0,
     device: torch.device = torch.device("cpu"),
+    precision: str = "fp32",
     on_step: Callable[[int], None] | None = None,
     regularizer: L2SP | None = None,
 ) -> dict[str, float]:
@@ -44,7 +38,7 @@ def train_loop(
     whose names start with ``metric/``, which are logged but not summed). The total loss
     is their sum; a non-finite total stops the run with the losses named. ``save_fn(i)``
     is called every ``checkpoint_every`` iterations and at the end, with the number of
-    iterations done. ``regularizer`` (decoupled L2-SP) takes its step right after the
+    iterations done. Steps run under ``precision`` (``bf16`` autocast or ``fp32``). ``regularizer`` (decoupled L2-SP) takes its step right after the
     optimiser's, at the same learning rate. Returns the last step's logged values.
     """
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -60,7 +54,7 @@ def train_loop(
     values: dict[str, float] = {}
     for it in bar:
         batch = next(batches)
-        with autocast(device):
+        with autocast(device, precision):
             out = step_fn(batch)
         losses = {k: v for k, v in out.items() if not k.startswith("metric/")}
         total = sum(losses.values())

@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from cupre.config import MocoConfig, PretrainConfig
 from cupre.data.concat import MergedDataset
 from cupre.data.formats import open_dataset
 from cupre.data.unlabeled import UnlabeledImages
-from cupre.devices import pick_device
+from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
 from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed
@@ -54,12 +56,13 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
     amt2 = cfg.amt2.replace(moco=moco_cfg)
     det_cfg = cfg.detector.replace(num_classes=len(coco.categories))
-    settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every)
+    settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every,
+                        precision=resolve_precision(cfg.precision, device))
     if distributed.is_main():
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
               f"{len(unlabeled)} unlabeled cell images ({len(cfg.exclude)} held-out files excluded), "
               f"{amt2.rounds} AMT2 rounds of {moco_cfg.optim.iterations} MoCo + {amt2.coco.iterations} COCO "
-              f"iterations, device {device}")
+              f"iterations, device {device}, {settings.precision}, {torch.get_num_threads()} threads")
 
     seed_everything(stage_seed(cfg.seed, "init"))  # the Kaiming initialisation is part of the run
     model = build_detector(det_cfg).to(device)

@@ -51,12 +51,14 @@ def stage_seed(seed: int, stage: str) -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    """How a procedure runs, whatever it trains: device, seed, loader workers, checkpoints."""
+    """How a procedure runs, whatever it trains: device, precision (resolved: ``bf16`` or
+    ``fp32``), seed, loader workers, checkpoints."""
 
     device: torch.device
     seed: int
     num_workers: int = 0
     checkpoint_every: int = 200
+    precision: str = "fp32"
 
 
 @dataclass
@@ -71,6 +73,7 @@ class RunContext:
         extra_state: what the procedure adds to every checkpoint (model weights ...).
         num_workers: data-loader worker processes.
         checkpoint_every: iterations between checkpoints.
+        precision: ``bf16`` (autocast) or ``fp32`` for the training steps.
     """
 
     run: Run
@@ -81,6 +84,7 @@ class RunContext:
     extra_state: Callable[[], dict[str, Any]]
     num_workers: int = 0
     checkpoint_every: int = 200
+    precision: str = "fp32"
 
     @classmethod
     def open(cls, run: Run, settings: Settings,
@@ -89,7 +93,7 @@ class RunContext:
         state_file = StateFile(run.path("state.pt"))
         return cls(run=run, device=settings.device, seed=settings.seed, state_file=state_file,
                    resume=state_file.load(), extra_state=extra_state, num_workers=settings.num_workers,
-                   checkpoint_every=settings.checkpoint_every)
+                   checkpoint_every=settings.checkpoint_every, precision=settings.precision)
 
 
 def run_stage(
@@ -159,6 +163,7 @@ def run_stage(
         checkpoint_every=ctx.checkpoint_every,
         grad_clip=cfg.grad_clip,
         device=ctx.device,
+        precision=ctx.precision,
         on_step=on_step,
         regularizer=regularizer,
     )

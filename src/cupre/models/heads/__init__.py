@@ -28,7 +28,10 @@ class TwoStageHead(nn.Module):
         roi_heads: torchvision ``RoIHeads`` or the cascade heads:
             ``roi_heads(features, proposals, image_sizes, targets)`` ->
             ``(detections: list[dict], losses)``; eval dicts hold ``boxes``, ``labels``,
-            ``scores`` and ``masks`` (``Nx1xMxM`` probabilities).
+            ``scores`` and ``masks`` (``Nx1xMxM`` probabilities). At test time the same
+            work in two steps: ``detect_boxes(features, proposals, image_sizes)`` ->
+            detections without masks, then ``add_masks(features, detections,
+            image_sizes)``, both over bounded chunks of RoIs.
     """
 
     def __init__(self, *, rpn: nn.Module, roi_heads: nn.Module) -> None:

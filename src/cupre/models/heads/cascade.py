@@ -26,12 +26,14 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from cupre.config import DetectorConfig
 from cupre.models.heads.boxes import Fp32BoxCoder
+from cupre.models.heads.chunks import CHUNK, pooled_map
+from cupre.models.heads.maskrcnn import add_mask_probs
 
 POSITIVE_FRACTION = 0.25
 
@@ -107,7 +109,12 @@ class CascadeRoIHeads(nn.Module):
         num_classes: foreground classes C.
         batch_size_per_image: RoIs sampled per image and stage in training.
         score_thresh, nms_thresh, detections_per_img: test-time post-processing.
+
+    At test time ``forward`` is ``detect_boxes`` then ``add_masks``, each over chunks of
+    ``chunk_size`` RoIs (as :class:`~cupre.models.heads.maskrcnn.ChunkedRoIHeads`).
     """
+
+    chunk_size: int = CHUNK
 
     def __init__(
         self,
@@ -192,7 +199,9 @@ class CascadeRoIHeads(nn.Module):
         if self.training:
             _check_targets(targets)
             return [], self._forward_train(features, proposals, image_shapes, targets)
-        return self._forward_test(features, proposals, image_shapes), {}
+        detections = self.detect_boxes(features, proposals, image_shapes)
+        self.add_masks(features, detections, image_shapes)
+        return detections, {}
 
     def _forward_train(self, features, proposals, image_shapes, targets) -> dict[str, Tensor]:
         """The training cascade: sample, predict, lose, refine; then the mask loss."""
@@ -217,23 +226,27 @@ class CascadeRoIHeads(nn.Module):
         losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_boxes, gt_masks, gt_labels, mask_idxs)
         return losses
 
-    def _forward_test(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
-        """The test cascade: average the stages' probabilities, keep the last boxes."""
+    def detect_boxes(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
+        """The test cascade: average the stages' probabilities, keep the last boxes.
+
+        Every stage runs over bounded chunks of boxes (:mod:`cupre.models.heads.chunks`).
+        Returns per image ``boxes``, ``labels`` and ``scores``.
+        """
         stage_probs = []
         boxes = proposals
         for k in range(self.num_stages):
-            class_logits, box_deltas = self._run_stage(k, features, boxes, image_shapes)
+            class_logits, box_deltas = pooled_map(
+                self.box_roi_pool, features, boxes, image_shapes,
+                lambda x, k=k: self.box_predictors[k](self.box_heads[k](x)), self.chunk_size)
             stage_probs.append(F.softmax(class_logits, dim=-1))
             boxes = self._decode(k, box_deltas, boxes, image_shapes)
         scores = torch.stack(stage_probs).mean(dim=0)
         per_image = [len(b) for b in boxes]
-        results = [
-            self._postprocess(s, b, shape) for s, b, shape in zip(scores.split(per_image), boxes, image_shapes)
-        ]
-        mask_logits = self._mask_logits(features, [r["boxes"] for r in results], image_shapes)
-        for r, masks in zip(results, maskrcnn_inference(mask_logits, [r["labels"] for r in results])):
-            r["masks"] = masks
-        return results
+        return [self._postprocess(s, b, shape) for s, b, shape in zip(scores.split(per_image), boxes, image_shapes)]
+
+    def add_masks(self, features, detections: list[dict[str, Tensor]], image_shapes) -> None:
+        """Add ``masks`` (``N x 1 x 28 x 28`` probabilities) to each image's detections."""
+        add_mask_probs(self, features, detections, image_shapes)
 
     def _run_stage(self, k: int, features, boxes: list[Tensor], image_shapes) -> tuple[Tensor, Tensor]:
         """Pool ``boxes``, run stage ``k``'s head and predictor -> (N x (C+1), N x 4)."""

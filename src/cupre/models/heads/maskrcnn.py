@@ -10,6 +10,9 @@ and initialises them for training from scratch:
   representation size ``4 x fpn_channels`` (1,024 for 256 channels).
 * Mask branch: 14x14 RoIAlign, ``MaskRCNNHeads`` (4 convs, GN when given), and
   ``MaskRCNNPredictor`` (deconv to 28x28 + 1x1 class logits).
+* At test time (:class:`ChunkedRoIHeads`) both branches run over bounded chunks of boxes
+  (:mod:`cupre.models.heads.chunks`), in two steps a caller may act between:
+  ``detect_boxes`` then ``add_masks``.
 
 Convs and fcs are Kaiming-initialised, norms start at weight 1 / bias 0, the classifier
 at normal(0.01) and the box regressor at normal(0.001) (detectron2's choices).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import (
     FastRCNNConvFCHead,
@@ -27,13 +30,14 @@ from torchvision.models.detection.faster_rcnn import (
     TwoMLPHead,
 )
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.models.heads.boxes import fp32_coder
+from cupre.models.heads.chunks import CHUNK, mask_logits, pooled_map
 from cupre.models.neck import FEATURE_NAMES
 
 NUM_PYRAMID_LEVELS = 5  # P2..P5 and the max-pooled P6
@@ -72,9 +76,52 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
     return rpn
 
 
+class ChunkedRoIHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` (training unchanged); at test time the box and mask
+    branches run ``chunk_size`` RoIs at a time, as two steps.
+
+    ``forward`` in eval is ``detect_boxes`` then ``add_masks``; a caller that knows which
+    detections it will drop (tiled prediction drops those outside a tile's core) calls
+    the two itself and filters in between, so no mask is computed for nothing.
+    """
+
+    chunk_size: int = CHUNK
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        detections = self.detect_boxes(features, proposals, image_shapes)
+        self.add_masks(features, detections, image_shapes)
+        return detections, {}
+
+    def detect_boxes(self, features: dict[str, Tensor], proposals: list[Tensor],
+                     image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Score and refine ``proposals``; per image ``boxes``, ``labels``, ``scores``."""
+        class_logits, box_deltas = pooled_map(
+            self.box_roi_pool, features, proposals, image_shapes,
+            lambda x: self.box_predictor(self.box_head(x)), self.chunk_size)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_deltas, proposals, image_shapes)
+        return [{"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels)]
+
+    def add_masks(self, features: dict[str, Tensor], detections: list[dict[str, Tensor]],
+                  image_shapes: list[tuple[int, int]]) -> None:
+        """Add ``masks`` (``N x 1 x 28 x 28`` probabilities) to each image's detections."""
+        add_mask_probs(self, features, detections, image_shapes)
+
+
+def add_mask_probs(heads: nn.Module, features: dict[str, Tensor], detections: list[dict[str, Tensor]],
+                   image_shapes: list[tuple[int, int]]) -> None:
+    """The mask branch of ``heads`` (``mask_roi_pool``, ``mask_head``, ``mask_predictor``)
+    over each detection's box and label, in chunks; sets ``detections[i]["masks"]``."""
+    logits = pooled_map(heads.mask_roi_pool, features, [d["boxes"] for d in detections], image_shapes,
+                        lambda x: mask_logits(heads.mask_predictor, heads.mask_head(x)), heads.chunk_size)
+    for det, probs in zip(detections, maskrcnn_inference(logits, [d["labels"] for d in detections])):
+        det["masks"] = probs
+
+
 def build_maskrcnn_roi_heads(
     cfg: DetectorConfig, *, in_channels: int, norm_layer: Callable[..., nn.Module] | None
-) -> RoIHeads:
+) -> ChunkedRoIHeads:
     """torchvision RoI heads with box and mask branches for ``cfg.num_classes`` classes.
 
     Args:
@@ -95,7 +142,7 @@ def build_maskrcnn_roi_heads(
     mask_predictor = MaskRCNNPredictor(in_channels, in_channels, cfg.num_classes + 1)
     for module in (box_head, mask_head, mask_predictor):
         kaiming_init(module)
-    roi_heads = RoIHeads(
+    roi_heads = ChunkedRoIHeads(
         box_roi_pool=MultiScaleRoIAlign(FEATURE_NAMES, output_size=7, sampling_ratio=2),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(representation, cfg.num_classes + 1),

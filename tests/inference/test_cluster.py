@@ -1,0 +1,59 @@
+"""``cupre predict --workers N``: a local Dask cluster writes what one process writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from cupre import cli
+from cupre.config import DetectorConfig
+from cupre.models.detector import build_detector
+from cupre.train.weights import save_model
+from tests.helpers import TINY_DETECTOR
+
+pytest.importorskip("distributed")
+
+
+def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys):
+    import torch
+
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "detections_per_img": 20})
+    torch.manual_seed(0)
+    save_model(tmp_path / "model.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, (h, w) in enumerate([(64, 64), (80, 96), (150, 120), (64, 64), (72, 40)]):  # the third is tiled
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(folder / f"img{k}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    common = [str(tmp_path / "model.safetensors"), str(folder), "--score-threshold", "0", "--device", "cpu",
+              "--batch-size", "2", "--tile-size", "96", "--tile-overlap", "16", "--threads", "1"]
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "one")]) == 1  # the broken file fails
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--workers", "2"]) == 1
+    assert "broken.png" in capsys.readouterr().err
+
+    labels = sorted(p.name for p in (tmp_path / "one").glob("*_masks.tif"))
+    assert len(labels) == 5
+    assert labels == sorted(p.name for p in (tmp_path / "two").glob("*_masks.tif"))
+    counted = 0
+    for name in labels:
+        one, two = tifffile.imread(tmp_path / "one" / name), tifffile.imread(tmp_path / "two" / name)
+        assert np.array_equal(one, two)
+        counted += int(one.max())
+        csv = name.replace("_masks.tif", "_objects.csv")
+        assert (tmp_path / "one" / csv).read_text() == (tmp_path / "two" / csv).read_text()
+    assert counted > 20  # the untrained model at score 0 does find objects
+    for run_file in ("results_coco.json", "images.json"):
+        assert json.loads((tmp_path / "one" / run_file).read_text()) == \
+            json.loads((tmp_path / "two" / run_file).read_text())
+
+
+def test_workers_and_cluster_together_are_refused(tmp_path, capsys):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    code = cli.main(["predict", str(tmp_path / "model.safetensors"), str(tmp_path), "-o", str(tmp_path / "o"),
+                     "--workers", "2", "--cluster", "tcp://127.0.0.1:1"])
+    assert code == 2 and "not both" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""Test-time RoI work in chunks: same detections and masks as one piece, and the
+``select`` step that skips masks for detections a caller drops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cupre.config import DetectorConfig
+from cupre.models.detector import build_detector
+from cupre.models.heads.chunks import box_chunks
+from tests.helpers import TINY_DETECTOR
+
+
+def test_box_chunks_cover_every_box_once_in_order():
+    boxes = [torch.arange(5 * 4.0).reshape(5, 4), torch.zeros(0, 4), torch.arange(100, 112.0).reshape(3, 4)]
+    pieces = list(box_chunks(boxes, 3))
+    assert [sum(len(b) for b in piece) for piece in pieces] == [3, 3, 2]
+    assert all(len(piece) == 3 for piece in pieces)  # always one entry per image
+    joined = torch.cat([b for piece in pieces for b in piece])
+    assert torch.equal(joined, torch.cat(boxes))
+    (empty,) = box_chunks([torch.zeros(0, 4)], 3)  # nothing at all: one empty piece
+    assert len(empty) == 1 and len(empty[0]) == 0
+
+
+def _model(arch: str):
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "arch": arch, "box_score_thresh": 0.0,
+                                    "box_nms_thresh": 1.0, "detections_per_img": 60})
+    torch.manual_seed(0)
+    return build_detector(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade"])
+def test_chunked_heads_match_one_piece(arch):
+    model = _model(arch)
+    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
+    with torch.no_grad():
+        model.head.roi_heads.chunk_size = 10_000
+        whole = model(images)
+        model.head.roi_heads.chunk_size = 7
+        chunked = model(images)
+    for a, b in zip(whole, chunked):
+        assert len(a["boxes"]) == 60
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+        assert all(torch.equal(x, y) for x, y in zip(a["mask_crops"], b["mask_crops"]))
+        assert torch.equal(a["mask_origins"], b["mask_origins"])
+
+
+def test_select_keeps_the_chosen_detections_with_the_same_masks():
+    model = _model("maskrcnn")
+    images = [torch.rand(3, 64, 96), torch.rand(3, 64, 64)]
+    asked = []
+
+    def left_half(i, boxes):
+        asked.append((i, boxes.clone()))
+        return (boxes[:, 0] + boxes[:, 2]) / 2 < 32
+
+    with torch.no_grad():
+        whole = model(images, scales=[1.5, 1.0])
+        kept = model(images, scales=[1.5, 1.0], select=left_half)
+    assert [i for i, _ in asked] == [0, 1]
+    for (_, boxes), a, b in zip(asked, whole, kept):
+        torch.testing.assert_close(boxes, a["boxes"])  # select sees boxes in original pixels
+        keep = (a["boxes"][:, 0] + a["boxes"][:, 2]) / 2 < 32
+        assert 0 < int(keep.sum()) < len(keep)
+        torch.testing.assert_close(b["boxes"], a["boxes"][keep])
+        crops = [c for c, k in zip(a["mask_crops"], keep) if k]
+        assert all(torch.equal(x, y) for x, y in zip(crops, b["mask_crops"]))
+
+
+def test_bf16_forward_returns_fp32_outputs_close_to_fp32():
+    model = _model("maskrcnn")
+    images = [torch.rand(3, 64, 96)]
+    with torch.no_grad():
+        reference = model(images)[0]
+        model.precision = "bf16"
+        out = model(images)[0]
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+    assert len(out["boxes"]) == len(reference["boxes"])
+    # the same proposals mostly survive: most bf16 boxes have a close fp32 twin
+    from torchvision.ops import box_iou
+
+    best = box_iou(out["boxes"], reference["boxes"]).max(dim=1).values
+    assert float((best > 0.9).float().mean()) > 0.5
+
+
+def test_mask_logits_equal_the_transposed_convolution():
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    from cupre.models.heads.chunks import mask_logits
+
+    torch.manual_seed(0)
+    predictor = MaskRCNNPredictor(16, 8, 3).eval()
+    torch.nn.init.normal_(predictor.conv5_mask.bias)
+    x = torch.randn(5, 16, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(mask_logits(predictor, x), predictor(x), rtol=1e-5, atol=1e-5)

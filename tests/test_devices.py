@@ -1,0 +1,42 @@
+"""Precision and thread choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cupre.devices import autocast, available_cores, resolve_precision, set_threads
+from cupre.errors import CupreError
+
+CPU = torch.device("cpu")
+
+
+def test_explicit_precision_wins_and_auto_reads_the_environment(monkeypatch):
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32"
+    monkeypatch.setenv("CUPRE_PRECISION", "bf16")
+    assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.delenv("CUPRE_PRECISION")
+    assert resolve_precision("auto", CPU) in ("bf16", "fp32")  # the CPU decides
+    with pytest.raises(CupreError, match="precision must be one of"):
+        resolve_precision("fp16", CPU)
+
+
+def test_autocast_runs_bf16_only_when_asked():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.rand(2, 4)
+    with autocast(CPU, "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast(CPU, "fp32"):
+        assert layer(x).dtype == torch.float32
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_threads(None) == available_cores() == torch.get_num_threads()
+        with pytest.raises(CupreError, match="--threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
