@@ -105,6 +105,7 @@ def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
     from cupre.experiments.plots import make_figures
     from cupre.experiments.table import (
         collect_results,
+        format_per_kind,
         format_table2,
         write_results_csv,
     )
@@ -112,6 +113,8 @@ def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
     rows = collect_results([(c.key, c.folder) for c in cells])
     write_results_csv(rows, out / "results.csv")
     text = format_table2(rows, methods=list(cfg.methods), select_by=cfg.select_by)
+    per_kind = format_per_kind([(c.key, c.folder) for c in cells], methods=list(cfg.methods))
+    text += f"\n\n{per_kind}" if per_kind else ""
     write_text_atomic(out / "table2.md", text + "\n")
     make_figures(rows, out / "figures", methods=list(cfg.methods), select_by=cfg.select_by)
     for target in {c.target.name: c.target for c in cells}.values():

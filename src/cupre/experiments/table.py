@@ -175,3 +175,41 @@ def _row(method: str, fractions: list[float], cells: dict, split: str) -> str:
         for t in ("bbox", "segm"):
             out.append("–" if s is None else format_mean_std(s[f"{split}_{t}_AP"]))
     return f"| {method} | " + " | ".join(out) + " |"
+
+
+def format_per_kind(cells: Iterable[tuple[dict[str, Any], Path]], *, methods: list[str]) -> str:
+    """Test AP per imaging kind (cell type), mean ± std over seeds, at each seed's kept
+    (validation-best) iteration; empty when no cell has a per-kind test score.
+
+    Args:
+        cells: ``(key, folder)`` of finished cells, as for :func:`collect_results`.
+    """
+    per: dict[tuple[str, str, float], dict[str, dict[str, list]]] = {}
+    for key, folder in cells:
+        path = Path(folder) / "val_metrics.json"
+        if not path.is_file() or not (Path(folder) / MODEL_FILE).is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        kept = metrics.get("best", {}).get("iteration")
+        entry = next((h for h in metrics["history"] if h["iteration"] == kept), {})
+        kinds = (entry.get("test") or {}).get("per_cell_type") or {}
+        slot = per.setdefault((key["dataset"], key["method"], key["fraction"]), {})
+        for kind, figures in kinds.items():
+            for t in ("bbox", "segm"):
+                value = figures.get(t)
+                slot.setdefault(kind, {"bbox": [], "segm": []})[t].append(
+                    None if value is None or value < 0 else 100.0 * value)
+    if not any(per.values()):
+        return ""
+    parts = []
+    for dataset, fraction in sorted({(d, f) for d, _, f in per}):
+        rows = {m: per[d, m, f] for d, m, f in per if (d, f) == (dataset, fraction)}
+        kinds = sorted({k for slot in rows.values() for k in slot})
+        for t in ("bbox", "segm"):
+            parts += [f"### Test AP_{t} per imaging kind: {dataset}, {100 * fraction:g}% labels, mean ± std over "
+                      "seeds\n", "| method | " + " | ".join(kinds) + " |", "|---" * (1 + len(kinds)) + "|"]
+            for m in ordered(rows, methods):
+                parts.append(f"| {m} | " + " | ".join(format_mean_std(rows[m].get(k, {}).get(t, [])) for k in kinds)
+                             + " |")
+            parts.append("")
+    return "\n".join(parts)

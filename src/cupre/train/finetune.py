@@ -175,7 +175,7 @@ class Evaluator:
         metrics = evaluate(self.gt[split], results, protocol="livecell")
         self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
         self.latest[split] = results
-        return {"bbox": metrics["bbox"], "segm": metrics["segm"]}
+        return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"]}
 
     def score(self, iteration: int) -> dict:
         entry = {"iteration": iteration, **self._split("val", self.val, iteration)}
