@@ -107,8 +107,9 @@ def test_splits_are_written_once_and_used_by_the_cells(grid):
 
 def test_table2_has_every_method_and_fraction(grid):
     _, out = grid
-    text = (out / "table2.md").read_text()
+    text, per_kind = (out / "table2.md").read_text().split("### Test AP_bbox per imaging kind", 1)
     assert "20% AP_bbox" in text and "50% AP_segm" in text and "Test" in text
+    assert per_kind.count("per imaging kind") == 3  # segm at 20%, bbox and segm at 50%
     for method in METHODS:
         lines = [line for line in text.splitlines() if line.startswith(f"| {method} |")]
         assert len(lines) == 3  # validation, test, chosen iterations
