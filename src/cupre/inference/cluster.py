@@ -4,9 +4,9 @@
 worker`` started by hand, dask-jobqueue on a batch system, ...); ``--workers N`` starts a
 local cluster of N processes on this machine, each with its share of the cores as torch
 threads. The model (already set to the run's score threshold, detection cap and
-precision) is sent to every worker once; each task is one batch of images exactly as the
-single-process run forms it (:func:`cupre.inference.predict.predict_batch`), so the
-outputs are the same files with the same content. Workers write their images' files
+precision) is sent to every worker once; each task runs the function the single-process
+run applies to a batch (:func:`cupre.inference.predict.predict_batch`) on one batch formed
+as that run forms it, so the outputs are the same files with the same content. Workers write their images' files
 into the output folder themselves (it must be reachable from them, e.g. a shared
 filesystem), and hand back only the COCO results and the ``images.json`` entry, which
 this process records in the run's ledger as they arrive (``--resume`` works as usual).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -42,19 +42,19 @@ def _client(options):
     return Client(cluster), cluster
 
 
-def predict_task(net, jobs, *, out: Path, categories: list[dict], options, threads: int | None):
-    """One batch on a worker: :func:`predict_batch` with this worker's torch threads."""
-    from cupre.inference.predict import predict_batch
-
+def predict_task(run_batch: Callable, net, jobs, *, out: Path, categories: list[dict], options,
+                 threads: int | None):
+    """One batch on a worker: ``run_batch`` with this worker's torch threads and device."""
     if threads is not None:
         torch.set_num_threads(threads)
     device = pick_device(options.device)
-    return predict_batch(net.to(device), jobs, out=out, categories=categories, options=options, device=device)
+    return run_batch(net.to(device), jobs, out=out, categories=categories, options=options, device=device)
 
 
-def predict_on_cluster(batches: list, *, model, out: Path, categories: list[dict],
+def predict_on_cluster(run_batch: Callable, batches: list, *, model, out: Path, categories: list[dict],
                        options) -> Iterator[list[tuple[int, list[dict], dict]]]:
-    """Run every batch on the cluster; yield each batch's records as it finishes.
+    """Run ``run_batch(model, batch, out=, categories=, options=, device=)`` for every batch
+    on the cluster; yield each batch's records as it finishes.
 
     Raises:
         CupreError: dask missing, the scheduler unreachable, or the model not a module.
@@ -68,7 +68,7 @@ def predict_on_cluster(batches: list, *, model, out: Path, categories: list[dict
 
         on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
         shared = client.scatter(on_cpu, broadcast=True)
-        futures = [client.submit(predict_task, shared, batch, out=out, categories=categories, options=options,
+        futures = [client.submit(predict_task, run_batch, shared, batch, out=out, categories=categories, options=options,
                                  threads=threads, pure=False) for batch in batches]
         for future in as_completed(futures):
             yield future.result()

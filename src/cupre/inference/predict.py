@@ -48,6 +48,7 @@ from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError, file_error
 from cupre.fileio import write_json_atomic
 from cupre.inference import writers
+from cupre.inference.cluster import predict_on_cluster
 from cupre.inference.inputs import (
     Job,
     check_outputs,
@@ -287,9 +288,7 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     batches = [jobs[start:start + options.batch_size] for start in range(0, len(jobs), options.batch_size)]
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
     if options.cluster is not None or options.workers is not None:
-        from cupre.inference.cluster import predict_on_cluster
-
-        done = predict_on_cluster(batches, model=net, out=out, categories=categories, options=options)
+        done = predict_on_cluster(predict_batch, batches, model=net, out=out, categories=categories, options=options)
     else:
         done = (predict_batch(net, batch, out=out, categories=categories, options=options, device=device)
                 for batch in batches)
