@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
         score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-        object_size=args.object_size, precision=args.precision or "auto", roi_zip=args.roi_zip, overwrite=args.overwrite, resume=args.resume,
+        object_size=args.object_size, precision=args.precision or "auto", roi_zip=args.roi_zip,
+        overwrite=args.overwrite, resume=args.resume,
         cluster=args.cluster, workers=args.workers,
     )
     summary = run_predict(args.model, args.inputs, out=args.out, options=options)

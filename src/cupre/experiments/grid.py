@@ -162,7 +162,8 @@ def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> Finetu
         val_split=str(cell.target.val_split) if cell.target.val_split else None,
         test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
         seed=cell.seed, select_by=cfg.select_by,
-        device=cfg.device, precision=cfg.precision, eval_every=cfg.eval_every, detector={**detector, **cfg.finetune.detector},
+        device=cfg.device, precision=cfg.precision, eval_every=cfg.eval_every,
+        detector={**detector, **cfg.finetune.detector},
     )
     return FinetuneConfig.from_dict(data, where=f"cell {cell.folder}")
 

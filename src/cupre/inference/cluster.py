@@ -6,10 +6,11 @@ local cluster of N processes on this machine, each with its share of the cores a
 threads. The model (already set to the run's score threshold, detection cap and
 precision) is sent to every worker once; each task runs the function the single-process
 run applies to a batch (:func:`cupre.inference.predict.predict_batch`) on one batch formed
-as that run forms it, so the outputs are the same files with the same content. Workers write their images' files
-into the output folder themselves (it must be reachable from them, e.g. a shared
-filesystem), and hand back only the COCO results and the ``images.json`` entry, which
-this process records in the run's ledger as they arrive (``--resume`` works as usual).
+as that run forms it, so the outputs are the same files with the same content. Workers
+write their images' files into the output folder themselves (it must be reachable from
+them, e.g. a shared filesystem), and hand back only the COCO results and the
+``images.json`` entry, which this process records in the run's ledger as they arrive
+(``--resume`` works as usual).
 
 Needs ``dask`` and ``distributed`` (``pip install 'cupre[cluster]'``).
 """
@@ -68,8 +69,8 @@ def predict_on_cluster(run_batch: Callable, batches: list, *, model, out: Path, 
 
         on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
         shared = client.scatter(on_cpu, broadcast=True)
-        futures = [client.submit(predict_task, run_batch, shared, batch, out=out, categories=categories, options=options,
-                                 threads=threads, pure=False) for batch in batches]
+        futures = [client.submit(predict_task, run_batch, shared, batch, out=out, categories=categories,
+                                 options=options, threads=threads, pure=False) for batch in batches]
         for future in as_completed(futures):
             yield future.result()
     finally:

@@ -163,11 +163,9 @@ class CupreDetector(nn.Module):
         for det, size, (height, width) in zip(detections, image_sizes, original_sizes):
             boxes = to_original(det["boxes"], size, (height, width))
             result = {**det, "boxes": boxes}
-            if "masks" in det:
-                origins, crops = paste_masks_in_boxes(det.pop("masks"), boxes, (height, width),
-                                                      threshold=self.mask_threshold)
-                result.pop("masks", None)
-                result["mask_origins"], result["mask_crops"] = origins, crops
+            if "masks" in result:
+                result["mask_origins"], result["mask_crops"] = paste_masks_in_boxes(
+                    result.pop("masks"), boxes, (height, width), threshold=self.mask_threshold)
             results.append(result)
         return results
 

@@ -38,8 +38,9 @@ def train_loop(
     whose names start with ``metric/``, which are logged but not summed). The total loss
     is their sum; a non-finite total stops the run with the losses named. ``save_fn(i)``
     is called every ``checkpoint_every`` iterations and at the end, with the number of
-    iterations done. Steps run under ``precision`` (``bf16`` autocast or ``fp32``). ``regularizer`` (decoupled L2-SP) takes its step right after the
-    optimiser's, at the same learning rate. Returns the last step's logged values.
+    iterations done. Steps run under ``precision`` (``bf16`` autocast or ``fp32``).
+    ``regularizer`` (decoupled L2-SP) takes its step right after the optimiser's, at the
+    same learning rate. Returns the last step's logged values.
     """
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = tqdm(

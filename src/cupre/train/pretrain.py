@@ -56,8 +56,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
     amt2 = cfg.amt2.replace(moco=moco_cfg)
     det_cfg = cfg.detector.replace(num_classes=len(coco.categories))
-    settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers, checkpoint_every=cfg.checkpoint_every,
-                        precision=resolve_precision(cfg.precision, device))
+    settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
+                        checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device))
     if distributed.is_main():
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
               f"{len(unlabeled)} unlabeled cell images ({len(cfg.exclude)} held-out files excluded), "
