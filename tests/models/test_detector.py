@@ -240,3 +240,28 @@ def test_boxes_stay_fp32_under_bf16_autocast(arch):
     coords = torch.cat(proposals).flatten()
     big = coords[(coords > 256) & (coords < 300)]
     assert len(big) and (big.remainder(2.0) != 0).any()
+
+
+def test_rpn_box_that_no_anchor_overlaps_makes_no_positives():
+    """A 1 px sliver at the right edge lies beyond the last anchor: no anchor overlaps it.
+    torchvision's matcher then made every anchor that misses it a positive."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.ops import box_iou
+
+    rpn = build_detector(tiny_config()).head.rpn
+    ours = rpn.proposal_matcher
+    features = [torch.zeros(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32, 64)]
+    (anchors,) = rpn.anchor_generator(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), features)
+    nucleus, sliver = [10.0, 10.0, 30.0, 30.0], [63.0, 20.0, 64.0, 24.0]
+    assert box_iou(torch.tensor([sliver]), anchors).max() == 0
+
+    def positives(matcher, boxes) -> int:
+        rpn.proposal_matcher = matcher
+        (labels,), _ = rpn.assign_targets_to_anchors([anchors], [{"boxes": torch.tensor(boxes)}])
+        return int((labels == 1).sum())
+
+    stock = det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    alone = positives(stock, [nucleus])
+    assert 0 < positives(ours, [nucleus, sliver]) == alone < 10
+    assert positives(stock, [nucleus, sliver]) > len(anchors) // 2

@@ -4,7 +4,8 @@ All parts are torchvision's; this module only sizes them from :class:`DetectorCo
 and initialises them for training from scratch:
 
 * RPN: one anchor size per pyramid level (P2..P6) x ``aspect_ratios``, a one-conv
-  ``RPNHead`` (normal, std 0.01).
+  ``RPNHead`` (normal, std 0.01); low-quality anchor matches only where anchors overlap
+  the box (:class:`~cupre.models.heads.boxes.OverlapMatcher`).
 * Box branch: 7x7 RoIAlign over P2..P5; with GroupNorm the "4conv1fc" head
   (``FastRCNNConvFCHead``: 4 GN convs + one fc), otherwise torchvision's ``TwoMLPHead``;
   representation size ``4 x fpn_channels`` (1,024 for 256 channels).
@@ -36,7 +37,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.models.heads.boxes import fp32_coder
+from cupre.models.heads.boxes import fp32_coder, overlap_matcher
 from cupre.models.heads.chunks import CHUNK, mask_logits, pooled_map
 from cupre.models.neck import FEATURE_NAMES
 
@@ -73,6 +74,7 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
         nms_thresh=0.7,
     )
     rpn.box_coder = fp32_coder(rpn.box_coder)  # proposals stay fp32 under bf16 autocast
+    rpn.proposal_matcher = overlap_matcher(rpn.proposal_matcher)  # no phantom positives (boxes.py)
     return rpn
 
 
