@@ -253,7 +253,7 @@ class FinetuneConfig(ConfigBase):
     fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # or: make the split here
     val: str | None = None
     val_split: str | None = None  # split JSON selecting the validation images of `val`
-    test: str | None = None  # scored at every evaluation too (never used to choose anything)
+    test: str | None = None  # scored once, with the validation-chosen model (never used to choose)
     test_split: str | None = None
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=2000))
     l2sp: L2SPConfig = Field(default_factory=L2SPConfig)  # cupre++

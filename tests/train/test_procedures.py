@@ -179,7 +179,8 @@ def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     from cupre.evaluation.model_eval import predict_dataset
     from cupre.modelfile import build_from_file
 
-    cfg = _finetune_cfg(domains, pretrained, init="cupre", eval_every=2, select_by="bbox_AP")
+    cells = str(domains / "cells" / "annotations.json")
+    cfg = _finetune_cfg(domains, pretrained, init="cupre", eval_every=2, select_by="bbox_AP", test=cells)
     best = run_finetune(cfg, tmp_path)
     metrics = json.loads((tmp_path / "val_metrics.json").read_text())
     history = metrics["history"]
@@ -196,6 +197,11 @@ def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     kept = json.loads((tmp_path / "predictions_val.json").read_text())
     assert len(again) == len(kept)
     assert [r["score"] for r in again] == pytest.approx([r["score"] for r in kept], abs=1e-4)
+    # the test set (here the validation images again) is scored once, by the kept model
+    assert [h["iteration"] for h in history if "test" in h] == [best["iteration"]]
+    assert best["test"]["bbox"]["AP"] == pytest.approx(best["bbox"]["AP"], abs=1e-6)
+    tested = json.loads((tmp_path / "predictions_test.json").read_text())
+    assert [r["score"] for r in tested] == pytest.approx([r["score"] for r in kept], abs=1e-4)
 
 
 def test_finetune_evaluates_and_uses_l2sp_for_cupre_plus_plus(domains, pretrained, tmp_path):

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
     p.add_argument("--val", help="validation dataset")
     p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
-    p.add_argument("--test", help="test dataset, scored at every evaluation (never used for choices)")
+    p.add_argument("--test", help="test dataset, scored once with the validation-chosen model (never used for choices)")
     p.add_argument("--test-split", help="split JSON selecting the test images of --test")
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)

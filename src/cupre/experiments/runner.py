@@ -10,7 +10,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/pretrain/                            one `cupre pretrain` run shared by every cell
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
-    OUT/cells/<method>/f<fraction>/s<seed>/  one `cupre finetune` run (val and test scored as it goes)
+    OUT/cells/<method>/f<fraction>/s<seed>/  one `cupre finetune` run (val as it goes, test once at the chosen iteration)
     OUT/results.csv                          every evaluation row, rebuilt from the cells
     OUT/table2.md                            Table II (iteration chosen on validation only)
     OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper

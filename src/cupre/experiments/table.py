@@ -2,7 +2,7 @@
 
 Every seed of a (method, fraction) cell contributes the evaluation at its best
 **validation** iteration (by ``select_by``, earliest on ties); the test figure is the one
-at that same iteration (fine-tuning scores the test set at every evaluation).
+at that same iteration (fine-tuning scores the test set once, with the chosen model).
 """
 
 from __future__ import annotations

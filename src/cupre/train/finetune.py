@@ -25,7 +25,7 @@ from cupre.errors import CupreError
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
-from cupre.modelfile import MODEL_FILE
+from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed
 from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, get_init, product_files
@@ -115,6 +115,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         regularizer=regularizer,
     )
     evaluate_and_keep(evaluator, history, cfg.optim.iterations, model, det_cfg)
+    test_chosen(evaluator, history, model)
     if val is None:
         save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=f"finetune:{cfg.init}",
                    iteration=cfg.optim.iterations)
@@ -149,7 +150,7 @@ def best_entry(history: list[dict], select_by: str) -> dict:
 
 
 def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: int, model, det_cfg) -> None:
-    """Score validation (and test) once per iteration; save ``model.safetensors`` when it is the best so far."""
+    """Score validation once per iteration; save ``model.safetensors`` when it is the best so far."""
     if evaluator.val is None or not distributed.is_main() or any(h["iteration"] == iteration for h in history):
         return
     entry = evaluator.score(iteration)
@@ -160,8 +161,22 @@ def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: in
         evaluator.keep_predictions()
 
 
+def test_chosen(evaluator: "Evaluator", history: list[dict], model) -> None:
+    """Score the test set once, with the validation-chosen model (``model.safetensors``),
+    into that history entry; the model ends with the chosen weights."""
+    if evaluator.test is None or not history or not distributed.is_main():
+        return
+    best = best_entry(history, evaluator.select_by)
+    if "test" in best:
+        return
+    if best is not history[-1]:
+        model.load_state_dict(load_model_file(evaluator.run.path(MODEL_FILE))["model"])
+    best["test"] = evaluator.split_scores("test", evaluator.test, best["iteration"])
+    evaluator.run.save_json(evaluator.latest["test"], "predictions_test.json")
+
+
 class Evaluator:
-    """Scores the model on validation (and test) under the LIVECell protocol."""
+    """Scores the model on validation (or test) under the LIVECell protocol."""
 
     def __init__(self, *, model, run: Run, device, batch_size: int, val, test, select_by: str) -> None:
         self.model, self.run, self.device, self.batch_size = model, run, device, batch_size
@@ -170,7 +185,7 @@ class Evaluator:
                    "test": dataset_to_coco(test) if test is not None else None}
         self.latest: dict[str, list] = {}
 
-    def _split(self, split: str, dataset, iteration: int) -> dict:
+    def split_scores(self, split: str, dataset, iteration: int) -> dict:
         results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size)
         metrics = evaluate(self.gt[split], results, protocol="livecell")
         self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
@@ -178,15 +193,11 @@ class Evaluator:
         return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"]}
 
     def score(self, iteration: int) -> dict:
-        entry = {"iteration": iteration, **self._split("val", self.val, iteration)}
-        if self.test is not None:
-            entry["test"] = self._split("test", self.test, iteration)
-        return entry
+        return {"iteration": iteration, **self.split_scores("val", self.val, iteration)}
 
     def keep_predictions(self) -> None:
-        """Write the latest predictions as the kept model's (``predictions_{val,test}.json``)."""
-        for split, results in self.latest.items():
-            self.run.save_json(results, f"predictions_{split}.json")
+        """Write the latest validation predictions as the kept model's (``predictions_val.json``)."""
+        self.run.save_json(self.latest["val"], "predictions_val.json")
 
 
 def _held_out(path: str | None, split: str | None):
