@@ -273,3 +273,20 @@ def test_validation_and_test_images_never_reach_moco(tmp_path):
     assert sorted(pre.exclude) == sorted(target.held_out)
     seen = {str(f) for f, _ in UnlabeledImages(pre.unlabeled, exclude=pre.exclude).items}
     assert len(seen) == 6 and not seen & set(target.held_out)  # the training part stays: CUPre's premise
+
+
+def test_parallel_cells_match_the_sequential_run(grid, tmp_path, capsys):
+    """Two worker processes on one thread each: the same cells, the same scores (up to the
+    rounding a different thread count makes)."""
+    config, out = grid
+    args = ["experiment", str(config), "-o", str(tmp_path / "par"), "--only-method", "scratch", "--parallel", "2"]
+    assert cli_main(args) == 0
+    assert "4 cells to run, 2 at a time on" in capsys.readouterr().out
+    key = ("method", "fraction", "seed", "split", "iteration")
+    ours = {tuple(r[k] for k in key): r for r in read_results_csv(tmp_path / "par" / "results.csv")}
+    theirs = {tuple(r[k] for k in key): r for r in read_results_csv(out / "results.csv") if r["method"] == "scratch"}
+    assert ours.keys() == theirs.keys() and len(ours) == 4 * 3  # 2 val + 1 test per cell
+    for k, r in ours.items():
+        assert r["bbox_AP"] == pytest.approx(theirs[k]["bbox_AP"], abs=0.02), k
+        assert r["segm_AP"] == pytest.approx(theirs[k]["segm_AP"], abs=0.02), k
+    assert cli_main(["experiment", str(config), "-o", str(tmp_path / "par"), "--parallel", "0"]) == 2

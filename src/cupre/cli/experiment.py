@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import cupre.experiments.runner as _lib
+from cupre.errors import CupreError
 from cupre.experiments.config import load_experiment
 from cupre.experiments.runner import run_experiment
 
@@ -15,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (see configs/bbbc038-fewshot.yaml)")
     p.add_argument("-o", "--out", required=True, help="experiment folder (run again to continue)")
     p.add_argument("--device", help="auto, cpu, cuda ... (overrides the config's `device`)")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="fine-tune N cells at once, each process on threads/N (overrides the config's `parallel`)")
     p.add_argument("--only-method", action="append", metavar="M", help="run only this method (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; write nothing")
 
@@ -25,5 +28,9 @@ def main(args: argparse.Namespace) -> int:
         cfg.device = args.device
     if args.precision:
         cfg.precision = args.precision
+    if args.parallel is not None:
+        if args.parallel < 1:
+            raise CupreError(f"--parallel must be at least 1, got {args.parallel}")
+        cfg.parallel = args.parallel
     run_experiment(cfg, args.out, only_methods=args.only_method, dry_run=args.dry_run)
     return 0

@@ -15,7 +15,8 @@ from cupre.scale import detect
 
 
 @torch.no_grad()
-def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, batch_size: int = 2) -> list[dict]:
+def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, batch_size: int = 2,
+                    progress: bool = True) -> list[dict]:
     """COCO results (bbox + RLE segmentation + score) for every image of ``dataset``.
 
     Predicted label ``l`` is written as ``dataset.categories[l - 1]["id"]``.
@@ -24,7 +25,8 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, ba
     model.eval()
     cat_ids = [c["id"] for c in dataset.categories]
     results: list[dict] = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", leave=False, dynamic_ncols=True):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", leave=False, dynamic_ncols=True,
+                      disable=not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [image.to(device) for image, _ in items]
         outputs, _ = detect(model, images)

@@ -81,6 +81,7 @@ class ExperimentConfig(ConfigBase):
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
     device: str = "auto"
     precision: Precision = "auto"  # bf16 or fp32 for every training and evaluation of the grid
+    parallel: Count = 1  # fine-tuning cells run at once, each in its own process on a share of the threads
     overlays: OverlayConfig = Field(default_factory=OverlayConfig)
 
 
@@ -98,7 +99,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         clash = sorted(set(given) & set(reserved)) if isinstance(given, dict) else []
         if clash:
             raise CupreError(f"{path}: {section}.{clash[0]} is set by the experiment runner (per cell or from "
-                             f"`methods`); remove it (top-level keys: eval_every, device, precision)")
+                             f"`methods`); remove it (top-level keys: eval_every, device, precision, parallel)")
     if isinstance(raw.get("data"), dict):
         raw["data"] = [raw["data"]]
     cfg = ExperimentConfig.from_dict(raw, where=str(path))

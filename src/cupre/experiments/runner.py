@@ -36,6 +36,7 @@ from cupre.experiments.grid import (
     pretrain_config,
     write_synthetic_data,
 )
+from cupre.experiments.parallel import run_cells
 from cupre.fileio import write_text_atomic
 from cupre.train.inits import pretrain_done
 from cupre.train.run import Run
@@ -51,6 +52,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         only_methods: run only these methods (the table still shows every finished cell).
         dry_run: print the plan and what is already done; write nothing.
     """
+    import torch
+
     from cupre.experiments.table import collect_results, write_results_csv
     from cupre.train import distributed
     from cupre.train.finetune import run_finetune
@@ -83,6 +86,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         run_pretrain(pre, out / "pretrain")
         print(f"experiment: pre-training done after {time.time() - t0:.0f} s")
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
+    jobs = []
     for i, cell in enumerate(cells, start=1):
         ft = cell_config(cfg, cell, out / "pretrain")
         check_same_config(cell, ft)
@@ -90,10 +94,22 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         if cell.finished:
             print(f"{label}: finished before")
         else:
-            run_finetune(ft, cell.folder)
-            print(f"{label}: done after {time.time() - t0:.0f} s")
+            jobs.append((label, ft, cell.folder))
+
+    def done(label: str) -> None:
+        print(f"{label}: done after {time.time() - t0:.0f} s", flush=True)
         if distributed.is_main():
             write_results_csv(collect_results([(c.key, c.folder) for c in everything]), out / "results.csv")
+
+    parallel = min(cfg.parallel, len(jobs)) if distributed.world_size() == 1 else 1
+    if parallel > 1:
+        threads = max(1, torch.get_num_threads() // parallel)
+        print(f"experiment: {len(jobs)} cells to run, {parallel} at a time on {threads} thread(s) each", flush=True)
+        run_cells(jobs, parallel=parallel, threads=threads, on_done=done)
+    else:
+        for label, ft, folder in jobs:
+            run_finetune(ft, folder)
+            done(label)
     if not distributed.is_main():
         return ""
     return report(cfg, out, everything)

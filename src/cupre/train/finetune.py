@@ -26,7 +26,7 @@ from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.modelfile import MODEL_FILE, load_model_file
-from cupre.train import distributed
+from cupre.train import distributed, loop
 from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, get_init, product_files
 from cupre.train.optim import param_groups
@@ -186,7 +186,8 @@ class Evaluator:
         self.latest: dict[str, list] = {}
 
     def split_scores(self, split: str, dataset, iteration: int) -> dict:
-        results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size)
+        results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size,
+                                  progress=loop.SHOW_PROGRESS)
         metrics = evaluate(self.gt[split], results, protocol="livecell")
         self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
         self.latest[split] = results

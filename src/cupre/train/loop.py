@@ -13,6 +13,7 @@ from cupre.losses.l2sp import L2SP
 from cupre.train import distributed
 from cupre.train.run import Run
 
+SHOW_PROGRESS = True  # off in worker processes that run beside others (experiments.parallel)
 
 def train_loop(
     *,
@@ -48,7 +49,7 @@ def train_loop(
         initial=start,
         total=iterations,
         desc=stage,
-        disable=not distributed.is_main(),
+        disable=not (SHOW_PROGRESS and distributed.is_main()),
         dynamic_ncols=True,
         leave=False,
     )
