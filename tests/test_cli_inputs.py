@@ -57,3 +57,16 @@ def test_experiment_with_a_missing_dataset_writes_nothing(cells, tmp_path, capsy
     config.write_text(config.read_text() + "eval_every: 0\n")
     assert cli(["experiment", str(config), "-o", str(out)]) == 2
     assert "eval_every: input should be greater than or equal to 1, got 0" in capsys.readouterr().err
+
+
+def test_version_names_cupre_and_its_torch(capsys):
+    from importlib.metadata import version
+
+    import cupre
+
+    with pytest.raises(SystemExit) as done:
+        cli(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"cupre {cupre.__version__} (torch {version('torch')}")
+    assert version("cupre") == cupre.__version__  # the installed metadata reads the same attribute

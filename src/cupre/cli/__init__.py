@@ -46,6 +46,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cupre", description="Few-shot cell instance segmentation with CUPre pre-training."
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if only is not None and name != only:
@@ -60,6 +61,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             add_compute_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def version_line() -> str:
+    """cupre's version, and the torch / torchvision it runs on (read without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cupre import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"cupre {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
 
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
