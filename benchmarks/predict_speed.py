@@ -11,7 +11,7 @@ the label TIFF, overlay PNG, CSV and COCO results it writes.
 prints that process's peak resident memory, its wall time and what it ran with.
 
 Usage: python benchmarks/predict_speed.py [--backbone resnet50] [--images 4] [--batch-size 2] [--threads N]
-       python benchmarks/predict_speed.py --large 4000 [--threads N] [--precision auto]
+       python benchmarks/predict_speed.py --large 4000 [--tile-size 1024] [--threads N] [--precision auto]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def bench_large(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "cupre.cli", "predict", str(Path(tmp) / "model.safetensors"),
                str(Path(tmp) / "large.png"), "-o", str(Path(tmp) / "out"), "--score-threshold", "0",
                "--max-detections", str(args.max_detections), "--device", "cpu", "--precision", args.precision,
-               "--batch-size", str(args.batch_size)]
+               "--batch-size", str(args.batch_size), "--tile-size", str(args.tile_size)]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,8 +100,8 @@ def bench_large(args: argparse.Namespace) -> None:
         print(done.stdout.strip().splitlines()[-1])
     precision = resolve_precision(args.precision, torch.device("cpu"))
     print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GB (the whole process), "
-          f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), tiles 1024 px / 128 overlap, "
-          f"batch {args.batch_size}, score threshold 0, up to {args.max_detections} detections per tile, cpu, "
+          f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), "
+          f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size}, score threshold 0, up to {args.max_detections} detections per tile, cpu, "
           f"{args.threads or 'all'} threads, {precision}")
 
 
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--large", type=int, default=None, metavar="SIDE",
                         help="peak memory of cupre predict on one SIDE x SIDE image instead")
+    parser.add_argument("--tile-size", type=int, default=1024, help="with --large: cupre predict's --tile-size")
     args = parser.parse_args()
     if args.large:
         bench_large(args)

@@ -281,7 +281,10 @@ def test_parallel_cells_match_the_sequential_run(grid, tmp_path, capsys):
     config, out = grid
     args = ["experiment", str(config), "-o", str(tmp_path / "par"), "--only-method", "scratch", "--parallel", "2"]
     assert cli_main(args) == 0
-    assert "4 cells to run, 2 at a time on" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 cells to run, 2 at a time on" in printed
+    done = [line for line in printed.splitlines() if ": done after" in line]  # where each cell's time went
+    assert len(done) == 4 and all(all(f"{k} " in line for k in ("training", "val", "test")) for line in done)
     key = ("method", "fraction", "seed", "split", "iteration")
     ours = {tuple(r[k] for k in key): r for r in read_results_csv(tmp_path / "par" / "results.csv")}
     theirs = {tuple(r[k] for k in key): r for r in read_results_csv(out / "results.csv") if r["method"] == "scratch"}

@@ -10,7 +10,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/pretrain/                            one `cupre pretrain` run shared by every cell
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
-    OUT/cells/<method>/f<fraction>/s<seed>/  one `cupre finetune` run (val as it goes, test once at the chosen iteration)
+    OUT/cells/<method>/f<fraction>/s<seed>/  a `cupre finetune` run (val as it goes, test once: the chosen model)
     OUT/results.csv                          every evaluation row, rebuilt from the cells
     OUT/table2.md                            Table II (iteration chosen on validation only)
     OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper
@@ -22,6 +22,7 @@ from its ``state.pt``, pre-training resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -94,10 +95,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         if cell.finished:
             print(f"{label}: finished before")
         else:
-            jobs.append((label, ft, cell.folder))
+            jobs.append(((label, cell.folder), ft, cell.folder))
 
-    def done(label: str) -> None:
-        print(f"{label}: done after {time.time() - t0:.0f} s", flush=True)
+    def done(key: tuple[str, Path]) -> None:
+        label, folder = key
+        print(f"{label}: done after {time.time() - t0:.0f} s ({where_time_went(folder)})", flush=True)
         if distributed.is_main():
             write_results_csv(collect_results([(c.key, c.folder) for c in everything]), out / "results.csv")
 
@@ -107,12 +109,19 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         print(f"experiment: {len(jobs)} cells to run, {parallel} at a time on {threads} thread(s) each", flush=True)
         run_cells(jobs, parallel=parallel, threads=threads, on_done=done)
     else:
-        for label, ft, folder in jobs:
+        for key, ft, folder in jobs:
             run_finetune(ft, folder)
-            done(label)
+            done(key)
     if not distributed.is_main():
         return ""
     return report(cfg, out, everything)
+
+
+def where_time_went(cell_folder: Path) -> str:
+    """``"412 s: training 300, val 80, test 32"`` from a finished cell's val_metrics.json."""
+    seconds = json.loads((cell_folder / "val_metrics.json").read_text()).get("seconds", {})
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if k != "total")
+    return f"{seconds.get('total', 0):.0f} s: {parts}" if seconds else "no timing"
 
 
 def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:

@@ -10,6 +10,8 @@ weights (the paper's Eq. 7; ``l2sp.parts`` names another part).
 from __future__ import annotations
 
 import json
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -63,6 +65,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
     Returns the chosen evaluation (empty without a validation set).
     """
+    started = time.perf_counter()
     out = Path(out_dir)
     if (out / MODEL_FILE).is_file() and (out / "val_metrics.json").is_file():
         return json.loads((out / "val_metrics.json").read_text()).get("best", {})
@@ -121,8 +124,10 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
                    iteration=cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
     best = best_entry(history, cfg.select_by)
+    seconds = {"total": time.perf_counter() - started, **evaluator.seconds}  # this process's share
+    seconds["training"] = seconds["total"] - sum(evaluator.seconds.values())
     run.save_json({"history": history, "best": best, "select_by": cfg.select_by, "drift": drift,
-                   "last": history[-1] if history else {}}, "val_metrics.json")
+                   "last": history[-1] if history else {}, "seconds": seconds}, "val_metrics.json")
     run.close()
     return best
 
@@ -184,13 +189,16 @@ class Evaluator:
         self.gt = {"val": dataset_to_coco(val) if val is not None else None,
                    "test": dataset_to_coco(test) if test is not None else None}
         self.latest: dict[str, list] = {}
+        self.seconds: dict[str, float] = defaultdict(float)  # per split, prediction and scoring
 
     def split_scores(self, split: str, dataset, iteration: int) -> dict:
+        start = time.perf_counter()
         results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size,
                                   progress=loop.SHOW_PROGRESS)
         metrics = evaluate(self.gt[split], results, protocol="livecell")
         self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
         self.latest[split] = results
+        self.seconds[split] += time.perf_counter() - start
         return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"]}
 
     def score(self, iteration: int) -> dict:
