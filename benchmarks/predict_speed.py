@@ -101,7 +101,8 @@ def bench_large(args: argparse.Namespace) -> None:
     precision = resolve_precision(args.precision, torch.device("cpu"))
     print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GB (the whole process), "
           f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), "
-          f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size}, score threshold 0, up to {args.max_detections} detections per tile, cpu, "
+          f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size}, score threshold 0, "
+          f"up to {args.max_detections} detections per tile, cpu, "
           f"{args.threads or 'all'} threads, {precision}")
 
 
