@@ -293,3 +293,14 @@ def test_parallel_cells_match_the_sequential_run(grid, tmp_path, capsys):
         assert r["bbox_AP"] == pytest.approx(theirs[k]["bbox_AP"], abs=0.02), k
         assert r["segm_AP"] == pytest.approx(theirs[k]["segm_AP"], abs=0.02), k
     assert cli_main(["experiment", str(config), "-o", str(tmp_path / "par"), "--parallel", "0"]) == 2
+
+
+def test_a_failing_parallel_cell_is_named_and_stops_the_grid(tmp_path):
+    from cupre.config import FinetuneConfig
+    from cupre.experiments.parallel import run_cells
+
+    bad = FinetuneConfig.from_dict({"init": "scratch", "train": str(tmp_path / "missing.json"), "device": "cpu"})
+    finished = []
+    with pytest.raises(CupreError, match=r"cell .*c1: .*missing\.json"):
+        run_cells([("a", bad, tmp_path / "c1")], parallel=2, threads=1, on_done=finished.append)
+    assert finished == []

@@ -1,50 +1,74 @@
-"""Fine-tuning cells side by side: ``parallel`` worker processes, each on its share of threads.
+"""Fine-tuning cells side by side: up to ``parallel`` processes, each on its share of threads.
 
 On a CPU, small models use their threads poorly: two R18 fine-tuning runs on one thread
 each make about 1.35x the steps per second of one run on two threads (2-core machine,
-bf16). Each worker process runs whole cells (``run_finetune``), so a cell's results do
-not depend on which worker ran it or on what ran beside it, beyond float rounding from the
-thread count. Progress bars are off in the workers; the runner prints a line per cell.
+bf16). Each cell runs in a process of its own (``run_finetune``), so its results do not
+depend on what ran beside it, beyond float rounding from the thread count. Progress bars
+are off in those processes; the runner prints a line per finished cell.
+
+A failing cell stops the grid: the cells still running are stopped too (like an
+interrupt, they resume from their last checkpoint when the command runs again).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import traceback
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
+from cupre.errors import CupreError
 
-def _init_worker(threads: int) -> None:
+
+def _cell_process(cfg, folder: Path, threads: int, report) -> None:
+    """Child process: one cell; sends None, or the error as one line, before it exits."""
     from cupre.devices import set_threads
     from cupre.train import loop
+    from cupre.train.finetune import run_finetune
 
     set_threads(threads)
     loop.SHOW_PROGRESS = False
-
-
-def _finetune(cfg, folder: Path) -> None:
-    from cupre.train.finetune import run_finetune
-
-    run_finetune(cfg, folder)
+    try:
+        run_finetune(cfg, folder)
+        report.send(None)
+    except CupreError as exc:
+        report.send(str(exc))
+    except KeyboardInterrupt:
+        report.send("interrupted")
+    except BaseException:
+        report.send(traceback.format_exc())
 
 
 def run_cells(jobs: list[tuple[object, object, Path]], *, parallel: int, threads: int,
               on_done: Callable[[object], None]) -> None:
-    """Run ``jobs`` (``(key, FinetuneConfig, folder)``) ``parallel`` at a time, each
-    worker on ``threads`` intra-op threads; ``on_done(key)`` in this process after each.
-    The first failure is raised once the cells already running have stopped."""
+    """Run ``jobs`` (``(key, FinetuneConfig, folder)``) at most ``parallel`` at a time, each
+    process on ``threads`` intra-op threads; ``on_done(key)`` here after each.
+
+    Raises:
+        CupreError: a cell failed (its folder and error named); the others were stopped.
+    """
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        running = {pool.submit(_finetune, cfg, folder): key for key, cfg, folder in jobs}
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                key = running.pop(future)
-                error = future.exception()
+    pending = list(jobs)
+    running: dict[object, tuple[object, Path, object, object]] = {}  # sentinel -> (key, folder, process, pipe)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                key, cfg, folder = pending.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_cell_process, args=(cfg, folder, threads, send))
+                process.start()
+                send.close()
+                running[process.sentinel] = (key, folder, process, receive)
+            for sentinel in wait(list(running)):
+                key, folder, process, receive = running.pop(sentinel)
+                process.join()
+                error = receive.recv() if receive.poll() else f"the process ended with exit code {process.exitcode}"
                 if error is not None:
-                    for other in running:
-                        other.cancel()
-                    raise error
+                    raise CupreError(f"cell {folder}: {error}")
                 on_done(key)
+    finally:
+        for _, _, process, _ in running.values():
+            process.terminate()
+        for _, _, process, _ in running.values():
+            process.join()
