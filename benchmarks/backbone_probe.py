@@ -93,8 +93,10 @@ def backbones(pretrain: Path, seed: int) -> tuple[list[tuple[str, torch.nn.Modul
     found = [(name, pretrain / rel) for name, rel in PRODUCTS.items() if (pretrain / rel).is_file()]
     if not found:
         raise SystemExit(f"{pretrain}: no pre-training products (expected e.g. {PRODUCTS['cupre']})")
-    models = [(name, build_from_file(path)[0].eval()) for name, path in found]
-    cfg = build_from_file(found[0][1])[1]
+    models, cfg = [], None
+    for name, path in found:
+        model, cfg, _ = build_from_file(path)
+        models.append((name, model.eval()))
     torch.manual_seed(seed)
     return [("fresh", build_detector(cfg).eval()), *models], cfg.object_size or 20.0
 

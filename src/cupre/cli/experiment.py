@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 import cupre.experiments.runner as _lib
-from cupre.errors import CupreError
 from cupre.experiments.config import load_experiment
 from cupre.experiments.runner import run_experiment
 
@@ -29,8 +28,6 @@ def main(args: argparse.Namespace) -> int:
     if args.precision:
         cfg.precision = args.precision
     if args.parallel is not None:
-        if args.parallel < 1:
-            raise CupreError(f"--parallel must be at least 1, got {args.parallel}")
-        cfg.parallel = args.parallel
+        cfg = cfg.replace(parallel=args.parallel)  # validated as the config's `parallel`
     run_experiment(cfg, args.out, only_methods=args.only_method, dry_run=args.dry_run)
     return 0

@@ -22,7 +22,7 @@ from cupre.errors import CupreError
 
 
 def _cell_process(cfg, folder: Path, threads: int, report) -> None:
-    """Child process: one cell; sends None, or the error as one line, before it exits."""
+    """Child process: one cell; sends None, or the error (a traceback for a bug), before it exits."""
     from cupre.devices import set_threads
     from cupre.train import loop
     from cupre.train.finetune import run_finetune

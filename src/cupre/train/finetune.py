@@ -172,8 +172,6 @@ def test_chosen(evaluator: "Evaluator", history: list[dict], model) -> None:
     if evaluator.test is None or not history or not distributed.is_main():
         return
     best = best_entry(history, evaluator.select_by)
-    if "test" in best:
-        return
     if best is not history[-1]:
         model.load_state_dict(load_model_file(evaluator.run.path(MODEL_FILE))["model"])
     best["test"] = evaluator.split_scores("test", evaluator.test, best["iteration"])
