@@ -12,7 +12,8 @@ printed is that process's maximum resident set (imports included), one measureme
 time; "built" is that process's resident set once torch is imported and the model built
 (the floor under every figure: about 0.7 GB of it is importing torch and torchvision).
 
-* ``infer``: images/s with 2,000 detections per image, forced by score threshold 0, no
+* ``infer``: images/s with 2,000 detections per image (cupre's models prepared for
+  inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in bf16), forced by score threshold 0, no
   NMS (RPN or box) and 2,000 RPN proposals, until binary masks: the stock model's full-image
   probabilities thresholded, cupre's box-local crops as they come. GPU: 704x520, batch 2;
   CPU: 512x512, batch 1. Also the model's GFLOP/s (convolutions and matrix products
@@ -101,6 +102,9 @@ def measure_infer(model, images, device, precision: str, iters: int) -> dict:
     model.eval()
     use_autocast = not hasattr(model, "precision")  # cupre's detector applies its own
     if not use_autocast:
+        from cupre.models.detector import weights_for_inference
+
+        weights_for_inference(model, precision)  # as cupre predict loads it: bf16 weights when it computes in bf16
         model.precision = precision
 
     def once():

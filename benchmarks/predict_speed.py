@@ -89,7 +89,8 @@ def bench_large(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "cupre.cli", "predict", str(Path(tmp) / "model.safetensors"),
                str(Path(tmp) / "large.png"), "-o", str(Path(tmp) / "out"), "--score-threshold", "0",
                "--max-detections", str(args.max_detections), "--device", "cpu", "--precision", args.precision,
-               "--batch-size", str(args.batch_size), "--tile-size", str(args.tile_size)]
+               "--tile-size", str(args.tile_size)]
+        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -99,9 +100,9 @@ def bench_large(args: argparse.Namespace) -> None:
             raise SystemExit(done.stderr[-2000:])
         print(done.stdout.strip().splitlines()[-1])
     precision = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GB (the whole process), "
+    print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GiB (the whole process), "
           f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), "
-          f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size}, score threshold 0, "
+          f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size or 'default'}, score threshold 0, "
           f"up to {args.max_detections} detections per tile, cpu, "
           f"{args.threads or 'all'} threads, {precision}")
 
@@ -111,7 +112,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50", help="timm backbone (resnet18, resnet50 ...)")
     parser.add_argument("--images", type=int, default=4, help="images per device")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: 2, and with --large cupre predict's own (1 on a CPU)")
     parser.add_argument("--max-detections", type=int, default=2000)
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped when absent")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core available)")
@@ -124,6 +126,7 @@ def main() -> None:
         bench_large(args)
         return
     set_threads(args.threads)
+    args.batch_size = args.batch_size or 2
     arrays = synthetic_images(args.images, args.size)
     for name in args.devices.split(","):
         if name.startswith("cuda") and not torch.cuda.is_available():

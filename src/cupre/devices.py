@@ -65,6 +65,51 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the operating system (glibc's ``malloc_trim``).
+
+    Torch's CPU tensors come from the C allocator, which keeps freed memory for reuse:
+    after a tile's forward pass the process keeps the pass's whole working set, and the
+    next stage (merging, label image, overlay) stacks on top of it. Trimming between
+    stages keeps the peak near what is alive (measured: ``cupre predict`` on a
+    4,000 x 4,000 image, 1.85 -> 1.58 GiB, no slower). A no-op where glibc is absent.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 8 << 20
+
+
+def map_large_allocations() -> None:
+    """Have glibc map every allocation of 8 MiB or more on its own, and unmap it when freed.
+
+    By default glibc raises this threshold to the largest block freed so far (up to 32
+    MiB), after which a tile's feature maps come from the heap and stay with the process
+    once freed. A fixed threshold returns them at once, so the peak is what is alive
+    (``cupre predict`` on a 4,000 x 4,000 image, with :func:`release_freed_memory`
+    between tiles: 1.63 -> 1.39 GiB; 93 -> 106 s, the price of mapping fresh pages). For
+    processes that predict; a no-op where glibc is absent.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask; all cores where unknown)."""
     try:

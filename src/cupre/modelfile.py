@@ -125,9 +125,10 @@ def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None
 
     ckpt = load_model_file(path)
     cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=f"{path} (detector config)")
-    model = build_detector(cfg)
+    with torch.device("meta"):  # no random weights made only to be overwritten: one copy in memory
+        model = build_detector(cfg)
     check_state(path, model, ckpt["model"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["model"], assign=True)
     return model, cfg, ckpt
 
 

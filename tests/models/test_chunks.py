@@ -96,3 +96,58 @@ def test_mask_logits_equal_the_transposed_convolution():
     x = torch.randn(5, 16, 14, 14)
     with torch.no_grad():
         torch.testing.assert_close(mask_logits(predictor, x), predictor(x), rtol=1e-5, atol=1e-5)
+
+
+def _without_layout_hooks(model):
+    """A copy of ``model`` whose convolutions take their inputs as they come (NCHW)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        module._forward_pre_hooks.clear()
+    return plain
+
+
+def test_convolutions_run_channels_last_and_give_the_same_detections():
+    model = _model("maskrcnn")
+    plain = _without_layout_hooks(model)
+    seen = []
+    conv = model.head.roi_heads.mask_head[0][0]
+    conv.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
+    with torch.no_grad():
+        out = model(images)
+        reference = plain(images)
+    assert seen and all(seen)  # the pooled RoIs reached the mask head channels-last
+    for a, b in zip(out, reference):
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-4)
+        assert sum(int(x.sum()) for x in a["mask_crops"]) == pytest.approx(
+            sum(int(x.sum()) for x in b["mask_crops"]), rel=0.01)
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade"])
+def test_bf16_stored_weights_give_what_bf16_autocast_gives(arch):
+    from cupre.models.detector import weights_for_inference
+
+    model = _model(arch)
+    model.precision = "bf16"
+    images = [torch.rand(3, 64, 96)]
+    with torch.no_grad():
+        reference = model(images)[0]
+        lean = weights_for_inference(model, "bf16")
+        out = lean(images)[0]
+    convs = [m for m in lean.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert not any(p.requires_grad for p in lean.parameters())
+    assert len(out["boxes"]) == len(reference["boxes"]) > 0
+    torch.testing.assert_close(out["boxes"], reference["boxes"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(out["scores"], reference["scores"], rtol=0, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(out["mask_crops"], reference["mask_crops"]))
+
+
+def test_fp32_inference_weights_stay_fp32():
+    from cupre.models.detector import weights_for_inference
+
+    model = weights_for_inference(_model("maskrcnn"), "fp32")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
     parser.add_argument("--max-detections", type=int, default=2000,
                         help="most detections per image, or per tile for tiled images (default 2000)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images or tiles per forward pass (default 2)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images or tiles per forward pass (default: 1 on a CPU, 2 on a GPU)")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images into this size (default 1024)")
     parser.add_argument("--tile-overlap", type=int, default=128,

@@ -152,12 +152,15 @@ class Normalization:
     high: float = 99.8
 
 
-def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> torch.Tensor:
+def normalize(arr: np.ndarray, norm: Normalization = Normalization(), *, grey_view: bool = False) -> torch.Tensor:
     """Map any image array to a float32 ``3xHxW`` tensor in [0, 1].
 
     Grey images are replicated to three channels, alpha is dropped, and intensities are
     stretched so that the ``norm.low`` and ``norm.high`` percentiles (over all channels
     together, which keeps colour balance) land on 0 and 1.
+
+    ``grey_view``: a grey image's three channels are one plane seen three times (an
+    expanded, read-only view: a third of the memory, for inference on large images).
     """
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] == 1:
@@ -173,6 +176,8 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization()) -> torch.T
     a -= lo  # in place: a whole-slide image is not copied again at every step
     a /= hi - lo
     np.clip(a, 0.0, 1.0, out=a)
+    if grey_view and a.ndim == 2:
+        return torch.from_numpy(a)[None].expand(3, -1, -1)
     out = np.empty((3, *a.shape[:2]), dtype=np.float32)
     out[:] = a if a.ndim == 2 else a.transpose(2, 0, 1)
     return torch.from_numpy(out)

@@ -34,6 +34,7 @@ Unreadable images are reported and skipped; the exit status is 1 when any failed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from cupre.data.imageio import normalize, read_image
-from cupre.devices import pick_device, resolve_precision
+from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
 from cupre.errors import CupreError, file_error
 from cupre.fileio import write_json_atomic
 from cupre.inference import writers
@@ -61,6 +62,7 @@ from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import MODEL_FILE
+from cupre.models.detector import weights_for_inference
 
 DEFAULT_CATEGORIES = [{"id": 1, "name": "cell"}]
 
@@ -87,12 +89,15 @@ def resolve_model_file(model: str | Path) -> Path:
     return path
 
 
-def load_model(model: str | Path, *, device: torch.device) -> tuple[torch.nn.Module, list[dict]]:
-    """Build the detector of a model file for prediction (eval mode, on ``device``)."""
+def load_model(model: str | Path, *, device: torch.device,
+               precision: str = "fp32") -> tuple[torch.nn.Module, list[dict]]:
+    """Build the detector of a model file for prediction at ``precision`` (eval mode, on
+    ``device``, weights stored for inference: :func:`weights_for_inference`)."""
     from cupre.modelfile import build_from_file
 
     net, _, ckpt = build_from_file(resolve_model_file(model))
-    return net.eval().to(device), list(ckpt.get("categories") or DEFAULT_CATEGORIES)
+    net = weights_for_inference(net.eval(), precision).to(device)
+    return net, list(ckpt.get("categories") or DEFAULT_CATEGORIES)
 
 
 @contextlib.contextmanager
@@ -117,7 +122,7 @@ def detection_limits(net, *, score_threshold: float, max_detections: int, precis
 
 
 def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
-    """The raw image and its normalised float32 ``3xHxW`` tensor.
+    """The raw image and its normalised float32 ``3xHxW`` tensor (grey: one plane, expanded).
 
     Raises:
         CupreError: the file cannot be read (whatever the reader raised).
@@ -126,7 +131,7 @@ def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
         raise CupreError(job.error)
     try:
         raw = read_image(job.file, page=job.page)
-        return raw, normalize(raw).float()
+        return raw, normalize(raw, grey_view=True)
     except Exception as exc:  # noqa: BLE001 - readers raise many kinds on broken files
         raise CupreError(problem_line(job.file, exc)) from None
 
@@ -167,7 +172,9 @@ class PredictOptions:
     Attributes:
         score_threshold: detections scoring at most this are dropped (in the RoI heads).
         max_detections: most detections per image, or per tile of a tiled image.
-        batch_size: images or tiles per forward pass.
+        batch_size: images or tiles per forward pass; None: 1 on a CPU (a batch is no
+            faster there, and each image in it adds its activations to the peak memory),
+            2 on a GPU.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         tile_size, tile_overlap: tiling of large images (pixels).
         object_size: the typical object side in the images (pixels); None: estimated.
@@ -182,7 +189,7 @@ class PredictOptions:
 
     score_threshold: float = 0.5
     max_detections: int = 2000
-    batch_size: int = 2
+    batch_size: int | None = None
     device: str = "auto"
     tile_size: int = 1024
     tile_overlap: int = 128
@@ -200,7 +207,7 @@ class PredictOptions:
             raise CupreError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
         if self.max_detections < 1:
             raise CupreError(f"--max-detections must be at least 1, got {self.max_detections}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise CupreError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.object_size is not None and not 0 < self.object_size <= 10_000:
             raise CupreError(f"--object-size must be a positive size in pixels, got {self.object_size}")
@@ -247,14 +254,18 @@ def run_predict(
     if not options.resume:
         check_outputs(out, jobs, roi_zip=options.roi_zip, overwrite=options.overwrite)
     device = pick_device(options.device)
+    if device.type == "cpu":
+        map_large_allocations()
+    precision = resolve_precision(options.precision, device)
+    if options.batch_size is None:
+        options = dataclasses.replace(options, batch_size=1 if device.type == "cpu" else 2)
     if model_file is not None:
-        net, cats = load_model(model_file, device=device)
+        net, cats = load_model(model_file, device=device, precision=precision)
     else:
         net, cats = model, DEFAULT_CATEGORIES
         if isinstance(net, torch.nn.Module):
             net.eval().to(device)
     cats = categories or cats
-    precision = resolve_precision(options.precision, device)
     done = ledger.start(resume=options.resume)
     todo = [job for job in jobs if job.image_id not in done]
     if done:
@@ -322,4 +333,5 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
         paths = job_outputs(out, job, roi_zip=options.roi_zip)
         res, count = write_image_outputs(paths, objs, raw, image, job, categories)
         records.append((job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor}))
+        release_freed_memory()
     return records

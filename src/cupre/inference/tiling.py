@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from cupre.devices import release_freed_memory
 from cupre.inference.objects import Objects, crop_output
 from cupre.inference.tiles import Tile, in_core, make_tiles, scaled_tiling
 from cupre.scale import at_object_scale
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
+PAIR_CHUNK = 256  # boxes compared against all candidates at a time in duplicate removal
 
 
 def _shift(tile: Tile) -> np.ndarray:
@@ -112,20 +114,19 @@ def remove_duplicates(
         return keep
     boxes = torch.from_numpy(objs.boxes[cand])
     tile_c = torch.from_numpy(tile_of[cand])
-    pairs = []
-    for start in range(0, len(cand), 1024):
-        iou = box_iou(boxes[start:start + 1024], boxes)  # chunk x C
-        hit = (iou > 0) & (tile_c[start:start + 1024, None] != tile_c[None, :])
+    neighbours: dict[int, list[int]] = {}
+    for start in range(0, len(cand), PAIR_CHUNK):  # box pairs a chunk at a time: no list of all pairs
+        iou = box_iou(boxes[start:start + PAIR_CHUNK], boxes)  # chunk x C
+        hit = (iou > 0) & (tile_c[start:start + PAIR_CHUNK, None] != tile_c[None, :])
         ii, jj = torch.nonzero(hit, as_tuple=True)
+        del iou, hit
         ii = ii + start
         sel = ii < jj
-        pairs += list(zip(cand[ii[sel].numpy()].tolist(), cand[jj[sel].numpy()].tolist()))
-    neighbours: dict[int, list[int]] = {}
-    for i, j in pairs:
-        inter, ai, aj = mask_overlap(objs, i, j)
-        if inter / max(ai + aj - inter, 1) > iou_threshold or inter / max(min(ai, aj), 1) > containment:
-            neighbours.setdefault(i, []).append(j)
-            neighbours.setdefault(j, []).append(i)
+        for i, j in zip(cand[ii[sel].numpy()].tolist(), cand[jj[sel].numpy()].tolist()):
+            inter, ai, aj = mask_overlap(objs, i, j)
+            if inter / max(ai + aj - inter, 1) > iou_threshold or inter / max(min(ai, aj), 1) > containment:
+                neighbours.setdefault(i, []).append(j)
+                neighbours.setdefault(j, []).append(i)
     for i in sorted(neighbours, key=lambda k: -float(objs.scores[k])):
         if keep[i]:
             for j in neighbours[i]:
@@ -186,7 +187,8 @@ def predict_images(
             objs = objs.select(in_core(objs.boxes, tile))
             parts[k].append(objs)
             tile_ids[k].append(np.full(len(objs), len(parts[k]) - 1, dtype=np.int64))
-        del outputs
+        del outputs, crops
+        release_freed_memory()  # the pass's working set, before the next tile and the writers
     results = []
     for k, tiles in enumerate(layouts):
         objs = Objects.concat(parts[k])

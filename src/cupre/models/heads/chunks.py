@@ -60,7 +60,8 @@ def pooled_map(
     Outputs are cast to float32 (under bf16 autocast the heads return bf16; scores and
     mask probabilities are ranked and thresholded in fp32).
     """
-    features = {k: v.float() for k, v in features.items()}  # once, not per chunk and level
+    # once, not per chunk and level: fp32 and NCHW, which RoIAlign's kernel would copy to each time
+    features = {k: v.float().contiguous() for k, v in features.items()}
     threads = torch.get_num_threads()
     if threads == 1 or sum(len(b) for b in boxes) < 2 * threads:
         pieces = [head(pool(features, chunk, image_shapes)) for chunk in box_chunks(boxes, size)]
@@ -93,7 +94,7 @@ def mask_logits(predictor: nn.Module, x: Tensor) -> Tensor:
     c_in, c = weight.shape[:2]
     kernel = weight.permute(2, 3, 1, 0).reshape(4 * c, c_in, 1, 1)  # rows (a, b, c)
     bias = None if deconv.bias is None else deconv.bias.repeat(4)
-    y = F.relu(F.conv2d(x, kernel, bias))
+    y = F.conv2d(x, kernel, bias).relu_()
     k = logits.out_channels
     out = F.conv2d(y, logits.weight.repeat(4, 1, 1, 1), None if logits.bias is None else logits.bias.repeat(4),
                    groups=4)  # N x (a, b, k) x 14 x 14
