@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -331,3 +332,20 @@ def test_an_interrupted_predict_resumes_and_refuses_other_options(tmp_path, monk
             str(tmp_path / "straight"), str(tmp_path / "out"))
     assert not (tmp_path / "out" / ".cupre-predict").exists()
     assert "--resume" in __import__("cupre.cli", fromlist=["ON_INTERRUPT"]).ON_INTERRUPT["predict"]
+
+
+def test_a_model_that_finds_nothing_is_named_in_a_warning(tmp_path):
+    _write_inputs(tmp_path / "in")
+
+    def finds_nothing(images, **kwargs):
+        empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+                 "masks": torch.zeros(0, 1, 1, 1, dtype=torch.uint8)}
+        return [dict(empty, masks=torch.zeros(0, *img.shape[-2:], dtype=torch.uint8)) for img in images]
+
+    with pytest.warns(UserWarning, match="found no object in any of the 6 images at score threshold 0.7"):
+        summary = run_predict(finds_nothing, [tmp_path / "in"], out=tmp_path / "out",
+                              options=PredictOptions(score_threshold=0.7), progress=False)
+    assert summary.predicted == 6 and summary.objects == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_predict(ComponentDetector(), [tmp_path / "in"], out=tmp_path / "out2", progress=False)

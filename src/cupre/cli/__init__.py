@@ -17,6 +17,7 @@ import warnings
 from cupre.errors import CupreError, CupreWarning
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cupre.cli.train", "your unlabeled + few annotated images -> a model and masks, in one command"),
     "demo": ("cupre.cli.demo", "the whole method on synthetic data, on a laptop"),
     "synth": ("cupre.cli.synth", "write a synthetic cell or natural-object dataset"),
     "convert": ("cupre.cli.convert", "any supported layout -> COCO instances JSON"),
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # Commands that run a model: they take --threads and --precision (added here, applied in main).
-COMPUTE = ("demo", "pretrain", "finetune", "experiment", "predict")
+COMPUTE = ("train", "demo", "pretrain", "finetune", "experiment", "predict")
 
 # What a stopped command offers; commands not named here write nothing half-made.
 ON_INTERRUPT = {
@@ -39,6 +40,7 @@ ON_INTERRUPT = {
     "predict": "run it again with --resume to continue with the images not finished",
     "experiment": "run the same command again to continue: finished cells are kept",
     "demo": "run the same command again to continue: finished parts are kept",
+    "train": "run the same command again to continue: finished stages are kept, a stopped one resumes",
 }
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from tqdm import tqdm
 
 from cupre.data.imageio import normalize, read_image
 from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
-from cupre.errors import CupreError, file_error
+from cupre.errors import CupreError, CupreWarning, file_error
 from cupre.fileio import write_json_atomic
 from cupre.inference import writers
 from cupre.inference.cluster import predict_on_cluster
@@ -284,6 +285,10 @@ def run_predict(
         else:
             summary.predicted += 1
             summary.objects += record["entry"]["objects"]
+    if summary.predicted and not summary.objects:
+        warnings.warn(f"{out}: the model found no object in any of the {summary.predicted} images at score threshold "
+                      f"{options.score_threshold:g} (a model trained for only a few iterations scores low: train "
+                      "longer, or lower --score-threshold to see what it finds)", CupreWarning, stacklevel=2)
     write_json_atomic(out / "results_coco.json", results)
     write_json_atomic(out / "images.json", {"images": entries, "categories": cats,
                                             "failed": [{"file": f, "error": p} for f, p in summary.failed]})

@@ -103,6 +103,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     def on_step(iteration: int) -> None:
         if iteration % cfg.eval_every == 0 or iteration == cfg.optim.iterations:
             evaluate_and_keep(evaluator, history, iteration, model, det_cfg)
+        elif val is None and iteration % cfg.checkpoint_every == 0 and distributed.is_main():
+            # nothing chooses the model: the latest iterate is the usable model if the run stops here
+            save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=f"finetune:{cfg.init}", iteration=iteration)
 
     run_stage(
         stage="finetune",

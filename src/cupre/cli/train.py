@@ -1,0 +1,38 @@
+"""``cupre train``: arguments in, one call to the library out (see :mod:`cupre.experiments.workflow`)."""
+
+from __future__ import annotations
+
+import argparse
+
+import cupre.experiments.workflow as _lib
+from cupre.experiments.workflow import load_workflow, preset_path, run_workflow
+
+DESCRIPTION = _lib.__doc__
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", required=True, metavar="DATA",
+                   help="your annotated images: a folder of name.tif + name_masks.tif pairs (Cellpose / StarDist / "
+                        "napari), a COCO JSON, a BBBC038 or Cell Tracking Challenge folder")
+    p.add_argument("--unlabeled", nargs="+", default=None, metavar="DIR",
+                   help="folders or files of unlabeled images: MoCo learns from them, and they get masks at the end")
+    p.add_argument("-o", "--out", required=True, help="run folder (run the same command again to continue)")
+    p.add_argument("--val", metavar="DATA", help="a separate annotated validation set (default: held out of "
+                   "--labels when it has at least 10 images, else none)")
+    p.add_argument("--coco", nargs="+", default=None, metavar="JSON",
+                   help="COCO-format data for the COCO stage (default: synthetic natural objects, written into "
+                        "the run folder)")
+    p.add_argument("--preset", default="auto", help="cpu (a laptop), gpu (one GPU) or auto (gpu when CUDA is "
+                   "there; default)")
+    p.add_argument("--config", help="your own YAML of workflow keys instead of a preset (see configs/train-cpu.yaml)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the splits and of training (default 0)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default auto)")
+
+
+def main(args: argparse.Namespace) -> int:
+    source = args.config or preset_path(args.preset)
+    cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
+                        seed=args.seed, device=args.device, precision=args.precision)
+    model = run_workflow(cfg, args.out)
+    print(f"your model: {model}  (masks for new images: cupre predict {model} IMAGES... -o OUT)")
+    return 0

@@ -1,0 +1,233 @@
+"""From your images to your masks: the whole CUPre path in one command.
+
+``cupre train --labels DATA --unlabeled DIR [DIR ...] -o RUN`` runs, on the machine you
+have, everything the paper does before you get masks:
+
+1. **COCO stage.** A Mask R-CNN is warmed up on COCO-format data you give (``--coco``,
+   e.g. a COCO subset on disk); without it, on synthetic natural-object images written
+   into ``RUN/data/objects`` (nothing is downloaded).
+2. **AMT2.** MoCo v2 on your unlabeled images (and the images of your training labels)
+   alternates with COCO training under L2-SP.
+3. **Fine-tuning** from the CUPre weights on your annotated images. With at least
+   ``min_val_images`` of them, a validation part (``val_fraction``) is held out: it
+   chooses the kept model and never reaches MoCo. With fewer, the preset's schedule runs
+   to its end and the run says that nothing checked it (``--val`` gives a separate set).
+4. **Masks** for every unlabeled image (``cupre predict``: label TIFF, CSV, overlay).
+
+::
+
+    RUN/config.yaml             the resolved workflow config
+    RUN/data/objects/           synthetic natural objects (when no --coco is given)
+    RUN/splits/{train,val}.json the annotated images used to train / to validate
+    RUN/pretrain/               a `cupre pretrain` run (COCO stage + AMT2)
+    RUN/finetune/               a `cupre finetune` run: model.safetensors is your model
+    RUN/masks/                  a `cupre predict` run over the unlabeled images
+
+The preset (``--preset cpu``, ``gpu``; ``auto``: ``gpu`` when CUDA is there) sizes
+everything for the device; before it starts the run prints its estimated time, from
+seconds per step measured on the machine named in the preset. Running the same command
+again continues a stopped run: finished stages are kept, a stopped stage resumes from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from cupre.config import ConfigBase, Count, FinetuneConfig, Precision, PretrainConfig, load_yaml
+from cupre.errors import CupreError
+from cupre.experiments.config import SyntheticConfig
+from cupre.experiments.grid import write_split, write_synthetic_data
+from cupre.modelfile import MODEL_FILE
+from cupre.train.inits import pretrain_done
+
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
+PRESET_NAMES = ("cpu", "gpu")
+
+
+class Timing(ConfigBase):
+    """Seconds per step of each stage, measured on ``machine``; for the estimate only."""
+
+    machine: str = ""
+    warmup: float = 0.0  # per COCO warm-up iteration
+    moco: float = 0.0  # per MoCo iteration
+    coco: float = 0.0  # per AMT2 COCO iteration
+    finetune: float = 0.0  # per fine-tuning iteration
+    evaluate: float = 0.0  # per validation image and evaluation
+    predict: float = 0.0  # per predicted image
+
+
+class WorkflowConfig(ConfigBase):
+    """``cupre train``: what to train on, and the preset's schedule."""
+
+    labels: str = ""  # annotated images, any supported format
+    unlabeled: list[str] = Field(default_factory=list)  # folders / files of unlabeled images (MoCo, then masks)
+    val: str | None = None  # a separate validation set (then nothing is held out of `labels`)
+    coco: list[str] = Field(default_factory=list)  # COCO-format data for the COCO stage (none: synthetic objects)
+    synthetic_objects: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(images=200, size=256))
+    min_val_images: Count = 10  # hold out a validation part only from this many annotated images on
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    predict: bool = True  # masks for the unlabeled images at the end
+    timing: Timing = Field(default_factory=Timing)
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+
+
+def preset_path(name: str) -> Path:
+    """The embedded preset file for ``cpu`` or ``gpu`` (``auto``: by what this machine has)."""
+    if name == "auto":
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PRESET_NAMES:
+        raise CupreError(f"--preset must be auto, {' or '.join(PRESET_NAMES)}, got {name!r}")
+    return PRESETS / f"train-{name}.yaml"
+
+
+def load_workflow(path: str | Path, **inputs) -> WorkflowConfig:
+    """A preset (or your own YAML of :class:`WorkflowConfig` keys) with ``inputs`` on top
+    (``labels``, ``unlabeled``, ``val``, ``coco``, ``seed``, ``device``, ``precision``; None
+    values are ignored). Input paths become absolute."""
+    raw = load_yaml(path)
+    raw.update({k: v for k, v in inputs.items() if v is not None})
+    cfg = WorkflowConfig.from_dict(raw, where=str(path))
+    cfg.labels = str(Path(cfg.labels).expanduser().resolve()) if cfg.labels else ""
+    cfg.unlabeled = [str(Path(p).expanduser().resolve()) for p in cfg.unlabeled]
+    cfg.coco = [str(Path(p).expanduser().resolve()) for p in cfg.coco]
+    cfg.val = str(Path(cfg.val).expanduser().resolve()) if cfg.val else None
+    return cfg
+
+
+def check_inputs(cfg: WorkflowConfig) -> None:
+    """One line for the first missing or empty input, before anything is written."""
+    if not cfg.labels:
+        raise CupreError("train: --labels DATA is required (your annotated images, any supported format)")
+    for flag, paths in (("--labels", [cfg.labels]), ("--unlabeled", cfg.unlabeled), ("--coco", cfg.coco),
+                        ("--val", [cfg.val] if cfg.val else [])):
+        for p in paths:
+            if not Path(p).exists():
+                raise CupreError(f"{p}: not found ({flag})")
+
+
+def hold_out(cfg: WorkflowConfig, out: Path) -> tuple[list[int], list[int], list[str]]:
+    """Train and validation image ids of ``cfg.labels`` (written once to ``RUN/splits``),
+    and the files kept out of MoCo."""
+    from cupre.data.formats import open_dataset
+    from cupre.data.splits import partition
+
+    records = open_dataset(cfg.labels, class_agnostic=True).records
+    if not records:
+        raise CupreError(f"{cfg.labels}: no annotated images found (--labels)")
+    ids = [r.image_id for r in records]
+    if cfg.val is None and len(records) >= cfg.min_val_images:
+        parts = partition(records, (1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed, names=("train", "val"))
+    else:
+        parts = {"train": sorted(ids), "val": []}
+    for name, part in parts.items():
+        if part:
+            write_split(out / "splits" / f"{name}.json", {"dataset": cfg.labels, "part": name, "image_ids": part},
+                        write=True)
+    held = [str(r.file) for r in records if r.image_id in set(parts["val"])]
+    if cfg.val:
+        held += [str(r.file) for r in open_dataset(cfg.val, class_agnostic=True).records]
+    return parts["train"], parts["val"], held
+
+
+def pretrain_config(cfg: WorkflowConfig, out: Path, held_out: list[str]) -> PretrainConfig:
+    """The COCO stage and AMT2 on the user's data (MoCo: unlabeled plus training-label images)."""
+    pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
+    coco = list(cfg.coco) or [str(out / "data" / "objects" / "annotations.json")]
+    pre = pre.replace(coco=coco, unlabeled=[*cfg.unlabeled, cfg.labels], exclude=sorted(set(held_out)),
+                      seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    return pre
+
+
+def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool) -> FinetuneConfig:
+    """Fine-tuning from the CUPre weights on the training part of the labels."""
+    detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
+    data = cfg.finetune.to_dict()
+    data.update(init="cupre", pretrain_dir=str(out / "pretrain"), train=cfg.labels,
+                split=str(out / "splits" / "train.json"), seed=cfg.seed, device=cfg.device,
+                precision=cfg.precision, detector=detector)
+    if cfg.val:
+        data.update(val=cfg.val, val_split=None)
+    elif has_val:
+        data.update(val=cfg.labels, val_split=str(out / "splits" / "val.json"))
+    return FinetuneConfig.from_dict(data, where="finetune")
+
+
+def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfig, *, n_unlabeled: int,
+                     n_val: int) -> dict[str, float]:
+    """Seconds per stage from the preset's measured seconds per step."""
+    t, amt2 = cfg.timing, pre.amt2
+    moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
+    evaluations = (math.ceil(ft.optim.iterations / ft.eval_every) + 1) if n_val else 0
+    return {
+        "pretrain": pre.warmup.iterations * t.warmup + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco),
+        "finetune": ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate,
+        "predict": (n_unlabeled * t.predict) if cfg.predict else 0.0,
+    }
+
+
+def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
+    """Run (or continue) the whole path into ``out``; returns the model file."""
+    from cupre.data.unlabeled import UnlabeledImages
+    from cupre.inference.ledger import FOLDER as LEDGER
+    from cupre.inference.predict import PredictOptions, run_predict
+    from cupre.train.finetune import run_finetune
+    from cupre.train.pretrain import run_pretrain
+    from cupre.train.run import Run
+
+    out = Path(out)
+    check_inputs(cfg)
+    old = out / "config.yaml"
+    if old.is_file() and load_yaml(old) != json.loads(json.dumps(cfg.to_dict())):
+        raise CupreError(f"{out}: holds a run with other inputs or settings ({old}); use another -o")
+    Run(out, tensorboard=False).save_config(cfg.to_dict())
+    if not cfg.coco:
+        write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")
+    train_ids, val_ids, held = hold_out(cfg, out)
+    pre = pretrain_config(cfg, out, held)
+    ft = finetune_config(cfg, out, has_val=bool(val_ids))
+    n_unlabeled = len(UnlabeledImages(cfg.unlabeled)) if cfg.unlabeled else 0
+    n_val = len(val_ids) or (len(UnlabeledImages([cfg.val])) if cfg.val else 0)
+    plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val)
+    print(f"train: {len(train_ids)} annotated images to train on, {n_val} to validate, {n_unlabeled} unlabeled; "
+          f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}")
+    if not n_val:
+        print("train: too few annotated images to hold some out "
+              f"(fewer than {cfg.min_val_images}): the schedule runs to its end and nothing checks the model; "
+              "give --val DATA to have it checked")
+    print(f"train: estimated {format_minutes(sum(plan.values()))} ("
+          + ", ".join(f"{k} {format_minutes(v)}" for k, v in plan.items())
+          + f"; measured per step on {cfg.timing.machine or 'an unnamed machine'})", flush=True)
+    started = time.time()
+    if not pretrain_done(out / "pretrain", ["cupre"]):
+        run_pretrain(pre, out / "pretrain")
+        print(f"train: pre-training done after {format_minutes(time.time() - started)}", flush=True)
+    finetune_dir = out / "finetune"
+    if (finetune_dir / "state.pt").is_file() and not (finetune_dir / "val_metrics.json").is_file():
+        print("train: continuing the stopped fine-tuning from its last checkpoint")
+    run_finetune(ft, finetune_dir)  # resumes from state.pt; a finished run is kept as it is
+    model_file = finetune_dir / MODEL_FILE
+    print(f"train: model {model_file} after {format_minutes(time.time() - started)}", flush=True)
+    masks = out / "masks"
+    if cfg.predict and cfg.unlabeled and not (masks / "images.json").is_file():
+        options = PredictOptions(device=cfg.device, precision=cfg.precision,
+                                 resume=(masks / LEDGER / "run.json").is_file())
+        summary = run_predict(model_file, list(cfg.unlabeled), out=masks, options=options)
+        print(f"train: masks of {summary.predicted} images ({summary.objects} objects) in {masks} "
+              f"after {format_minutes(time.time() - started)}")
+    return model_file
+
+
+def format_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -1,0 +1,128 @@
+"""`cupre train`: the whole path (COCO stage, AMT2, fine-tuning, masks) in one command on
+tiny synthetic data; held-out validation only from enough labels; a second run continues."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tifffile
+import yaml
+
+from cupre.cli import main as cli_main
+from cupre.config import load_yaml
+from cupre.data.synthetic import write_synthetic
+from cupre.errors import CupreError
+from cupre.experiments.workflow import PRESET_NAMES, load_workflow, preset_path
+from tests.helpers import CONFIGS, TINY_DETECTOR
+
+DETECTOR = {**TINY_DETECTOR, "object_size": 10, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+            "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "detections_per_img": 30}
+
+
+def _optim(iterations: int, batch: int) -> dict:
+    return {"iterations": iterations, "batch_size": batch, "optimizer": "adamw", "lr": 1e-3,
+            "warmup_iterations": 1, "crop_size": None}
+
+
+def tiny_workflow(root: Path) -> Path:
+    cfg = {
+        "synthetic_objects": {"images": 6, "size": 64},
+        "pretrain": {"detector": DETECTOR, "warmup": _optim(2, 2),
+                     "amt2": {"rounds": 1, "coco": _optim(2, 2),
+                              "moco": {"optim": {**_optim(2, 4), "crop_size": 32}, "dim": 16, "hidden_dim": 32,
+                                       "queue_size": 16}},
+                     "num_workers": 0},
+        "finetune": {"optim": _optim(3, 2), "eval_every": 2, "num_workers": 0},
+        "timing": {"machine": "test", "warmup": 1.0, "finetune": 1.0},
+        "device": "cpu",
+    }
+    path = root / "workflow.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("workflow")
+    write_synthetic("cells", root / "labeled", n_images=4, size=64, seed=1)
+    write_synthetic("cells", root / "unlabeled", n_images=3, size=64, seed=2)
+    write_synthetic("cells", root / "many", n_images=12, size=64, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def few(data) -> tuple[Path, str]:
+    run = data / "run-few"
+    args = ["train", "--config", str(tiny_workflow(data)), "--labels", str(data / "labeled" / "annotations.json"),
+            "--unlabeled", str(data / "unlabeled" / "images"), "-o", str(run)]
+    assert cli_main(args) == 0
+    return run, " ".join(args)
+
+
+def test_one_command_makes_a_model_and_masks_for_the_unlabeled_images(few):
+    run, _ = few
+    assert (run / "pretrain" / "amt2" / "model.safetensors").is_file()
+    assert (run / "data" / "objects" / "annotations.json").is_file()  # no --coco: synthetic objects
+    assert (run / "finetune" / "model.safetensors").is_file()
+    labels = sorted((run / "masks").glob("*_masks.tif"))
+    assert len(labels) == 3
+    assert tifffile.imread(labels[0]).shape == (64, 64)
+    info = json.loads((run / "masks" / "images.json").read_text())
+    assert len(info["images"]) == 3 and not info["failed"]
+
+
+def test_few_labels_hold_nothing_out_and_the_run_says_so(few, capsys):
+    run, _ = few
+    train = json.loads((run / "splits" / "train.json").read_text())
+    assert len(train["image_ids"]) == 4 and not (run / "splits" / "val.json").exists()
+    ft = load_yaml(run / "finetune" / "config.yaml")
+    assert ft["init"] == "cupre" and ft["val"] is None
+    assert ft["detector"]["object_size"] == 10  # the preset's detector reaches fine-tuning
+
+
+def test_a_second_run_continues_without_training_again(few, capsys):
+    run, command = few
+    model = run / "finetune" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    assert cli_main(command.split()) == 0
+    assert model.stat().st_mtime_ns == before
+    assert "estimated" in capsys.readouterr().out
+
+
+def test_other_inputs_into_the_same_folder_are_refused(few, data):
+    run, _ = few
+    with pytest.raises(CupreError, match="other inputs or settings"):
+        from cupre.experiments.workflow import run_workflow
+
+        cfg = load_workflow(tiny_workflow(data), labels=str(data / "many" / "annotations.json"))
+        run_workflow(cfg, run)
+
+
+def test_enough_labels_hold_out_a_validation_part_kept_out_of_moco(data, tmp_path):
+    from cupre.experiments.workflow import finetune_config, hold_out, pretrain_config
+
+    cfg = load_workflow(tiny_workflow(data), labels=str(data / "many" / "annotations.json"),
+                        unlabeled=[str(data / "unlabeled" / "images")])
+    train, val, held = hold_out(cfg, tmp_path)
+    assert len(val) >= 2 and len(train) + len(val) == 12 and not set(train) & set(val)
+    assert len(held) == len(val)
+    pre = pretrain_config(cfg, tmp_path, held)
+    assert sorted(pre.exclude) == sorted(held) and cfg.labels in pre.unlabeled
+    ft = finetune_config(cfg, tmp_path, has_val=True)
+    assert ft.val == cfg.labels and ft.val_split == str(tmp_path / "splits" / "val.json")
+
+
+def test_missing_inputs_are_one_line_before_anything_is_written(data, tmp_path):
+    code = cli_main(["train", "--config", str(tiny_workflow(data)), "--labels", str(tmp_path / "nope"),
+                     "-o", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_presets_are_valid_and_the_shipped_example_is_the_cpu_preset(name):
+    cfg = load_workflow(preset_path(name), labels="x")
+    assert cfg.timing.machine and cfg.pretrain.detector.object_size
+    if name == "cpu":
+        assert load_yaml(CONFIGS / "train-cpu.yaml") == load_yaml(preset_path("cpu"))
