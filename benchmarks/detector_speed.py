@@ -13,7 +13,8 @@ time; "built" is that process's resident set once torch is imported and the mode
 (the floor under every figure: about 0.7 GB of it is importing torch and torchvision).
 
 * ``infer``: images/s with 2,000 detections per image (cupre's models prepared for
-  inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in bf16), forced by score threshold 0, no
+  inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in
+  bf16), forced by score threshold 0, no
   NMS (RPN or box) and 2,000 RPN proposals, until binary masks: the stock model's full-image
   probabilities thresholded, cupre's box-local crops as they come. GPU: 704x520, batch 2;
   CPU: 512x512, batch 1. Also the model's GFLOP/s (convolutions and matrix products

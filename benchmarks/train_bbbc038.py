@@ -1,9 +1,10 @@
 """``cupre train`` as a biologist would run it, on real nuclei, then scored on held-out images.
 
 BBBC038 stage1_train is partitioned 70/15/15 by imaging kind (seed 0, the CPU recipe's
-partition). From the train part a handful of images (``--labeled``, default 5) become
-"my annotated images" and every other train image becomes "my unlabeled images"; the
-COCO stage reads ``coco-mini`` (100 real COCO images). Then, timed, one command::
+partition). From the train part a handful of images (``--labeled``, default 5; a seeded
+few-shot split, so every imaging kind has one) become "my annotated images" and every
+other train image becomes "my unlabeled images"; the COCO stage reads ``coco-mini`` (100
+real COCO images). Then, timed, one command::
 
     cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu
 
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from cupre.data.formats import open_dataset
-from cupre.data.splits import partition
+from cupre.data.splits import fewshot_split, partition
 
 
 def link_samples(records, folder: Path) -> None:
@@ -66,8 +67,12 @@ def main() -> None:
     parts = partition(records, (0.7, 0.15, 0.15), seed=0, names=("train", "val", "test"))
     by_id = {r.image_id: r for r in records}
     train = [by_id[i] for i in parts["train"]]
-    labeled = train[:: max(1, len(train) // args.labeled)][: args.labeled]  # spread over the sorted ids
-    unlabeled = [r for r in train if r not in labeled]
+    labeled = [by_id[i] for i in fewshot_split(train, args.labeled / len(train), seed=0)]  # every kind
+    while len(labeled) > args.labeled:  # rounding per kind can give one more: drop one of the commonest kind
+        kinds = [r.cell_type for r in labeled]
+        labeled.remove(next(r for r in reversed(labeled) if r.cell_type == max(kinds, key=kinds.count)))
+    chosen = {r.image_id for r in labeled}
+    unlabeled = [r for r in train if r.image_id not in chosen]
     test = [by_id[i] for i in parts["test"]]
     link_samples(labeled, work / "labeled")
     link_images(unlabeled, work / "unlabeled")

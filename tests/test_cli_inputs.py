@@ -70,3 +70,16 @@ def test_version_names_cupre_and_its_torch(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"cupre {cupre.__version__} (torch {version('torch')}")
     assert version("cupre") == cupre.__version__  # the installed metadata reads the same attribute
+
+
+def test_finetune_help_shows_every_default_and_the_example_config_is_the_defaults(capsys):
+    from cupre.config import FinetuneConfig, load_yaml
+    from tests.helpers import CONFIGS
+
+    with pytest.raises(SystemExit):
+        cli(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default 600)", "(default 2, random 256 px crops", "(default 0.0005, adamw", "(default cupre)"):
+        assert shown in text
+    example = FinetuneConfig.from_dict(load_yaml(CONFIGS / "finetune-cpu.yaml"))
+    assert example.to_dict() == FinetuneConfig().to_dict()

@@ -230,6 +230,13 @@ class PretrainConfig(ConfigBase):
     coco: list[str] = Field(default_factory=list)  # COCO-format datasets (class-aware)
     unlabeled: list[str] = Field(default_factory=list)  # cell image folders / datasets
     warmup: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=4000))
+    # the COCO stage: "warmup" trains it here from scratch; "imagenet-warmup" trains it from timm's
+    # ImageNet weights of the backbone (norm frozen_bn or bn); "torchvision-coco" takes torchvision's
+    # COCO-trained Mask R-CNN as the paper takes the released model (detector resnet50 / frozen_bn /
+    # fpn_channels 256). Weights: the file start_weights, else the local torch / Hugging Face cache.
+    start: typing.Literal["warmup", "imagenet-warmup", "torchvision-coco"] = "warmup"
+    start_weights: str | None = None
+    download_weights: bool = False  # fetch missing start weights through torchvision / Hugging Face (needs network)
     amt2: Amt2Config = Field(default_factory=Amt2Config)
     cells_moco: bool = False  # also train the Cells-MoCo backbone (MoCo from scratch; --init cells-moco, coco++)
     nol2sp: bool = False  # also run the CUPre-without-L2-SP ablation
@@ -255,13 +262,17 @@ class FinetuneConfig(ConfigBase):
     val_split: str | None = None  # split JSON selecting the validation images of `val`
     test: str | None = None  # scored once, with the validation-chosen model (never used to choose)
     test_split: str | None = None
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=2000))
-    l2sp: L2SPConfig = Field(default_factory=L2SPConfig)  # cupre++
-    eval_every: Count = 500
+    # defaults sized for a laptop CPU and a handful of images (the CPU recipe, configs/bbbc038-cpu.yaml):
+    # about 8 minutes on 2 cores in bf16
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(
+        iterations=600, batch_size=2, optimizer="adamw", lr=5e-4, warmup_iterations=40, crop_size=256,
+        scale_jitter=1.25))
+    l2sp: L2SPConfig = Field(default_factory=lambda: L2SPConfig(weight=100.0))  # cupre++ (AdamW: ~100x SGD's)
+    eval_every: Count = 300
     select_by: typing.Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks the kept model
     eval_batch_size: Count = 2
     seed: int = 0
     device: str = "auto"
     precision: Precision = "auto"
-    num_workers: NonNegative = 2
-    checkpoint_every: Count = 200
+    num_workers: NonNegative = 0  # data-loader processes (0: in the training process; decoded images are cached)
+    checkpoint_every: Count = 50  # also the usable model of a run without validation

@@ -132,3 +132,22 @@ def test_multi_axis_tiffs_are_read_plane_by_plane_by_their_axes(tmp_path):
                      planarconfig="contig", metadata={"axes": "YXS"})
     with pytest.raises(CupreError, match=r"five.tif: .*5 samples per pixel \(axes 'YXS'"):
         count_pages(tmp_path / "five.tif")
+
+
+def test_linked_folders_are_walked_once_and_hidden_entries_skipped(tmp_path):
+    from cupre.data.unlabeled import walk_images
+
+    real = tmp_path / "elsewhere" / "sample1" / "images"
+    real.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(real / "a.png")
+    (real.parent / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(real.parent / "masks" / "m1.png")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "sample1").symlink_to(real.parent, target_is_directory=True)  # a folder of links, as users make
+    (top / "again").symlink_to(top, target_is_directory=True)  # a loop is walked once
+    (top / ".hidden").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(top / ".hidden" / "h.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(top / ".dot.png")
+    assert walk_images(top) == [top / "sample1" / "images" / "a.png"]
+    assert walk_images(top, recursive=False) == []

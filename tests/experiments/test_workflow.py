@@ -91,13 +91,18 @@ def test_a_second_run_continues_without_training_again(few, capsys):
     assert "estimated" in capsys.readouterr().out
 
 
-def test_other_inputs_into_the_same_folder_are_refused(few, data):
-    run, _ = few
-    with pytest.raises(CupreError, match="other inputs or settings"):
-        from cupre.experiments.workflow import run_workflow
+def test_other_inputs_into_the_same_folder_are_refused_other_settings_continue_as_saved(few, data):
+    from cupre.experiments.workflow import continued, run_workflow
 
+    run, _ = few
+    with pytest.raises(CupreError, match="holds a run on other labels"):
         cfg = load_workflow(tiny_workflow(data), labels=str(data / "many" / "annotations.json"))
         run_workflow(cfg, run)
+    same = load_workflow(tiny_workflow(data), labels=str(data / "labeled" / "annotations.json"),
+                         unlabeled=[str(data / "unlabeled" / "images")], precision="fp32")
+    edited = same.replace(finetune=same.finetune.replace(eval_every=7))  # e.g. a preset changed since
+    kept = continued(edited, run)
+    assert kept.finetune.eval_every == 2 and kept.precision == "fp32"
 
 
 def test_enough_labels_hold_out_a_validation_part_kept_out_of_moco(data, tmp_path):

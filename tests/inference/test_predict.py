@@ -349,3 +349,26 @@ def test_a_model_that_finds_nothing_is_named_in_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_predict(ComponentDetector(), [tmp_path / "in"], out=tmp_path / "out2", progress=False)
+
+
+class SizedComponentDetector(ComponentDetector):
+    """The stand-in with an object size, as a trained detector has: it runs at any scale."""
+
+    object_size = 200.0
+
+    def __call__(self, images, scales=None, select=None):
+        return super().__call__(images)
+
+
+def test_objects_beyond_the_models_rescaling_are_warned_about(tmp_path):
+    _write_inputs(tmp_path / "in")
+    with pytest.warns(UserWarning, match=r"a_grey.png: by the model's own estimate, its objects are smaller than a "
+                                         r"4x rescaling brings to the 200 px"):
+        run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out", progress=False)
+    with pytest.warns(UserWarning, match="by the --diameter given"):
+        run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out2",
+                    options=PredictOptions(object_size=10), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a size the model can rescale to: no warning
+        run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out3",
+                    options=PredictOptions(object_size=150), progress=False)

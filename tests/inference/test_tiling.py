@@ -190,3 +190,12 @@ def test_scaled_images_run_in_scaled_tiles_and_map_outputs_back():
     assert seen and all(s == (64, 64) for s in seen) and len(seen) >= 2
     assert all(y + c.shape[0] <= 40 and x + c.shape[1] <= 60 for (y, x), c in zip(objs.origins, objs.crops))
     assert (objs.boxes[:, 2] <= 60).all() and (objs.boxes[:, 3] <= 40).all()
+
+
+@pytest.mark.parametrize("factor", [4.0, 3.99, 8.0])
+def test_an_image_run_at_a_large_factor_still_gets_a_valid_tiling(factor):
+    from cupre.inference.tiles import make_tiles, scaled_tiling
+
+    size, overlap = scaled_tiling(1024, 128, factor)  # the defaults, objects 4x smaller than the model's
+    assert overlap < size // 2
+    assert make_tiles(2000, 1500, tile_size=size, overlap=overlap)

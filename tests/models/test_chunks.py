@@ -108,12 +108,20 @@ def _without_layout_hooks(model):
     return plain
 
 
-def test_convolutions_run_channels_last_and_give_the_same_detections():
-    model = _model("maskrcnn")
+def _wide_model():
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "fpn_channels": 128, "box_score_thresh": 0.0,
+                                    "box_nms_thresh": 1.0, "detections_per_img": 60})
+    torch.manual_seed(0)
+    return build_detector(cfg).eval()
+
+
+def test_wide_models_infer_channels_last_and_give_the_same_detections():
+    model = _wide_model()
     plain = _without_layout_hooks(model)
     seen = []
     conv = model.head.roi_heads.mask_head[0][0]
-    conv.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    conv.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
     with torch.no_grad():
         out = model(images)
@@ -151,3 +159,16 @@ def test_fp32_inference_weights_stay_fp32():
 
     model = weights_for_inference(_model("maskrcnn"), "fp32")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_training_and_narrow_models_keep_nchw():
+    from cupre.models.detector import nhwc_input
+
+    narrow = _model("maskrcnn")  # 32 channels
+    assert not any(m._forward_pre_hooks for m in narrow.modules())
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.rand(1, 3, 8, 8)
+    (kept,) = nhwc_input(conv.train(), (x,))
+    assert kept is x
+    (moved,) = nhwc_input(conv.eval(), (x,))
+    assert moved.is_contiguous(memory_format=torch.channels_last)

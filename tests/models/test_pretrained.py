@@ -213,3 +213,29 @@ def test_timm_backbone_refuses_gn_and_missing_weights_offline(empty_caches):
     message = str(err.value)
     assert "resnet18" in message and "cache" in message and "\n" not in message
     assert "HF_HUB_OFFLINE" not in os.environ and hf_constants.HF_HUB_OFFLINE == offline  # restored
+
+
+def test_pretraining_can_start_from_torchvisions_coco_model(coco_file, tmp_path):
+    from cupre.modelfile import load_model_file
+    from cupre.models.pretrained import TORCHVISION_COCO_DETECTOR
+    from cupre.train.coco import start_from_torchvision_coco
+    from cupre.train.run import Run
+
+    cfg = DetectorConfig.from_dict({**TORCHVISION_COCO_DETECTOR, "num_classes": 3, "object_size": 20})
+    model = build_detector(cfg)
+    cats = [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)]
+    start_from_torchvision_coco(model=model, detector_cfg=cfg, categories=cats, run=Run(tmp_path / "warmup"),
+                                weights=str(coco_file))
+    saved = load_model_file(tmp_path / "warmup" / "model.safetensors")
+    reference, _ = build_torchvision_coco_detector(coco_file)
+    theirs = reference.state_dict()
+    for key in ("backbone.layer4.2.conv3.weight", "neck.layer_blocks.0.0.weight",
+                "head.roi_heads.mask_head.0.0.weight"):
+        assert torch.equal(saved["model"][key], theirs[key])
+    # three classes, not COCO's 90: the class-specific layers are the fresh ones
+    assert saved["model"]["head.roi_heads.box_predictor.cls_score.weight"].shape[0] == 4
+    assert saved["stage"] == "warmup:torchvision-coco" and saved["categories"] == cats
+    with pytest.raises(CupreError, match="needs torchvision's architecture.*backbone: resnet18"):
+        small = DetectorConfig.from_dict({"backbone": "resnet18", "norm": "frozen_bn"})
+        start_from_torchvision_coco(model=build_detector(small), detector_cfg=small, categories=cats,
+                                    run=Run(tmp_path / "other"), weights=str(coco_file))

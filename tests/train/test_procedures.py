@@ -288,3 +288,28 @@ def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, pretrained, 
     run_pretrain(pretrain_cfg(domains), tmp_path)
     resumed, straight = _state(tmp_path / "amt2/model.safetensors"), _state(pretrained / "amt2/model.safetensors")
     assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5) for k in straight)
+
+
+def test_warmup_can_start_from_imagenet_weights_of_the_backbone(domains, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    classifier = timm.create_model("resnet18", pretrained=False)
+    with torch.no_grad():
+        for name, buffer in classifier.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)  # statistics a frozen BatchNorm keeps as they are
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(tmp_path / "imagenet.safetensors"))
+    cfg = pretrain_cfg(domains, detector={**DETECTOR, "norm": "frozen_bn"}, start="imagenet-warmup",
+                       start_weights=str(tmp_path / "imagenet.safetensors"),
+                       amt2={"rounds": 1, "moco": {"optim": {**FAST, "iterations": 1, "batch_size": 4,
+                                                              "crop_size": 48}, "dim": 16, "hidden_dim": 32,
+                                                    "queue_size": 16}, "coco": {**FAST, "iterations": 1}})
+    run_pretrain(cfg, tmp_path / "pre")
+    warm = _state(tmp_path / "pre" / "warmup" / "model.safetensors")
+    theirs = classifier.state_dict()
+    assert torch.equal(warm["backbone.layer3.1.bn2.running_var"], theirs["layer3.1.bn2.running_var"])
+    with pytest.raises(CupreError, match="need a BatchNorm backbone"):
+        run_pretrain(pretrain_cfg(domains, start="imagenet-warmup",
+                                  start_weights=str(tmp_path / "imagenet.safetensors")), tmp_path / "gn")

@@ -15,21 +15,27 @@ DESCRIPTION = _lib.__doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it)")
-    p.add_argument("--init", help="scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++")
-    p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder")
+    d = FinetuneConfig()
+    p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it; see "
+                   "configs/finetune-cpu.yaml)")
+    p.add_argument("--init", help=f"scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++ "
+                   f"(default {d.init})")
+    p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder (every --init but scratch)")
     p.add_argument("--train", help="annotated dataset (any supported format)")
-    p.add_argument("--split", help="split JSON from `cupre split`")
-    p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded)")
-    p.add_argument("--val", help="validation dataset")
+    p.add_argument("--split", help="split JSON from `cupre split` (default: every image of --train)")
+    p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded; default: all)")
+    p.add_argument("--val", help="validation dataset: it picks the kept model (default: none; the last "
+                   "iterate is kept)")
     p.add_argument("--val-split", help="split JSON selecting the validation images of --val")
     p.add_argument("--test", help="test dataset, scored once with the validation-chosen model (never used for choices)")
     p.add_argument("--test-split", help="split JSON selecting the test images of --test")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--iterations", type=int, help=f"training steps (default {d.optim.iterations})")
+    p.add_argument("--batch-size", type=int, help=f"images per step (default {d.optim.batch_size}, "
+                   f"random {d.optim.crop_size} px crops at the object scale)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.optim.lr:g}, {d.optim.optimizer}, "
+                   f"{d.optim.warmup_iterations} warm-up steps, {d.optim.schedule} decay)")
+    p.add_argument("--seed", type=int, help=f"seed of the split and of training (default {d.seed})")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... (default {d.device})")
     p.add_argument("-o", "--out", required=True, help="output run folder")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
 

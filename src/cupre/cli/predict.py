@@ -12,7 +12,7 @@ DESCRIPTION = _lib.__doc__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (.pt) or a run folder holding model.safetensors")
+    parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images into this size (default 1024)")
     parser.add_argument("--tile-overlap", type=int, default=128,
                         help="tile overlap in pixels, at least the largest cell's size (default 128)")
-    parser.add_argument("--object-size", type=float, default=None, metavar="PX",
+    parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
                         help="typical cell diameter in your images, pixels (default: estimated per image by the "
                              "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")

@@ -8,6 +8,7 @@ Challenge truth). A COCO ``.json`` among the paths stands for the images it list
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,14 +36,18 @@ def is_label_file(path: Path) -> bool:
 
 def walk_images(folder: Path, *, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (sorted), label files and hidden entries skipped."""
-    pattern = "**/*" if recursive else "*"
-    found = []
-    for path in folder.glob(pattern):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):  # linked folders are walked too (once each)
+        real = os.path.realpath(root)
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive and real not in seen else []
+        if real in seen:
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not is_label_file(path):
-            found.append(path)
+        seen.add(real)
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() \
+                    and not is_label_file(path):
+                found.append(path)
     return sorted(found)
 
 

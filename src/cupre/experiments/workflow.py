@@ -32,7 +32,6 @@ last checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -171,10 +170,32 @@ def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfi
     moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
     evaluations = (math.ceil(ft.optim.iterations / ft.eval_every) + 1) if n_val else 0
     return {
-        "pretrain": pre.warmup.iterations * t.warmup + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco),
+        "pretrain": pre.warmup.iterations * t.warmup
+        + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco),
         "finetune": ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate,
         "predict": (n_unlabeled * t.predict) if cfg.predict else 0.0,
     }
+
+
+INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "seed")
+
+
+def continued(cfg: WorkflowConfig, out: Path) -> WorkflowConfig:
+    """``cfg``, or for a folder holding a run the saved config with this call's device and
+    precision: a stopped run continues as it started (even if the preset has changed since).
+
+    Raises:
+        CupreError: the folder holds a run on other inputs.
+    """
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return cfg
+    before = WorkflowConfig.from_dict(load_yaml(saved), where=str(saved))
+    changed = [k for k in INPUT_KEYS if getattr(before, k) != getattr(cfg, k)]
+    if changed:
+        raise CupreError(f"{out}: holds a run on other {', '.join(changed)} ({saved}); continue it with the same "
+                         "inputs, or use another -o")
+    return before.replace(device=cfg.device, precision=cfg.precision)
 
 
 def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
@@ -188,9 +209,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
 
     out = Path(out)
     check_inputs(cfg)
-    old = out / "config.yaml"
-    if old.is_file() and load_yaml(old) != json.loads(json.dumps(cfg.to_dict())):
-        raise CupreError(f"{out}: holds a run with other inputs or settings ({old}); use another -o")
+    cfg = continued(cfg, out)
     Run(out, tensorboard=False).save_config(cfg.to_dict())
     if not cfg.coco:
         write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import warnings
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import MODEL_FILE
 from cupre.models.detector import weights_for_inference
+from cupre.scale import MAX_FACTOR, MIN_FACTOR
 
 DEFAULT_CATEGORIES = [{"id": 1, "name": "cell"}]
 
@@ -317,6 +318,15 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     bar.close()
 
 
+def warn_size(job: Job, factor: float, object_size: float, *, given: bool) -> None:
+    """An image whose objects lie beyond the 4x the model rescales: its masks are likely off."""
+    side = "smaller" if factor == MAX_FACTOR else "larger"
+    source = "the --diameter given" if given else "the model's own estimate"
+    warnings.warn(f"{job.file}: by {source}, its objects are {side} than a {factor:g}x rescaling brings to the "
+                  f"{object_size:g} px the model was trained at; check its overlay, and give --diameter PX (the "
+                  "typical cell diameter) if the masks are off", CupreWarning, stacklevel=2)
+
+
 def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], options: PredictOptions,
                   device: torch.device) -> list[tuple[int, list[dict], dict]]:
     """Read, predict and write one batch of images (run as one forward pass).
@@ -335,6 +345,8 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
         net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
         overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
     for (job, raw, image), objs, factor in zip(loaded, found, factors):
+        if factor in (MIN_FACTOR, MAX_FACTOR):
+            warn_size(job, factor, getattr(net, "object_size", None), given=options.object_size is not None)
         paths = job_outputs(out, job, roi_zip=options.roi_zip)
         res, count = write_image_outputs(paths, objs, raw, image, job, categories)
         records.append((job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor}))

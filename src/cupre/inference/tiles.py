@@ -77,4 +77,4 @@ def scaled_tiling(tile_size: int, overlap: int, factor: float) -> tuple[int, int
     about ``tile_size`` pixels; the overlap (in image pixels) is kept."""
     if factor == 1.0:
         return tile_size, overlap
-    return max(round(tile_size / factor), 2 * overlap + 1), overlap
+    return max(round(tile_size / factor), 2 * overlap + 2), overlap  # make_tiles wants overlap < size // 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cupre.data.sample import collate
 from cupre.data.splits import fewshot_split, load_split
 from cupre.data.transforms import DetectionTrainTransform
 from cupre.devices import pick_device, resolve_precision
-from cupre.errors import CupreError
+from cupre.errors import CupreError, CupreWarning
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
@@ -127,6 +128,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
                    iteration=cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
     best = best_entry(history, cfg.select_by)
+    if best and best["bbox"]["AP"] <= 0 and best["segm"]["AP"] <= 0:
+        warnings.warn(f"{out}: the kept model scores AP 0 on validation: it finds no cell there (train longer, "
+                      "check that the labels match the images, or the object size)", CupreWarning, stacklevel=2)
     seconds = {"total": time.perf_counter() - started, **evaluator.seconds}  # this process's share
     seconds["training"] = seconds["total"] - sum(evaluator.seconds.values())
     run.save_json({"history": history, "best": best, "select_by": cfg.select_by, "drift": drift,

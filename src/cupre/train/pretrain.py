@@ -31,7 +31,7 @@ from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed
 from cupre.train.amt2 import run_amt2
 from cupre.train.checkpoint import seed_everything
-from cupre.train.coco import run_coco_warmup
+from cupre.train.coco import run_coco_warmup, start_from_torchvision_coco
 from cupre.train.inits import PRODUCTS
 from cupre.train.moco import build_moco, run_moco_stage
 from cupre.train.run import Run
@@ -66,8 +66,19 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
 
     seed_everything(stage_seed(cfg.seed, "init"))  # the Kaiming initialisation is part of the run
     model = build_detector(det_cfg).to(device)
-    run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg,
-                    run=Run(out / "warmup"), settings=settings)
+    if cfg.start == "imagenet-warmup" and not (out / PRODUCTS["warmup"]).is_file():
+        from cupre.models.pretrained import timm_imagenet_backbone
+
+        body = timm_imagenet_backbone(det_cfg.backbone, norm=det_cfg.norm, file=cfg.start_weights,
+                                      download=cfg.download_weights)
+        model.backbone.load_state_dict(body.state_dict())
+    if cfg.start == "torchvision-coco":
+        start_from_torchvision_coco(model=model, detector_cfg=det_cfg, categories=coco.categories,
+                                    run=Run(out / "warmup"), weights=cfg.start_weights,
+                                    download=cfg.download_weights)
+    else:
+        run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg,
+                        run=Run(out / "warmup"), settings=settings)
     warm_weights = {k: v.to(device) for k, v in load_model_file(out / PRODUCTS["warmup"])["model"].items()}
     variants = [("cupre", True, True)]
     variants += [("cupre-nol2sp", True, False)] if cfg.nol2sp else []
@@ -121,4 +132,6 @@ def resolve_paths(data: dict, base: Path) -> dict:
     for key in ("coco", "unlabeled", "exclude"):
         if isinstance(data.get(key), list):
             data[key] = [str(p) if Path(p).is_absolute() else str((base / p).resolve()) for p in data[key]]
+    if isinstance(data.get("start_weights"), str) and not Path(data["start_weights"]).is_absolute():
+        data["start_weights"] = str((base / data["start_weights"]).resolve())
     return data
