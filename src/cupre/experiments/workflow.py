@@ -118,7 +118,7 @@ def check_inputs(cfg: WorkflowConfig) -> None:
 
 def hold_out(cfg: WorkflowConfig, out: Path) -> tuple[list[int], list[int], list[str]]:
     """Train and validation image ids of ``cfg.labels`` (written once to ``RUN/splits``),
-    and the files kept out of MoCo."""
+    and the files kept out of MoCo: the validation images, held out or ``cfg.val``'s."""
     from cupre.data.formats import open_dataset
     from cupre.data.splits import partition
 
@@ -142,11 +142,9 @@ def hold_out(cfg: WorkflowConfig, out: Path) -> tuple[list[int], list[int], list
 
 def pretrain_config(cfg: WorkflowConfig, out: Path, held_out: list[str]) -> PretrainConfig:
     """The COCO stage and AMT2 on the user's data (MoCo: unlabeled plus training-label images)."""
-    pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
     coco = list(cfg.coco) or [str(out / "data" / "objects" / "annotations.json")]
-    pre = pre.replace(coco=coco, unlabeled=[*cfg.unlabeled, cfg.labels], exclude=sorted(set(held_out)),
-                      seed=cfg.seed, device=cfg.device, precision=cfg.precision)
-    return pre
+    return cfg.pretrain.replace(coco=coco, unlabeled=[*cfg.unlabeled, cfg.labels], exclude=sorted(set(held_out)),
+                                seed=cfg.seed, device=cfg.device, precision=cfg.precision)
 
 
 def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool) -> FinetuneConfig:
@@ -217,7 +215,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     pre = pretrain_config(cfg, out, held)
     ft = finetune_config(cfg, out, has_val=bool(val_ids))
     n_unlabeled = len(UnlabeledImages(cfg.unlabeled)) if cfg.unlabeled else 0
-    n_val = len(val_ids) or (len(UnlabeledImages([cfg.val])) if cfg.val else 0)
+    n_val = len(held)  # the validation images, held out of the labels or --val's
     plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val)
     print(f"train: {len(train_ids)} annotated images to train on, {n_val} to validate, {n_unlabeled} unlabeled; "
           f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}")
