@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -74,8 +75,9 @@ def release_freed_memory() -> None:
     stages keeps the peak near what is alive (measured: ``cupre predict`` on a
     4,000 x 4,000 image, 1.85 -> 1.58 GiB, no slower). A no-op where glibc is absent.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -92,11 +94,14 @@ def map_large_allocations() -> None:
     between tiles: 1.63 -> 1.39 GiB; 93 -> 106 s, the price of mapping fresh pages). For
     processes that predict; a no-op where glibc is absent.
     """
-    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
-        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
+@functools.cache
 def _glibc():
+    """glibc through ctypes, loaded on first use (None elsewhere)."""
     import ctypes
     import ctypes.util
 
@@ -106,8 +111,6 @@ def _glibc():
     except OSError:
         return None
 
-
-_LIBC = _glibc()
 
 
 def available_cores() -> int:
