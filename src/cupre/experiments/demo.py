@@ -1,4 +1,4 @@
-"""The whole CUPre method on synthetic data, sized for a laptop CPU (about 10 minutes on 2 cores).
+"""The whole CUPre method on synthetic data, sized for a laptop CPU (about 6 minutes on 2 cores).
 
 The demo is the experiment runner on its embedded default, ``cupre/presets/demo.yaml``
 (also ``configs/demo.yaml``): a natural-object stand-in for COCO and a synthetic cell
