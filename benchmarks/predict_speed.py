@@ -8,16 +8,19 @@ the label TIFF, overlay PNG, CSV and COCO results it writes.
 
 ``--large 4000`` instead runs the ``cupre predict`` command in a child process on one
 4,000 x 4,000 image (tiled, 2,000 detections allowed per tile, score threshold 0) and
-prints that process's peak resident memory, its wall time and what it ran with.
+prints that process's peak resident memory, its wall time and what it ran with; the
+image is a PNG, or with ``--format tif`` a tiled TIFF (read a tile at a time);
+``--workers N`` spreads its tiles over a local Dask cluster of N processes (the peak is
+then the largest of the processes).
 
 Usage: python benchmarks/predict_speed.py [--backbone resnet50] [--images 4] [--batch-size 2] [--threads N]
        python benchmarks/predict_speed.py --large 4000 [--tile-size 1024] [--threads N] [--precision auto]
+                                          [--format png|tif] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image
 
@@ -76,35 +80,50 @@ def bench_device(device: torch.device, args: argparse.Namespace, arrays: list[np
           f"{args.backbone}, batch {args.batch_size}, {n} images {args.size}x{args.size}, {name}, {model.precision}")
 
 
+# cupre predict in a child that reports its own peak resident set (VmHWM). The rusage of a
+# child is no use here: Linux carries the parent's peak into a child started by vfork.
+CHILD = ("import sys; from cupre.cli import main; rc = main(sys.argv[1:]); "
+         "print('VmHWM', open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(rc)")
+
+
 def bench_large(args: argparse.Namespace) -> None:
     """Peak memory of ``cupre predict`` on one ``--large`` x ``--large`` image, in a child process."""
     from cupre.train.weights import save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         (image,) = synthetic_images(1, args.large)
-        Image.fromarray(image).save(Path(tmp) / "large.png")
+        source = Path(tmp) / f"large.{args.format}"
+        if args.format == "tif":
+            tifffile.imwrite(source, image, tile=(512, 512), compression="zlib")
+        else:
+            Image.fromarray(image).save(source)
+        del image
         cfg = DetectorConfig.from_dict({"backbone": args.backbone})
         torch.manual_seed(0)
         save_model(Path(tmp) / "model.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
-        cmd = [sys.executable, "-m", "cupre.cli", "predict", str(Path(tmp) / "model.safetensors"),
-               str(Path(tmp) / "large.png"), "-o", str(Path(tmp) / "out"), "--score-threshold", "0",
+        cmd = [sys.executable, "-c", CHILD, "predict", str(Path(tmp) / "model.safetensors"),
+               str(source), "-o", str(Path(tmp) / "out"), "--score-threshold", "0",
                "--max-detections", str(args.max_detections), "--device", "cpu", "--precision", args.precision,
                "--tile-size", str(args.tile_size)]
         cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--workers", str(args.workers)] if args.workers else []
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         if done.returncode != 0:
             raise SystemExit(done.stderr[-2000:])
-        print(done.stdout.strip().splitlines()[-1])
+        *_, said, high_water = done.stdout.strip().splitlines()
+        peak = int(high_water.split()[1]) / 1024**2  # kB -> GiB
+        print(said)
     precision = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"cupre predict, one {args.large}x{args.large} image: peak {peak:.2f} GiB (the whole process), "
+    print(f"cupre predict, one {args.large}x{args.large} {args.format} image: peak {peak:.2f} GiB (its process"
+          f"{'; the Dask workers not counted' if args.workers else ''}), "
           f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), "
           f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size or 'default'}, score threshold 0, "
           f"up to {args.max_detections} detections per tile, cpu, "
-          f"{args.threads or 'all'} threads, {precision}")
+          f"{args.threads or 'all'} threads, {precision}, "
+          + (f"{args.workers} Dask worker processes" if args.workers else "one process"))
 
 
 def main() -> None:
@@ -121,6 +140,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=None, metavar="SIDE",
                         help="peak memory of cupre predict on one SIDE x SIDE image instead")
     parser.add_argument("--tile-size", type=int, default=1024, help="with --large: cupre predict's --tile-size")
+    parser.add_argument("--format", default="png", choices=("png", "tif"), help="with --large: the image's format")
+    parser.add_argument("--workers", type=int, default=None, help="with --large: cupre predict --workers N")
     args = parser.parse_args()
     if args.large:
         bench_large(args)

@@ -10,6 +10,8 @@ import pytest
 # ``--precision auto`` means fp32 in every test (and in what they start), set before any
 # fixture runs: results must not depend on whether this CPU computes bf16 natively.
 os.environ["CUPRE_PRECISION"] = "fp32"
+# The napari plugin's tests run Qt headless (no display on CI).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

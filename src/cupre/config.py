@@ -254,6 +254,7 @@ class FinetuneConfig(ConfigBase):
 
     init: typing.Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"] = "cupre"
     pretrain_dir: str | None = None  # the pretrain run folder (all inits but scratch)
+    from_model: str | None = None  # or: continue a trained cell model (model file or run folder); init is not used
     detector: dict[str, Any] = Field(default_factory=dict)  # DetectorConfig keys overriding the init's
     train: str = ""  # dataset (any supported format)
     split: str | None = None  # split JSON from `cupre split` (None: the whole train set)

@@ -95,3 +95,22 @@ def test_label_image_to_masks_rejects_bad_arrays() -> None:
     full = label_image_to_masks(np.full((3, 3), 5, dtype=np.uint16), "x.tif")  # no background at all
     assert full.shape == (1, 3, 3) and full.all()
     assert label_image_to_masks(np.zeros((3, 3), dtype=np.uint8), "x.tif").shape == (0, 3, 3)
+
+
+def test_cellpose_gui_masks_are_labels_and_name_masks_wins(tmp_path: Path) -> None:
+    from cupre.data.label_images import find_label_pairs
+
+    Image.fromarray(_image()).save(tmp_path / "d.png")
+    Image.fromarray(_labels(np.uint16, [5, 6])).save(tmp_path / "d_cp_masks.png")  # the Cellpose GUI's name
+    (tmp_path / "d_seg.npy").write_bytes(b"\x93NUMPY pickled: never read")
+    tifffile.imwrite(tmp_path / "e_cp.tif", _image())  # an image whose own name ends in _cp
+    tifffile.imwrite(tmp_path / "e_cp_masks.tif", _labels(np.uint16, [1]))
+    Image.fromarray(_image()).save(tmp_path / "f.png")
+    tifffile.imwrite(tmp_path / "f_masks.tif", _labels(np.uint16, [1, 2, 3]))
+    Image.fromarray(_labels(np.uint16, [1])).save(tmp_path / "f_cp_masks.png")
+    pairs, orphans = find_label_pairs(tmp_path)
+    assert [(i.name, m.name) for i, m in pairs] == [("d.png", "d_cp_masks.png"), ("e_cp.tif", "e_cp_masks.tif"),
+                                                    ("f.png", "f_masks.tif")]
+    assert orphans == []
+    data = LabelImageDataset(tmp_path)
+    assert [len(data[i][1]["masks"]) for i in range(len(data))] == [2, 1, 3]

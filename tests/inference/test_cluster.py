@@ -13,6 +13,7 @@ from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.models.detector import build_detector
 from cupre.train.weights import save_model
+from tests.data.test_lazy import write_ome_zarr
 from tests.helpers import TINY_DETECTOR
 
 pytest.importorskip("distributed")
@@ -30,6 +31,9 @@ def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys):
     for k, (h, w) in enumerate([(64, 64), (80, 96), (150, 120), (64, 64), (72, 40)]):  # the third is tiled
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(folder / f"img{k}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    # large images read a tile at a time: a tiled TIFF and an OME-Zarr, their tiles spread over the workers
+    tifffile.imwrite(folder / "slide.tif", rng.integers(0, 4000, (260, 230), dtype=np.uint16), tile=(64, 64))
+    write_ome_zarr(folder / "plate.zarr", rng.integers(0, 255, (2, 200, 180), dtype=np.uint8), "cyx")
     common = [str(tmp_path / "model.safetensors"), str(folder), "--score-threshold", "0", "--device", "cpu",
               "--batch-size", "2", "--tile-size", "96", "--tile-overlap", "16", "--threads", "1"]
     assert cli.main(["predict", *common, "-o", str(tmp_path / "one")]) == 1  # the broken file fails
@@ -37,7 +41,7 @@ def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
 
     labels = sorted(p.name for p in (tmp_path / "one").glob("*_masks.tif"))
-    assert len(labels) == 5
+    assert len(labels) == 8 and "plate_p001_masks.tif" in labels
     assert labels == sorted(p.name for p in (tmp_path / "two").glob("*_masks.tif"))
     counted = 0
     for name in labels:

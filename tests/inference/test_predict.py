@@ -103,7 +103,8 @@ def test_predict_real_images_writes_consistent_outputs(shared_data, tmp_path):
     out = tmp_path / "out"
     # tiles of 320 px: the 512 px image is tiled (2 x 2), the 256 px one is not
     argv = ["predict", str(run), str(folder), "-o", str(out), "--score-threshold", "0", "--max-detections", "40",
-            "--tile-size", "320", "--tile-overlap", "64", "--device", "cpu", "--roi-zip"]
+            "--tile-size", "320", "--tile-overlap", "64", "--device", "cpu", "--roi-zip", "--geojson",
+            "--ome-zarr"]
     assert cli.main(argv) == 0
 
     index = json.loads((out / "images.json").read_text())
@@ -134,6 +135,8 @@ def test_predict_real_images_writes_consistent_outputs(shared_data, tmp_path):
                    [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
             assert float(r["mean_intensity"]) == pytest.approx(raw[ys, xs].astype(float).mean(), abs=1e-3)
         _check_rois(Path(f"{stem}_rois.zip"), label)
+        _check_geojson(Path(f"{stem}_objects.geojson"), label, rows)
+        check_ome_zarr(Path(f"{stem}.ome.zarr"), raw, label)
         total += len(rows)
 
     gt = dataset_to_coco(open_dataset(folder))
@@ -159,6 +162,43 @@ def _check_rois(path: Path, label: np.ndarray) -> None:
             sl = ndimage.find_objects((label == int(name[:-4])).astype(np.uint8))[0]
             assert sl[0].start <= top and bottom <= sl[0].stop and sl[1].start <= left and right <= sl[1].stop
             assert xs.min() == 0 and ys.min() == 0 and xs.max() == right - left and ys.max() == bottom - top
+
+
+def check_ome_zarr(path: Path, raw: np.ndarray, label: np.ndarray) -> None:
+    """ome-zarr-py opens the image and its labels; both hold what was read and predicted,
+    and cupre reads the image back."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image_node = next(iter(Reader(parse_url(path))()))
+    assert np.array_equal(np.asarray(image_node.data[0]), raw)
+    label_node = next(iter(Reader(parse_url(path / "labels" / "masks"))()))
+    assert np.array_equal(np.asarray(label_node.data[0]), label)
+    assert label_node.metadata["name"] == "masks"
+    assert np.array_equal(read_image(path), raw)
+
+
+def shoelace(ring: list[list[float]]) -> float:
+    xy = np.asarray(ring, dtype=float)
+    return abs(float(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1]))) / 2
+
+
+def _check_geojson(path: Path, label: np.ndarray, rows: list[dict]) -> None:
+    """One closed polygon feature per id, its area that of the id's pixels within 5%, its
+    measurements those of the table."""
+    collection = json.loads(path.read_text())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert [int(f["properties"]["name"]) for f in features] == [int(r["id"]) for r in rows]
+    counts = np.bincount(label.ravel())
+    for feature, row in zip(features, rows):
+        geometry = feature["geometry"]
+        polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        assert all(ring[0] == ring[-1] for poly in polygons for ring in poly)
+        area = sum(shoelace(poly[0]) for poly in polygons)
+        assert abs(area - counts[int(row["id"])]) <= 0.05 * counts[int(row["id"])]
+        assert feature["properties"]["measurements"]["area"] == int(row["area"])
+        assert feature["properties"]["classification"]["name"] == row["category"]
 
 
 def _decode_roi(data: bytes):

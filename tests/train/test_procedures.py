@@ -270,6 +270,16 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
     assert "not empty" in capsys.readouterr().err
     assert cli(["finetune", "--init", "coco", "-o", str(tmp_path / "x"), "--resume"]) == 2
 
+    # a trained cell model fine-tuned further (predict -> correct -> fine-tune): every weight is its start
+    more = ["finetune", "--from-model", str(tmp_path / "ft"), "--train", str(domains / "cells" / "annotations.json"),
+            "--fraction", "0.25", "--iterations", "1", "--lr", "1e-12", "--batch-size", "2", "--device", "cpu"]
+    assert cli([*more, "-o", str(tmp_path / "again")]) == 0
+    before, after = _state(tmp_path / "ft" / "model.safetensors"), _state(tmp_path / "again" / "model.safetensors")
+    assert before.keys() == after.keys()  # one step at lr 1e-12: the start is the trained model, not a fresh one
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-9) for k in before)
+    assert cli([*more, "--init", "coco", "-o", str(tmp_path / "both")]) == 2
+    assert "not both" in capsys.readouterr().err
+
 
 def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, pretrained, tmp_path, monkeypatch):
     real_loop = stage_module.train_loop

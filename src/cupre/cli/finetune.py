@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help=f"scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++ "
                    f"(default {d.init})")
     p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder (every --init but scratch)")
+    p.add_argument("--from-model", help="or: continue a trained cell model (model file or run folder), e.g. "
+                   "after correcting its masks; --init and --from are not used")
     p.add_argument("--train", help="annotated dataset (any supported format)")
     p.add_argument("--split", help="split JSON from `cupre split` (default: every image of --train)")
     p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded; default: all)")
@@ -60,10 +62,12 @@ def main(args: argparse.Namespace) -> int:
         if out.exists() and any(out.iterdir()):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         data = load_yaml(args.config) if args.config else {}
-        flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "train": args.train, "split": args.split,
-                "fraction": args.fraction, "val": args.val, "val_split": args.val_split,
-                "test": args.test, "test_split": args.test_split, "seed": args.seed, "device": args.device,
-                "precision": args.precision}
+        if args.from_model and (args.init or args.pretrain_dir):
+            raise CupreError("give --from-model, or --init/--from, not both")
+        flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "from_model": args.from_model,
+                "train": args.train, "split": args.split, "fraction": args.fraction, "val": args.val,
+                "val_split": args.val_split, "test": args.test, "test_split": args.test_split, "seed": args.seed,
+                "device": args.device, "precision": args.precision}
         data.update({k: v for k, v in flat.items() if v is not None})
         optim = dict(data.get("optim", {}))
         for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):

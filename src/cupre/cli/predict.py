@@ -28,12 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="typical cell diameter in your images, pixels (default: estimated per image by the "
                              "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
+    parser.add_argument("--geojson", action="store_true",
+                        help="also write name_objects.geojson per image: polygons with their measurements, for QuPath")
+    parser.add_argument("--ome-zarr", action="store_true",
+                        help="also write name.ome.zarr per image: the image with its labels (NGFF), for napari, "
+                             "Fiji and QuPath; needs pip install 'cupre[ome]'")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--cluster", metavar="ADDRESS",
-                        help="spread the images over a running Dask cluster (scheduler address, e.g. "
-                             "tcp://host:8786); workers write into -o, so it must be reachable from them")
+                        help="spread the images, and the tiles of large ones, over a running Dask cluster "
+                             "(address, e.g. tcp://host:8786); workers write into -o, so it must be reachable")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="spread the images over a local Dask cluster of N worker processes")
+                        help="spread the images, and the tiles of large ones, over a local Dask cluster of N processes")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in -o (same model, options and inputs)")
 
@@ -43,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
         object_size=args.object_size, precision=args.precision or "auto", roi_zip=args.roi_zip,
+        geojson=args.geojson, ome_zarr=args.ome_zarr,
         overwrite=args.overwrite, resume=args.resume,
         cluster=args.cluster, workers=args.workers,
     )

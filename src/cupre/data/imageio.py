@@ -25,13 +25,18 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     """Read one image as a numpy array ``HxW`` or ``HxWxC`` in its stored dtype.
 
     Args:
-        path: PNG, JPEG, BMP or TIFF file.
+        path: PNG, JPEG, BMP or TIFF file, or OME-Zarr image folder (``name.zarr``).
         page: for multi-page TIFFs, the page (frame) to read; ``None`` reads the first.
 
     Raises:
         CupreError: the file is missing, truncated or not an image.
     """
     path = Path(path)
+    if path.suffix.lower() == ".zarr" and path.is_dir():
+        from cupre.data.lazy import LazyImage
+
+        with LazyImage(path, page) as image:
+            return image.read(0, image.shape[0], 0, image.shape[1])
     if not path.is_file():
         raise file_error(path, "image file not found")
     try:
@@ -126,6 +131,11 @@ def count_pages(path: str | Path) -> int:
         CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
     """
     path = Path(path)
+    if path.suffix.lower() == ".zarr" and path.is_dir():
+        from cupre.data.lazy import LazyImage
+
+        with LazyImage(path) as image:
+            return image.planes
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return 1
     import tifffile
@@ -162,6 +172,13 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization(), *, grey_vi
     ``grey_view``: a grey image's three channels are one plane seen three times (an
     expanded, read-only view: a third of the memory, for inference on large images).
     """
+    a = intensities(arr)
+    return stretch(a, *percentile_range(a, norm), grey_view=grey_view)
+
+
+def intensities(arr: np.ndarray) -> np.ndarray:
+    """The values :func:`normalize` stretches: float32 ``HxW`` (grey) or ``HxWx3`` (colour,
+    alpha dropped), non-finite values set to 0; always a new array."""
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -169,10 +186,20 @@ def normalize(arr: np.ndarray, norm: Normalization = Normalization(), *, grey_vi
         a = a[..., :3]
     if a.ndim == 3 and a.shape[-1] == 2:
         a = a[..., 0]
-    a = np.nan_to_num(a.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # our own copy
+    return np.nan_to_num(a.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # our own copy
+
+
+def percentile_range(a: np.ndarray, norm: Normalization = Normalization()) -> tuple[float, float]:
+    """``(lo, hi)``: the ``norm.low`` and ``norm.high`` percentiles of :func:`intensities`
+    (``hi`` kept at least 1e-6 above ``lo``)."""
     lo, hi = (float(v) for v in np.percentile(a, [norm.low, norm.high]))
-    if hi - lo < 1e-6:
-        hi = lo + 1.0
+    return lo, (lo + 1.0 if hi - lo < 1e-6 else hi)
+
+
+def stretch(a: np.ndarray, lo: float, hi: float, *, grey_view: bool = False) -> torch.Tensor:
+    """:func:`intensities` ``a`` (changed in place) mapped so ``lo`` -> 0 and ``hi`` -> 1,
+    clipped, as a float32 ``3xHxW`` tensor (``grey_view``: see :func:`normalize`). A tile
+    stretched with its image's range equals the same tile of the stretched image."""
     a -= lo  # in place: a whole-slide image is not copied again at every step
     a /= hi - lo
     np.clip(a, 0.0, 1.0, out=a)

@@ -2,8 +2,10 @@
 
 A folder holds ``name.tif`` (or ``.tiff``, ``.png``, ``.jpg``) next to
 ``name_masks.tif`` (or ``.tiff``, ``.png``): an integer image (uint8, uint16 or uint32)
-in which every nonzero value is one instance and 0 is background. Images without a
-``_masks`` file are not part of the labeled dataset (use
+in which every nonzero value is one instance and 0 is background. The Cellpose GUI's
+``name_cp_masks.png`` (or ``.tif``) is read the same way (its ``name_seg.npy`` is a
+pickle and is never read); when an image has both, ``name_masks`` is used. Images
+without a ``_masks`` file are not part of the labeled dataset (use
 :class:`cupre.data.unlabeled.UnlabeledImages` for them).
 
 The helpers :func:`label_image_to_masks` and :func:`image_size` are shared with the
@@ -29,6 +31,7 @@ from cupre.data.sample import (
 from cupre.errors import file_error, warn_or_raise
 
 MASK_SUFFIX = "_masks"
+CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 PAIR_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -102,20 +105,22 @@ def find_label_pairs(root: Path, *, recursive: bool = False) -> tuple[list[tuple
     """``(image, label)`` pairs under ``root``, sorted by image path, and the label
     files that have no image."""
     pattern = "**/*" if recursive else "*"
-    pairs, orphans = [], []
-    for label in sorted(root.glob(pattern)):
-        if not (label.is_file() and label.suffix.lower() in LABEL_SUFFIXES and label.stem.endswith(MASK_SUFFIX)):
-            continue
-        stem = label.stem[: -len(MASK_SUFFIX)]
-        candidates = [label.with_name(stem + s) for s in PAIR_IMAGE_SUFFIXES]
-        candidates += [label.with_name(stem + s.upper()) for s in PAIR_IMAGE_SUFFIXES]
+    found: dict[Path, Path] = {}
+    orphans = []
+    labels = [p for p in root.glob(pattern)
+              if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and p.stem.endswith(MASK_SUFFIX)]
+    for label in sorted(labels, key=lambda p: (p.stem.endswith(CELLPOSE_SUFFIX), str(p))):  # name_masks first
+        stems = [label.stem[: -len(CELLPOSE_SUFFIX)]] if label.stem.endswith(CELLPOSE_SUFFIX) else []
+        stems.append(label.stem[: -len(MASK_SUFFIX)])  # also "x_cp" + "_masks"
+        candidates = [label.with_name(stem + s) for stem in stems for s in PAIR_IMAGE_SUFFIXES]
+        candidates += [label.with_name(stem + s.upper()) for stem in stems for s in PAIR_IMAGE_SUFFIXES]
         image = next((c for c in candidates if c.is_file()), None)
         if image is None:
             orphans.append(label)
         else:
-            pairs.append((image, label))
-    pairs.sort(key=lambda p: str(p[0]))
-    return pairs, orphans
+            found.setdefault(image, label)
+    pairs = sorted(found.items(), key=lambda p: str(p[0]))
+    return pairs, sorted(orphans)
 
 
 class LabelImageDataset(InstanceDataset):

@@ -35,14 +35,18 @@ def is_label_file(path: Path) -> bool:
 
 
 def walk_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (sorted), label files and hidden entries skipped."""
+    """Image files (and OME-Zarr image folders) under ``folder`` (sorted), label files and
+    hidden entries skipped."""
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):  # linked folders are walked too (once each)
         real = os.path.realpath(root)
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive and real not in seen else []
+        zarrs = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")]  # OME-Zarr images
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in zarrs] \
+            if recursive and real not in seen else []
         if real in seen:
             continue
         seen.add(real)
+        found += [Path(root) / d for d in zarrs if not is_label_file(Path(root) / d)]
         for name in files:
             path = Path(root) / name
             if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() \

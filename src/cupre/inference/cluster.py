@@ -5,21 +5,29 @@ worker`` started by hand, dask-jobqueue on a batch system, ...); ``--workers N``
 local cluster of N processes on this machine, each with its share of the cores as torch
 threads. The model (already set to the run's score threshold, detection cap and
 precision) is sent to every worker once; each task runs the function the single-process
-run applies to a batch (:func:`cupre.inference.predict.predict_batch`) on one batch formed
-as that run forms it, so the outputs are the same files with the same content. Workers
-write their images' files into the output folder themselves (it must be reachable from
-them, e.g. a shared filesystem), and hand back only the COCO results and the
-``images.json`` entry, which this process records in the run's ledger as they arrive
-(``--resume`` works as usual).
+run applies to its item, formed as that run forms it, so the outputs are the same files
+with the same content:
+
+* a batch of small images (:func:`cupre.inference.predict.predict_batch`): the worker
+  writes the images' files into the output folder itself (it must be reachable from the
+  workers, e.g. a shared filesystem) and hands back only the COCO results and the
+  ``images.json`` entries, which this process records in the run's ledger as they
+  arrive (``--resume`` works as usual);
+* a batch of tiles of a large image (:func:`cupre.inference.slides.tile_task`): the
+  worker reads its tiles from the file itself and hands back their objects (box-local
+  masks); this process merges them and writes the image's files window by window.
+
+:func:`open_tasks` gives the same interface for this process alone, so both runs are one
+code path.
 
 Needs ``dask`` and ``distributed`` (``pip install 'cupre[cluster]'``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -43,36 +51,59 @@ def _client(options):
     return Client(cluster), cluster
 
 
-def predict_task(run_batch: Callable, net, jobs, *, out: Path, categories: list[dict], options,
-                 threads: int | None):
-    """One batch on a worker: ``run_batch`` with this worker's torch threads and device."""
+def run_task(fn: Callable, net, item, *, threads: int | None, device_name: str, **kwargs):
+    """One task on a worker: ``fn(net, item, device=..., **kwargs)`` with this worker's
+    torch threads and device."""
     if threads is not None:
         torch.set_num_threads(threads)
-    device = pick_device(options.device)
-    return run_batch(net.to(device), jobs, out=out, categories=categories, options=options, device=device)
+    device = pick_device(device_name)
+    return fn(net.to(device), item, device=device, **kwargs)
 
 
-def predict_on_cluster(run_batch: Callable, batches: list, *, model, out: Path, categories: list[dict],
-                       options) -> Iterator[list[tuple[int, list[dict], dict]]]:
-    """Run ``run_batch(model, batch, out=, categories=, options=, device=)`` for every batch
-    on the cluster; yield each batch's records as it finishes.
+class LocalTasks:
+    """Tasks run here, one after another, when each result is asked for."""
+
+    def __init__(self, net, device: torch.device) -> None:
+        self.net, self.device = net, device
+
+    def map(self, fn: Callable, items: Iterable, *, ordered: bool = True, **kwargs) -> Iterator:
+        return (fn(self.net, item, device=self.device, **kwargs) for item in items)
+
+
+class ClusterTasks:
+    """Tasks submitted to a Dask cluster at once; results yielded in order, or as they
+    finish (``ordered=False``)."""
+
+    def __init__(self, client, net, options) -> None:
+        self.client, self.options = client, options
+        self.threads = max(1, available_cores() // options.workers) if options.workers else None
+        on_cpu = net if next(net.parameters()).device.type == "cpu" else copy.deepcopy(net).cpu()
+        self.net = client.scatter(on_cpu, broadcast=True)
+
+    def map(self, fn: Callable, items: Iterable, *, ordered: bool = True, **kwargs) -> Iterator:
+        from distributed import as_completed
+
+        futures = [self.client.submit(run_task, fn, self.net, item, threads=self.threads,
+                                      device_name=self.options.device, pure=False, **kwargs) for item in items]
+        return (f.result() for f in (futures if ordered else as_completed(futures)))
+
+
+@contextlib.contextmanager
+def open_tasks(net, options, device: torch.device):
+    """:class:`ClusterTasks` when ``options`` names a cluster (``cluster``) or a local one
+    (``workers``), else :class:`LocalTasks`.
 
     Raises:
         CupreError: dask missing, the scheduler unreachable, or the model not a module.
     """
-    if not isinstance(model, torch.nn.Module):
+    if options.cluster is None and options.workers is None:
+        yield LocalTasks(net, device)
+        return
+    if not isinstance(net, torch.nn.Module):
         raise CupreError("--cluster/--workers need a cupre model (a model file or run folder)")
     client, cluster = _client(options)
-    threads = max(1, available_cores() // options.workers) if options.workers else None
     try:
-        from distributed import as_completed
-
-        on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-        shared = client.scatter(on_cpu, broadcast=True)
-        futures = [client.submit(predict_task, run_batch, shared, batch, out=out, categories=categories,
-                                 options=options, threads=threads, pure=False) for batch in batches]
-        for future in as_completed(futures):
-            yield future.result()
+        yield ClusterTasks(client, net, options)
     finally:
         client.close()
         if cluster is not None:

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cupre.data.imageio import IMAGE_SUFFIXES, count_pages
+from cupre.data.lazy import is_zarr
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, file_error
 
-OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip"}
+OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip",
+                "geojson": "_objects.geojson", "ome_zarr": ".ome.zarr"}
+OPTIONAL_KINDS = ("rois", "geojson", "ome_zarr")  # written on request only
 
 
 RUN_FILES = ("results_coco.json", "images.json")
@@ -45,7 +48,10 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
     found: dict[Path, str] = {}
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_zarr(path):
+            found.setdefault(path, path.name[: -len(".ome.zarr")] if path.name.lower().endswith(".ome.zarr")
+                             else path.stem)
+        elif path.is_dir():
             for f in walk_images(path, recursive=True):
                 if not _under(f, exclude):
                     found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
@@ -94,19 +100,20 @@ def plan_jobs(files: list[tuple[Path, str]]) -> list[Job]:
     return jobs
 
 
-def job_outputs(out: Path, job: Job, *, roi_zip: bool) -> dict[str, Path]:
-    kinds = {k: v for k, v in OUTPUT_KINDS.items() if roi_zip or k != "rois"}
+def job_outputs(out: Path, job: Job, *, extras: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The files of one job: every kind but the optional ones not in ``extras``."""
+    kinds = {k: v for k, v in OUTPUT_KINDS.items() if k in extras or k not in OPTIONAL_KINDS}
     return {kind: out / f"{job.name}{suffix}" for kind, suffix in kinds.items()}
 
 
-def check_outputs(out: Path, jobs: list[Job], *, roi_zip: bool, overwrite: bool) -> None:
+def check_outputs(out: Path, jobs: list[Job], *, extras: tuple[str, ...], overwrite: bool) -> None:
     """Fail, before any work, when an output file already exists (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise file_error(out, "output path exists and is not a folder")
     if overwrite or not out.is_dir():
         return
     planned = [out / name for name in RUN_FILES]
-    planned += [p for job in jobs for p in job_outputs(out, job, roi_zip=roi_zip).values()]
+    planned += [p for job in jobs for p in job_outputs(out, job, extras=extras).values()]
     existing = [p for p in planned if p.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""

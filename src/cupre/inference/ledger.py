@@ -20,7 +20,7 @@ from cupre.fileio import write_json_atomic
 
 FOLDER = ".cupre-predict"
 RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "object_size", "precision",
-                  "roi_zip")
+                  "roi_zip", "geojson", "ome_zarr")
 
 
 def model_identity(model: Any) -> str:

@@ -1,8 +1,8 @@
 """Segment your own images with a trained model.
 
 MODEL is a model file (``model.safetensors``) or a run folder holding one. INPUT is any mix of
-image files, folders (walked recursively; ``*_masks.*`` label files are skipped) and
-glob patterns; every kind of image cupre reads works (8/16-bit, float, grey, RGB, RGBA,
+image files, OME-Zarr images, folders (walked recursively; ``*_masks.*`` label files are
+skipped) and glob patterns; every kind of image cupre reads works (8/16-bit, float, grey, RGB, RGBA,
 multi-page TIFF: each page is its own image, written as ``name_pNNN`` with NNN the page
 index from 0).
 
@@ -13,7 +13,11 @@ For each image, in OUT (mirroring sub-folders of an input folder):
 * ``name_overlay.png``: outlines and ids over the normalised image;
 * ``name_objects.csv``: one row per id: score, area, centroid, box, mean raw intensity,
   category;
-* ``name_rois.zip`` (``--roi-zip``): one ImageJ polygon ROI per id.
+* ``name_rois.zip`` (``--roi-zip``): one ImageJ polygon ROI per id;
+* ``name_objects.geojson`` (``--geojson``): one polygon per id with its table row as
+  measurements, for QuPath (*File > Import objects*) and GIS tools;
+* ``name.ome.zarr`` (``--ome-zarr``): the image with the label image in its NGFF
+  ``labels/masks`` group (:mod:`cupre.inference.omezarr`).
 
 For the whole run: ``results_coco.json`` (COCO results with the detector's whole masks,
 each with the ``object_id`` of its label; for ``cupre evaluate --gt GT --dt
@@ -22,7 +26,12 @@ ids are 1..N over the inputs in sorted path order (pages in order), which is the
 ``cupre convert`` numbers a label-image or BBBC038 folder.
 
 Images larger than ``--tile-size`` are predicted in overlapping tiles; set
-``--tile-overlap`` to at least the size of the largest cell. Every image runs at the
+``--tile-overlap`` to at least the size of the largest cell. Such an image is never
+loaded whole (:mod:`cupre.inference.slides`): TIFFs and OME-Zarr (``name.zarr`` folders)
+are read a tile at a time, normalised with percentiles gathered window by window (from
+a regular subsample beyond 16.8 Mpx), and the label image is written as a tiled TIFF
+painted tile by tile (the overlay is subsampled beyond 4,096 px). With ``--workers`` or
+``--cluster`` the tiles are spread over the Dask workers, with the same results. Every image runs at the
 model's object scale, the rule it was trained and validated under
 (:mod:`cupre.scale`): rescaled so that its typical object measures the model's
 ``object_size``, the typical size being estimated by the model itself, or given with
@@ -46,11 +55,12 @@ import torch
 from tqdm import tqdm
 
 from cupre.data.imageio import normalize, read_image
+from cupre.data.lazy import image_size, release_decoded
 from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
 from cupre.errors import CupreError, CupreWarning, file_error
 from cupre.fileio import write_json_atomic
-from cupre.inference import writers
-from cupre.inference.cluster import predict_on_cluster
+from cupre.inference import omezarr, writers
+from cupre.inference.cluster import open_tasks
 from cupre.inference.inputs import (
     Job,
     check_outputs,
@@ -60,6 +70,7 @@ from cupre.inference.inputs import (
     problem_line,
 )
 from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
+from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
 from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import MODEL_FILE
@@ -149,19 +160,25 @@ def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: to
     writers.write_label_tiff(paths["masks"], label)
     writers.write_csv(paths["objects"], rows)
     writers.write_overlay(paths["overlay"], writers.normalised_rgb(image), label, rows)
+    outlines = list(writers.label_outlines(label)) if {"rois", "geojson"} & set(paths) else []
     if "rois" in paths:
-        writers.write_roi_zip(paths["rois"], label)
+        writers.write_roi_zip(paths["rois"], outlines)
+    if "geojson" in paths:
+        writers.write_geojson(paths["geojson"], outlines, rows)
+    if "ome_zarr" in paths:
+        omezarr.write_ome_zarr(paths["ome_zarr"], shape=label.shape, read_image=lambda a, b, c, d: raw[a:b, c:d],
+                               read_label=lambda a, b, c, d: label[a:b, c:d], label_dtype=label.dtype)
     cat_ids = {k: int(c["id"]) for k, c in enumerate(categories, start=1)}
     results = writers.objects_to_results(objs, kept, image_id=job.image_id, height=height, width=width,
                                          category_ids=cat_ids)
     return results, len(kept)
 
 
-def _image_entry(job: Job, image: torch.Tensor | None, count: int, error: str | None) -> dict:
+def _image_entry(job: Job, size: tuple[int, int] | None, count: int, error: str | None) -> dict:
     entry: dict[str, Any] = {"id": job.image_id, "file": str(job.file.resolve()), "page": job.page,
                              "name": job.name}
-    if image is not None:
-        entry.update(height=int(image.shape[-2]), width=int(image.shape[-1]), objects=count)
+    if size is not None:
+        entry.update(height=int(size[0]), width=int(size[1]), objects=count)
     if error is not None:
         entry["error"] = error
     return entry
@@ -182,6 +199,8 @@ class PredictOptions:
         object_size: the typical object side in the images (pixels); None: estimated.
         precision: ``auto``, ``bf16`` or ``fp32`` (:func:`cupre.devices.resolve_precision`).
         roi_zip: also write ImageJ ROI zips.
+        geojson: also write GeoJSON outlines (QuPath).
+        ome_zarr: also write each image with its labels as OME-Zarr.
         overwrite: replace existing output files.
         resume: continue an interrupted run in the same output folder.
         cluster: a Dask scheduler address to spread the images over
@@ -198,10 +217,18 @@ class PredictOptions:
     object_size: float | None = None
     precision: str = "auto"
     roi_zip: bool = False
+    geojson: bool = False
+    ome_zarr: bool = False
     overwrite: bool = False
     resume: bool = False
     cluster: str | None = None
     workers: int | None = None
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The optional output kinds asked for (:data:`cupre.inference.inputs.OPTIONAL_KINDS`)."""
+        return tuple(k for k, on in (("rois", self.roi_zip), ("geojson", self.geojson), ("ome_zarr", self.ome_zarr))
+                     if on)
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option."""
@@ -218,6 +245,8 @@ class PredictOptions:
             raise CupreError(f"--workers must be at least 1, got {self.workers}")
         if self.workers is not None and self.cluster is not None:
             raise CupreError("give --cluster ADDRESS or --workers N, not both")
+        if self.ome_zarr:
+            omezarr.check_available()
 
 
 def run_predict(
@@ -254,7 +283,7 @@ def run_predict(
                           "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
                           "inputs": [f"{j.file}#{j.page}" for j in jobs]})
     if not options.resume:
-        check_outputs(out, jobs, roi_zip=options.roi_zip, overwrite=options.overwrite)
+        check_outputs(out, jobs, extras=options.extras, overwrite=options.overwrite)
     device = pick_device(options.device)
     if device.type == "cpu":
         map_large_allocations()
@@ -299,23 +328,61 @@ def run_predict(
 
 def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], options: PredictOptions,
                   device: torch.device, progress: bool, ledger: Ledger) -> None:
-    """Read, predict and write every job, ``options.batch_size`` images at a time (here,
-    or on a Dask cluster when ``options`` names one); each finished (or unreadable) image
-    is recorded in the ledger."""
-    batches = [jobs[start:start + options.batch_size] for start in range(0, len(jobs), options.batch_size)]
+    """Read, predict and write every job (here, or on a Dask cluster when ``options``
+    names one): small images ``options.batch_size`` at a time, each large one tile by
+    tile (:mod:`cupre.inference.slides`); each finished (or unreadable) image is recorded
+    in the ledger."""
+    tiled = [is_large(job, options.tile_size) for job in jobs]
+    large = [job for job, big in zip(jobs, tiled) if big]
+    small = [job for job, big in zip(jobs, tiled) if not big]
+    batches = [small[start:start + options.batch_size] for start in range(0, len(small), options.batch_size)]
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
-    if options.cluster is not None or options.workers is not None:
-        done = predict_on_cluster(predict_batch, batches, model=net, out=out, categories=categories, options=options)
-    else:
-        done = (predict_batch(net, batch, out=out, categories=categories, options=options, device=device)
-                for batch in batches)
-    for records in done:
-        for image_id, results, entry in records:
-            if "error" in entry:
-                tqdm.write(f"cupre: warning: {entry['error']} (skipped)", file=sys.stderr)
-            ledger.record(image_id, results, entry)
-            bar.update(1)
+
+    def record(image_id: int, results: list[dict], entry: dict) -> None:
+        if "error" in entry:
+            tqdm.write(f"cupre: warning: {entry['error']} (skipped)", file=sys.stderr)
+        ledger.record(image_id, results, entry)
+        bar.update(1)
+
+    with open_tasks(net, options, device) as tasks:
+        done = tasks.map(predict_batch, batches, ordered=False, out=out, categories=categories, options=options)
+        for job in large:
+            record(*predict_large(job, tasks.map, model_object_size=getattr(net, "object_size", None), out=out,
+                                  categories=categories, options=options))
+        for records in done:
+            for rec in records:
+                record(*rec)
     bar.close()
+
+
+def is_large(job: Job, tile_size: int) -> bool:
+    """A readable image larger than a tile on either side (predicted as a slide)."""
+    if job.error is not None:
+        return False
+    try:
+        return max(image_size(job.file, job.page)) > tile_size
+    except Exception:  # noqa: BLE001 - a broken file goes the usual way, which reports it
+        return False
+
+
+def predict_large(job: Job, map_tasks, *, model_object_size: float | None, out: Path, categories: list[dict],
+                  options: PredictOptions) -> tuple[int, list[dict], dict]:
+    """Predict and write one large image tile by tile (:mod:`cupre.inference.slides`);
+    ``map_tasks`` runs the tile tasks (here or on the cluster)."""
+    try:
+        slide = Slide.open(job.file, job.page)
+        objs, factor = predict_slide(slide, map_tasks=map_tasks, model_object_size=model_object_size,
+                                     object_size=options.object_size, tile_size=options.tile_size,
+                                     overlap=options.tile_overlap, batch_size=options.batch_size)
+    except CupreError as exc:
+        return job.image_id, [], _image_entry(job, None, 0, str(exc))
+    if factor in (MIN_FACTOR, MAX_FACTOR):
+        warn_size(job, factor, model_object_size, given=options.object_size is not None)
+    paths = job_outputs(out, job, extras=options.extras)
+    res, count = write_slide_outputs(paths, objs, slide, image_id=job.image_id, categories=categories)
+    release_decoded()
+    release_freed_memory()
+    return job.image_id, res, {**_image_entry(job, (slide.height, slide.width), count, None), "scale": factor}
 
 
 def warn_size(job: Job, factor: float, object_size: float, *, given: bool) -> None:
@@ -347,8 +414,8 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     for (job, raw, image), objs, factor in zip(loaded, found, factors):
         if factor in (MIN_FACTOR, MAX_FACTOR):
             warn_size(job, factor, getattr(net, "object_size", None), given=options.object_size is not None)
-        paths = job_outputs(out, job, roi_zip=options.roi_zip)
+        paths = job_outputs(out, job, extras=options.extras)
         res, count = write_image_outputs(paths, objs, raw, image, job, categories)
-        records.append((job.image_id, res, {**_image_entry(job, image, count, None), "scale": factor}))
+        records.append((job.image_id, res, {**_image_entry(job, image.shape[-2:], count, None), "scale": factor}))
         release_freed_memory()
     return records

@@ -174,29 +174,50 @@ def predict_images(
                for img, (t, o) in zip(images, tilings)]
     jobs = [(k, tile) for k, tiles in enumerate(layouts) for tile in tiles]
     parts: list[list[Objects]] = [[] for _ in images]
-    tile_ids: list[list[np.ndarray]] = [[] for _ in images]
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        crops = [images[k][:, t.y0:t.y1, t.x0:t.x1].to(device) for k, t in chunk]
-        kwargs: dict = {} if scales is None else {"scales": [factors[k] for k, _ in chunk]}
-        if any(len(layouts[k]) > 1 for k, _ in chunk):  # no masks for what the core rule drops
-            kwargs["select"] = lambda i, boxes: in_core(boxes.cpu().numpy() + _shift(chunk[i][1]), chunk[i][1])
-        outputs = model(crops, **kwargs)
-        for (k, tile), out in zip(chunk, outputs):
-            objs = crop_output(out, origin=(tile.y0, tile.x0))
-            objs = objs.select(in_core(objs.boxes, tile))
+        found = run_tiles(model, [images[k][:, t.y0:t.y1, t.x0:t.x1] for k, t in chunk], [t for _, t in chunk],
+                          scales=None if scales is None else [factors[k] for k, _ in chunk],
+                          tiled=any(len(layouts[k]) > 1 for k, _ in chunk), device=device)
+        for (k, _), objs in zip(chunk, found):
             parts[k].append(objs)
-            tile_ids[k].append(np.full(len(objs), len(parts[k]) - 1, dtype=np.int64))
-        del outputs, crops
-        release_freed_memory()  # the pass's working set, before the next tile and the writers
-    results = []
-    for k, tiles in enumerate(layouts):
-        objs = Objects.concat(parts[k])
-        if len(tiles) > 1 and len(objs):
-            keep = remove_duplicates(objs, np.concatenate(tile_ids[k]), tiles)
-            objs = objs.select(keep)
-        results.append(objs.select(np.argsort(-objs.scores, kind="stable")))
-    return results
+    return [merge_tiles(found, tiles) for found, tiles in zip(parts, layouts)]
+
+
+def run_tiles(model: Detector, crops: list[torch.Tensor], tiles: list[Tile], *, scales: list[float] | None,
+              tiled: bool, device: torch.device | str) -> list[Objects]:
+    """One forward pass over tiles: each tile's objects that the core rule keeps.
+
+    Args:
+        crops: the tiles' pixels, float ``3xhxw`` in [0, 1]; tiles: where they lie.
+        scales: each tile's object-scale factor (None: native pixels).
+        tiled: the tiles belong to tiled images (masks are made only for detections
+            whose box centre lies in their tile's core); False for whole images.
+
+    Returns:
+        One :class:`Objects` per tile, in image pixels.
+    """
+    kwargs: dict = {} if scales is None else {"scales": scales}
+    if tiled:  # no masks for what the core rule drops
+        kwargs["select"] = lambda i, boxes: in_core(boxes.cpu().numpy() + _shift(tiles[i]), tiles[i])
+    outputs = model([c.to(device) for c in crops], **kwargs)
+    found = []
+    for tile, out in zip(tiles, outputs):
+        objs = crop_output(out, origin=(tile.y0, tile.x0))
+        found.append(objs.select(in_core(objs.boxes, tile)))
+    del outputs
+    release_freed_memory()  # the pass's working set, before the next tile and the writers
+    return found
+
+
+def merge_tiles(found: list[Objects], tiles: list[Tile]) -> Objects:
+    """The objects of one image from its tiles' (``found[k]`` from ``tiles[k]``): duplicates
+    across tiles removed, sorted by descending score."""
+    objs = Objects.concat(found)
+    if len(tiles) > 1 and len(objs):
+        tile_of = np.concatenate([np.full(len(o), k, dtype=np.int64) for k, o in enumerate(found)])
+        objs = objs.select(remove_duplicates(objs, tile_of, tiles))
+    return objs.select(np.argsort(-objs.scores, kind="stable"))
 
 
 def predict_at_object_scale(

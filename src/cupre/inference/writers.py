@@ -1,4 +1,5 @@
-"""What ``cupre predict`` writes: label TIFF, overlay PNG, object table, COCO results, ROIs.
+"""What ``cupre predict`` writes: label TIFF, overlay PNG, object table, COCO results, ROIs,
+GeoJSON.
 
 Everything starts from :func:`paint_labels`, which turns an image's :class:`Objects`
 (cropped masks) into one label image: object ``k`` (1-based) is the ``k``-th highest
@@ -10,9 +11,10 @@ the CSV table, the COCO results (``object_id``) and the ROI names are the same s
 from __future__ import annotations
 
 import csv
+import json
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import roifile
@@ -222,21 +224,67 @@ def polygon_roi(polygon: np.ndarray, name: str) -> roifile.ImagejRoi:
     return roi
 
 
-def write_roi_zip(path: Path, label: np.ndarray) -> int:
-    """One ImageJ polygon ROI per id of ``label`` (entries ``00001.roi`` ...), zipped as
-    the ImageJ ROI Manager reads them. Returns the number of ROIs written."""
+def outline_parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The traced outline (:func:`trace_outline`) of every 8-connected part of a bool
+    mask, largest part first (holes are not traced)."""
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return [trace_outline(mask)] if n else []
+    sizes = np.bincount(parts.ravel())[1:]
+    return [trace_outline(parts == k + 1) for k in np.argsort(-sizes, kind="stable")]
+
+
+def label_outlines(label: np.ndarray) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """``(id, polygons)`` per id of ``label``: the outline of each of its parts
+    (:func:`outline_parts`, largest first) as ``Kx2`` ``(x, y)`` pixel-corner coordinates
+    in the image; parts whose outline has fewer than 3 vertices are left out, and so are
+    ids left with none."""
+    for k, sl in enumerate(ndimage.find_objects(label), start=1):
+        if sl is None:
+            continue
+        polys = [p + np.array([sl[1].start, sl[0].start]) for p in outline_parts(label[sl] == k) if len(p) >= 3]
+        if polys:
+            yield k, polys
+
+
+def write_roi_zip(path: Path, outlines: Iterable[tuple[int, list[np.ndarray]]]) -> int:
+    """One ImageJ polygon ROI per id, its largest part's outline (:func:`label_outlines`;
+    entries ``00001.roi`` ...), zipped as the ImageJ ROI Manager reads them. Returns the
+    number written."""
     written = 0
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for k, sl in enumerate(ndimage.find_objects(label), start=1):
-            if sl is None:
-                continue
-            poly = trace_outline(label[sl] == k)
-            if len(poly) < 3:
-                continue
-            poly = poly + np.array([sl[1].start, sl[0].start])
-            zf.writestr(f"{k:05d}.roi", polygon_roi(poly, f"{k:05d}").tobytes())
+        for k, polys in outlines:
+            zf.writestr(f"{k:05d}.roi", polygon_roi(polys[0], f"{k:05d}").tobytes())
             written += 1
     return written
+
+
+def write_geojson(path: Path, outlines: Iterable[tuple[int, list[np.ndarray]]], rows: list[dict]) -> int:
+    """The objects as GeoJSON for QuPath (*File > Import objects*): a FeatureCollection of
+    one Feature per id (:func:`label_outlines`, pixel-corner coordinates, rings closed): a
+    Polygon, or a MultiPolygon for an object in several parts; each a QuPath detection
+    named by its id, classified by its category and carrying its table row
+    (:func:`object_rows`) as measurements. Returns the number written (atomic)."""
+    by_id = {row["id"]: row for row in rows}
+    features = []
+    for k, polys in outlines:
+        row = by_id[k]
+        rings = [[np.concatenate([p, p[:1]]).tolist()] for p in polys]
+        geometry = {"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1 else \
+            {"type": "MultiPolygon", "coordinates": rings}
+        features.append({
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {
+                "objectType": "detection",
+                "name": str(k),
+                "classification": {"name": str(row["category"])},
+                "measurements": {key: row[key] for key in CSV_COLUMNS if key != "category"},
+            },
+        })
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump({"type": "FeatureCollection", "features": features}, fh, separators=(",", ":"))
+    return len(features)
 
 
 def normalised_rgb(image) -> np.ndarray:

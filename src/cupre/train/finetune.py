@@ -31,7 +31,7 @@ from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed, loop
 from cupre.train.checkpoint import seed_everything
-from cupre.train.inits import build_init, get_init, product_files
+from cupre.train.inits import build_init, continue_model, get_init, product_files
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.stage import (
@@ -71,7 +71,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     if (out / MODEL_FILE).is_file() and (out / "val_metrics.json").is_file():
         return json.loads((out / "val_metrics.json").read_text()).get("best", {})
     # everything that can be wrong with the inputs is found before the run folder is made
-    product_files(cfg.init, cfg.pretrain_dir)
+    if cfg.from_model is None:
+        product_files(cfg.init, cfg.pretrain_dir)
     train_all = open_dataset(cfg.train, class_agnostic=True)
     ids = choose_images(cfg, train_all)
     val = _held_out(cfg.val, cfg.val_split)
@@ -85,7 +86,11 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     train = train_all.subset(ids)
 
     seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
-    model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
+    stage = f"finetune:{'from-model' if cfg.from_model else cfg.init}"  # recorded in the model file
+    if cfg.from_model is not None:
+        model, det_cfg = continue_model(cfg.from_model, cfg.detector)
+    else:
+        model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
     model.to(device)
     start = {part: snapshot(module) for part, module in model.parts().items()}
     model.precision = resolve_precision(cfg.precision, device)  # training steps and validation alike
@@ -97,7 +102,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
         run.drop_after(int(ctx.resume.get("iteration", 0)), ["val", "test"])
-    regularizer = build_l2sp(model, start, cfg) if get_init(cfg.init).l2sp else None
+    regularizer = build_l2sp(model, start, cfg) if cfg.from_model is None and get_init(cfg.init).l2sp else None
     evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
                           val=val, test=test, select_by=cfg.select_by)
 
@@ -106,7 +111,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
             evaluate_and_keep(evaluator, history, iteration, model, det_cfg)
         elif val is None and iteration % cfg.checkpoint_every == 0 and distributed.is_main():
             # nothing chooses the model: the latest iterate is the usable model if the run stops here
-            save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=f"finetune:{cfg.init}", iteration=iteration)
+            save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=stage, iteration=iteration)
 
     run_stage(
         stage="finetune",
@@ -124,8 +129,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     evaluate_and_keep(evaluator, history, cfg.optim.iterations, model, det_cfg)
     test_chosen(evaluator, history, model)
     if val is None:
-        save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=f"finetune:{cfg.init}",
-                   iteration=cfg.optim.iterations)
+        save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=stage, iteration=cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
     best = best_entry(history, cfg.select_by)
     if best and best["bbox"]["AP"] <= 0 and best["segm"]["AP"] <= 0:

@@ -133,3 +133,26 @@ def build_init(
     model.reset_predictors(1)
     cfg.num_classes = 1
     return model, cfg
+
+
+def continue_model(path: str | Path, overrides: dict[str, Any]) -> tuple[torch.nn.Module, DetectorConfig]:
+    """A trained cell model to fine-tune further (``from_model``): every weight loaded, its
+    one-class predictors kept (a model of several classes gets them re-initialised).
+
+    Raises:
+        CupreError: no model file there, or not a cupre model.
+    """
+    from cupre.models.detector import build_detector
+
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise CupreError(f"{path}: no cupre model file there (model.safetensors, or a run folder holding one)")
+    ckpt = load_model_file(file)
+    cfg = DetectorConfig.from_dict({**dict(ckpt["detector"]), **overrides}, where=f"{file} detector")
+    model = build_detector(cfg)
+    check_state(file, model, ckpt["model"])
+    model.load_state_dict(ckpt["model"])
+    if cfg.num_classes != 1:
+        model.reset_predictors(1)
+        cfg.num_classes = 1
+    return model, cfg

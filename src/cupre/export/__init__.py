@@ -1,0 +1,1 @@
+"""cupre models in the formats other tools run (``cupre export``)."""

@@ -1,0 +1,168 @@
+"""``cupre export MODEL --format bioimageio``: a bioimage.io model package (spec 0.5).
+
+The package (a zip: ``rdf.yaml``, weights, test tensors, cover, documentation) runs the
+whole of ``cupre predict`` on one grey image: raw intensities ``B x 1 x Y x X`` in, the
+instance label image ``B x 1 x Y x X`` (int32) out, the form deepImageJ, QuPath and the
+bioimage.io tools consume. Its weights are a ``pytorch_state_dict`` (plain tensors) for
+:class:`cupre.export.label_model.LabelImageModel`, built from the package's ``kwargs``
+(the detector config and the prediction options), so the consumer needs cupre installed
+(``pip install cupre``), as for any library architecture. Its test input is the image
+given (``--sample``) or a synthetic cell image, and its test output what cupre predicts
+for it, so bioimage.io's own test run checks the package reproduces cupre.
+
+TorchScript and ONNX are not offered: cupre's detector decides in Python, per image, how
+many detections get masks, which tiles run and at what object scale (torchvision's
+detection models script only in their stock form, and its mask pasting and
+data-dependent shapes do not export to ONNX); a package that gave other masks than
+cupre would be worse than none.
+
+Needs ``bioimageio.spec`` (``pip install 'cupre[export]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cupre.errors import CupreError
+
+PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain Unsupervised Pre-training for "
+         "Few-Shot Cell Segmentation. arXiv:2310.03981, 2023.")
+PAPER_DOI = "10.48550/arXiv.2310.03981"
+TEST_SIDE = 256
+# Smallest input side: at the smallest object-scale factor (1/4) the detector still sees 64 px, so its
+# coarsest GroupNorm level (stride 32) holds more than one value per group.
+MIN_SIDE = 256
+
+
+def check_available() -> None:
+    if importlib.util.find_spec("bioimageio") is None or importlib.util.find_spec("bioimageio.spec") is None:
+        raise CupreError("--format bioimageio needs bioimageio.spec: pip install 'cupre[export]'")
+
+
+def grey_plane(raw: np.ndarray) -> np.ndarray:
+    """One grey plane of an image: as is, or the mean of its colour channels."""
+    raw = np.asarray(raw)
+    if raw.ndim == 2:
+        return raw.astype(np.float32)
+    return raw[..., :3].astype(np.float32).mean(axis=-1) if raw.shape[-1] >= 3 else raw[..., 0].astype(np.float32)
+
+
+def sample_image(sample: Path | None) -> np.ndarray:
+    """The test image: ``sample`` (its first plane, grey) or a synthetic cell image."""
+    if sample is not None:
+        from cupre.data.imageio import read_image
+
+        return grey_plane(read_image(sample))
+    from cupre.data.synth_cells import render
+
+    return grey_plane(render(np.random.default_rng(0), size=TEST_SIDE, index=1, seed=0).image)
+
+
+def documentation(name: str, kwargs: dict, training: dict) -> str:
+    facts = "\n".join(f"- {k}: {v}" for k, v in training.items()) or "- (not recorded in the model file)"
+    return f"""# {name}
+
+A cell instance-segmentation model trained with [cupre](https://arxiv.org/abs/2310.03981)
+(Mask R-CNN, CUPre pre-training, few-shot fine-tuning).
+
+**Input** `raw`: one grey image, `batch x 1 x y x x`, raw intensities of any range (the
+model normalises each image by its 1st and 99.8th percentiles).
+
+**Output** `labels`: the instance label image, `batch x 1 x y x x`, int32: 0 is background,
+each cell one id, id 1 the highest-scoring; where masks overlap the higher score wins.
+
+**Prediction options**: score threshold {kwargs['score_threshold']}, object size
+{kwargs['object_size'] or 'estimated per image'}, tiles of {kwargs['tile_size']} px
+overlapping by {kwargs['tile_overlap']} px.
+
+**Backbone / detector**: {kwargs['detector'].get('backbone')} with a
+{kwargs['detector'].get('fpn_channels')}-channel FPN, {kwargs['detector'].get('arch', 'maskrcnn')} heads.
+
+**Training facts** (from the model file):
+{facts}
+
+**Running it** needs the `cupre` Python package (the architecture is
+`cupre.export.label_model.LabelImageModel`); `cupre predict` gives the same label images
+plus an object table, ImageJ ROIs, GeoJSON and OME-Zarr.
+
+**Cite**: {PAPER}
+"""
+
+
+def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None, score_threshold: float = 0.5,
+                      object_size: float | None = None, name: str | None = None,
+                      author: str = "cupre user") -> Path:
+    """Write the package ``out`` (a ``.zip``); returns it.
+
+    Raises:
+        CupreError: bioimageio.spec missing, or the model file unreadable.
+    """
+    check_available()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as spec
+
+    from cupre.data.imageio import normalize
+    from cupre.export.label_model import LabelImageModel
+    from cupre.inference import writers
+    from cupre.modelfile import load_model_file
+
+    ckpt = load_model_file(model_file)
+    kwargs = {"detector": dict(ckpt["detector"]), "score_threshold": float(score_threshold),
+              "object_size": object_size, "tile_size": 1024, "tile_overlap": 128,
+              "categories": list(ckpt.get("categories") or [{"id": 1, "name": "cell"}])}
+    module = LabelImageModel(**kwargs)
+    module.net.load_state_dict(ckpt["model"])
+    raw = sample_image(sample)
+    with torch.no_grad():
+        label = module(torch.from_numpy(raw)[None, None]).numpy()
+    name = name or f"cupre {kwargs['detector'].get('backbone', '')} cell segmentation".replace("  ", " ")
+    with tempfile.TemporaryDirectory(prefix="cupre-export-") as folder:
+        work = Path(folder)
+        torch.save(module.state_dict(), work / "weights.pt")
+        np.save(work / "test_input.npy", raw[None, None])
+        np.save(work / "test_output.npy", label)
+        rows = [{"id": k, "centroid_x": float(xs.mean()), "centroid_y": float(ys.mean())}
+                for k in range(1, int(label.max()) + 1) for ys, xs in [np.nonzero(label[0, 0] == k)] if ys.size]
+        writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), label[0, 0], rows)
+        (work / "README.md").write_text(documentation(name, kwargs, dict(ckpt.get("training") or {})))
+        space = [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=MIN_SIDE, step=32))
+                 for a in "yx"]
+        descr = spec.ModelDescr(
+            name=name,
+            description="Cell instance segmentation (Mask R-CNN, CUPre pre-training): a grey image in, "
+                        "its instance label image out.",
+            authors=[spec.Author(name=author)],
+            cite=[spec.CiteEntry(text=PAPER, doi=spec.Doi(PAPER_DOI))],
+            license=spec.LicenseId("MIT"),
+            documentation=spec.FileDescr(source=work / "README.md"),
+            covers=[spec.FileDescr(source=work / "cover.png")],
+            tags=["instance-segmentation", "cells", "nuclei", "mask-rcnn", "pytorch", "cupre"],
+            inputs=[spec.InputTensorDescr(
+                id=spec.TensorId("raw"),
+                description="raw intensities of one grey image",
+                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("grey")]), *space],
+                test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+                data=spec.IntervalOrRatioDataDescr(type="float32"))],
+            outputs=[spec.OutputTensorDescr(
+                id=spec.TensorId("labels"),
+                description="instance label image: 0 background, one id per cell",
+                axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("labels")]),
+                      *[spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(
+                          tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a))) for a in "yx"]],
+                test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+                data=spec.IntervalOrRatioDataDescr(type="int32"))],
+            weights=spec.WeightsDescr(pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+                source=work / "weights.pt",
+                architecture=spec.ArchitectureFromLibraryDescr(
+                    callable=spec.Identifier("LabelImageModel"), import_from="cupre.export.label_model",
+                    kwargs=kwargs),
+                pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_bioimageio_package(descr, output_path=out)
+    return out

@@ -1,0 +1,119 @@
+"""Large images a tile at a time: read lazily, spread over workers, written window by window.
+
+An image larger than ``--tile-size`` on either side is a *slide*, and is never loaded
+whole:
+
+1. its normalisation range is gathered window by window (:func:`cupre.data.lazy.intensity_range`);
+2. its tiles are cut into tasks of ``batch_size`` tiles; a task opens the file, reads its
+   tiles' windows, normalises them with the image's range and keeps each tile's objects
+   that the core rule keeps (:func:`tile_task`). The tasks run in this process one after
+   another, or on the workers of a Dask cluster (``cupre predict --workers/--cluster``):
+   the same tasks either way, so the same objects;
+3. the tiles' objects (box-local masks) are merged here, duplicates across tiles removed
+   (:func:`cupre.inference.tiling.merge_tiles`);
+4. all of it under the object-scale rule (:mod:`cupre.scale`): a first native pass to
+   estimate the factor unless ``--object-size`` gives it, then the rescaled pass;
+5. its files are written window by window (:mod:`cupre.inference.windows`): the label
+   image as a tiled TIFF, the table, the overlay (subsampled beyond 4,096 px), the ROIs,
+   GeoJSON outlines and OME-Zarr (block by block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from cupre.data.imageio import intensities, stretch
+from cupre.data.lazy import LazyImage, intensity_range
+from cupre.inference import omezarr, windows, writers
+from cupre.inference.objects import Objects
+from cupre.inference.tiles import Tile, make_tiles, scaled_tiling
+from cupre.inference.tiling import merge_tiles, run_tiles
+from cupre.scale import at_object_scale
+
+MapTasks = Callable[[Callable, list], Iterable]  # map_tasks(fn, items) -> fn(net, item, device=...) per item, in order
+
+
+@dataclass(frozen=True)
+class Slide:
+    """A large image plane and its normalisation range (what a tile task needs to read it)."""
+
+    file: Path
+    page: int | None
+    height: int
+    width: int
+    value_range: tuple[float, float]
+
+    @staticmethod
+    def open(file: Path, page: int | None) -> "Slide":
+        with LazyImage(file, page) as image:
+            return Slide(Path(file), page, *image.shape, intensity_range(image))
+
+
+def tile_task(net, item: tuple[Slide, list[Tile], float | None, bool], *, device: torch.device) -> list[Objects]:
+    """One task: read and normalise ``tiles`` of the slide, run them as one forward pass.
+
+    ``item``: (the slide, its tiles, the object-scale factor or None for native pixels,
+    whether the image has more than one tile at this factor).
+    """
+    slide, tiles, factor, tiled = item
+    with LazyImage(slide.file, slide.page) as image:
+        crops = [stretch(intensities(image.read(t.y0, t.y1, t.x0, t.x1)), *slide.value_range, grey_view=True)
+                 for t in tiles]
+    return run_tiles(net, crops, tiles, scales=None if factor is None else [factor] * len(tiles), tiled=tiled,
+                     device=device)
+
+
+def tile_pass(slide: Slide, factor: float | None, *, map_tasks: MapTasks, tile_size: int, overlap: int,
+              batch_size: int) -> Objects:
+    """All tiles of the slide at ``factor`` (None: native pixels), merged."""
+    size, margin = scaled_tiling(tile_size, overlap, 1.0 if factor is None else factor)
+    tiles = make_tiles(slide.height, slide.width, tile_size=size, overlap=margin)
+    items = [(slide, tiles[k:k + batch_size], factor, len(tiles) > 1) for k in range(0, len(tiles), batch_size)]
+    found = [objs for part in map_tasks(tile_task, items) for objs in part]
+    return merge_tiles(found, tiles)
+
+
+def predict_slide(slide: Slide, *, map_tasks: MapTasks, model_object_size: float | None,
+                  object_size: float | None, tile_size: int, overlap: int, batch_size: int) -> tuple[Objects, float]:
+    """The slide's objects under the object-scale rule, and the factor it ran at."""
+    def run(slides: list[Slide], scales: list[float] | None) -> list[Objects]:
+        return [tile_pass(s, None if scales is None else scales[k], map_tasks=map_tasks, tile_size=tile_size,
+                          overlap=overlap, batch_size=batch_size) for k, s in enumerate(slides)]
+
+    (objs,), (factor,) = at_object_scale(run, [slide], model_object_size,
+                                         object_sizes=None if object_size is None else [object_size],
+                                         measure=lambda o: (o.boxes, o.scores))
+    return objs, factor
+
+
+def write_slide_outputs(paths: dict[str, Path], objs: Objects, slide: Slide, *, image_id: int,
+                        categories: list[dict]) -> tuple[list[dict], int]:
+    """All files of one slide (as :func:`cupre.inference.predict.write_image_outputs`
+    writes them for a small image), window by window; returns its COCO results and
+    object count."""
+    names = {k: c["name"] for k, c in enumerate(categories, start=1)}
+    with LazyImage(slide.file, slide.page) as image:
+        painter = windows.LabelPainter(objs, slide.height, slide.width)
+        stats = painter.measure(image)
+        rows = windows.object_rows(stats, painter, names)
+        paths["masks"].parent.mkdir(parents=True, exist_ok=True)
+        windows.write_label_tiles(paths["masks"], painter)
+        writers.write_csv(paths["objects"], rows)
+        windows.write_overlay(paths["overlay"], painter, image, slide.value_range, rows)
+        outlines = list(windows.label_outlines(painter, stats)) if {"rois", "geojson"} & set(paths) else []
+        if "rois" in paths:
+            writers.write_roi_zip(paths["rois"], outlines)
+        if "geojson" in paths:
+            writers.write_geojson(paths["geojson"], outlines, rows)
+        if "ome_zarr" in paths:
+            dtype = windows.label_dtype(painter)
+            omezarr.write_ome_zarr(paths["ome_zarr"], shape=image.shape, read_image=image.read,
+                                   read_label=lambda *w: painter.window(*w).astype(dtype), label_dtype=dtype)
+    cat_ids = {k: int(c["id"]) for k, c in enumerate(categories, start=1)}
+    results = writers.objects_to_results(objs, painter.kept, image_id=image_id, height=slide.height,
+                                         width=slide.width, category_ids=cat_ids)
+    return results, len(painter.kept)

@@ -1,0 +1,117 @@
+"""The plugin's two widgets (magicgui), each running its work in a worker thread.
+
+*Segment cells* runs a model on the selected image layer and adds (or replaces) the
+Labels layer ``<image> masks``; *Fine-tune* trains the model further on an image layer
+and the Labels layer painted or corrected on it (``cupre finetune --from-model``) and
+points *Segment cells* at the model it writes, so predict -> correct -> fine-tune ->
+predict runs inside napari. The work itself is plain cupre
+(:func:`cupre.inference.arrays.segment_array`, :func:`cupre.train.finetune.run_finetune`);
+these functions only move layers in and out.
+"""
+
+import tempfile  # no "from __future__ import annotations": magicgui reads the annotations as types
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from magicgui import magic_factory
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_info
+from napari.viewer import Viewer
+
+from cupre.napari_plugin.features import features_table
+
+MODEL_FILTER = "*.safetensors"
+LAST_MODEL: dict[str, Path] = {}  # the model the last fine-tuning wrote, for Segment cells
+
+
+def segment_layer(data: np.ndarray, model: Path, *, score_threshold: float, object_size: float,
+                  tile_size: int, device: str = "auto") -> tuple[np.ndarray, list[dict]]:
+    """The label image and object table of one image array (what the widget runs)."""
+    from cupre.devices import pick_device, resolve_precision
+    from cupre.inference.arrays import segment_array
+    from cupre.inference.predict import load_model
+
+    where = pick_device(device)
+    precision = resolve_precision("auto", where)
+    net, categories = load_model(model, device=where, precision=precision)
+    label, rows, _ = segment_array(net, data, device=where, categories=categories, score_threshold=score_threshold,
+                                   object_size=object_size or None, tile_size=tile_size, precision=precision)
+    return label, rows
+
+
+def _add_masks(viewer: Viewer, name: str, label: np.ndarray, rows: list[dict]) -> Labels:
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    return viewer.add_labels(label, name=name, features=features_table(rows))
+
+
+@magic_factory(
+    call_button="Segment",
+    model={"label": "model file", "filter": MODEL_FILTER, "tooltip": "model.safetensors (or its run folder)"},
+    score_threshold={"min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "minimum detection score"},
+    object_size={"min": 0.0, "max": 2000.0, "tooltip": "typical cell diameter in pixels; 0: estimated by the model"},
+    tile_size={"min": 64, "max": 8192, "step": 64, "tooltip": "larger images are predicted in tiles of this size"},
+)
+def segment_widget(viewer: Viewer, image: Image, model: Path = Path(), score_threshold: float = 0.5,
+                   object_size: float = 0.0, tile_size: int = 1024):  # no return annotation: magicgui leaves it be
+    """Segment the image layer; adds the Labels layer ``<image> masks`` with its features.
+    Returns the started worker (FunctionWorker)."""
+    model = LAST_MODEL.get("path", model) if model in (Path(), Path(".")) else model
+    data = np.asarray(image.data)
+
+    @thread_worker(progress={"total": 0, "desc": "cupre: segmenting"})
+    def work():
+        return segment_layer(data, model, score_threshold=score_threshold, object_size=object_size,
+                             tile_size=tile_size)
+
+    worker = work()
+    worker.returned.connect(lambda result: _add_masks(viewer, f"{image.name} masks", *result))
+    worker.start()
+    return worker
+
+
+def finetune_on_layers(image: np.ndarray, labels: np.ndarray, model: Path, out: Path, *, iterations: int,
+                       device: str = "auto") -> Path:
+    """Fine-tune ``model`` further on one image and its label image; returns the new
+    model file (``out/model.safetensors``)."""
+    from cupre.config import FinetuneConfig
+    from cupre.train.finetune import run_finetune
+
+    with tempfile.TemporaryDirectory(prefix="cupre-napari-") as folder:
+        tifffile.imwrite(Path(folder) / "layer.tif", image)
+        tifffile.imwrite(Path(folder) / "layer_masks.tif", labels.astype(np.uint32))
+        batch = 2
+        cfg = FinetuneConfig.from_dict({"from_model": str(model), "train": folder, "device": device,
+                                        "optim": {"iterations": iterations, "batch_size": batch,
+                                                  "warmup_iterations": min(20, iterations // 5)},
+                                        "checkpoint_every": max(1, iterations // 4)}, where="napari fine-tune")
+        run_finetune(cfg, out)
+    return out / "model.safetensors"
+
+
+@magic_factory(
+    call_button="Fine-tune",
+    model={"label": "model file", "filter": MODEL_FILTER},
+    out={"label": "new run folder", "mode": "d", "tooltip": "an empty or new folder for the fine-tuned model"},
+    iterations={"min": 1, "max": 10000, "tooltip": "training steps (about 1 s each on a laptop CPU)"},
+)
+def finetune_widget(viewer: Viewer, image: Image, labels: Labels, model: Path = Path(), out: Path = Path(),
+                    iterations: int = 100):
+    """Fine-tune the model on the image and its (corrected) labels. Returns the started
+    worker (FunctionWorker)."""
+    data, painted = np.asarray(image.data), np.asarray(labels.data)
+
+    @thread_worker(progress={"total": 0, "desc": "cupre: fine-tuning"})
+    def work():
+        return finetune_on_layers(data, painted, model, out, iterations=iterations)
+
+    def done(path: Path) -> None:
+        LAST_MODEL["path"] = path
+        show_info(f"cupre: fine-tuned model written to {path}; Segment cells uses it when its model is empty")
+
+    worker = work()
+    worker.returned.connect(done)
+    worker.start()
+    return worker
