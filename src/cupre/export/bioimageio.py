@@ -35,7 +35,7 @@ PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain U
 PAPER_DOI = "10.48550/arXiv.2310.03981"
 TEST_SIDE = 256
 # Smallest input side: at the smallest object-scale factor (1/4) the detector still sees 64 px, so its
-# coarsest GroupNorm level (stride 32) holds more than one value per group.
+# coarsest level (stride 32) is 2x2 and a GroupNorm of one channel per group (narrow models) has 4 values.
 MIN_SIDE = 256
 
 
