@@ -14,7 +14,7 @@ time; "built" is that process's resident set once torch is imported and the mode
 
 * ``infer``: images/s with 2,000 detections per image (cupre's models prepared for
   inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in
-  bf16), forced by score threshold 0, no
+  bf16, allocations of 8 MiB and more mapped on their own), forced by score threshold 0, no
   NMS (RPN or box) and 2,000 RPN proposals, until binary masks: the stock model's full-image
   probabilities thresholded, cupre's box-local crops as they come. GPU: 704x520, batch 2;
   CPU: 512x512, batch 1. Also the model's GFLOP/s (convolutions and matrix products
@@ -169,9 +169,11 @@ def conv_reference(device, precision: str) -> float:
 
 def one(args: argparse.Namespace) -> None:
     """Child process: one measurement, printed as a JSON line."""
-    from cupre.devices import pick_device, resolve_precision, set_threads
+    from cupre.devices import map_large_allocations, pick_device, resolve_precision, set_threads
 
     set_threads(args.threads)
+    if args.model.startswith("cupre") and args.task == "infer":
+        map_large_allocations()  # as cupre predict runs: large blocks mapped on their own, returned when freed
     device = pick_device("auto" if not args.cpu else "cpu")
     cuda = device.type == "cuda"
     height, width, infer_batch = (520, 704, 2) if cuda else (512, 512, 1)
