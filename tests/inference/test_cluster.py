@@ -61,3 +61,21 @@ def test_workers_and_cluster_together_are_refused(tmp_path, capsys):
     code = cli.main(["predict", str(tmp_path / "model.safetensors"), str(tmp_path), "-o", str(tmp_path / "o"),
                      "--workers", "2", "--cluster", "tcp://127.0.0.1:1"])
     assert code == 2 and "not both" in capsys.readouterr().err
+
+
+def test_a_bf16_model_goes_to_the_workers(tmp_path):
+    """What --precision auto gives on a CPU with bf16 units: bf16-stored weights, which
+    Dask's own tensor serialiser cannot send."""
+    import torch
+
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "detections_per_img": 20})
+    torch.manual_seed(0)
+    save_model(tmp_path / "model.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(tmp_path / "slide.tif", rng.integers(0, 4000, (200, 150), dtype=np.uint16), tile=(64, 64))
+    common = [str(tmp_path / "model.safetensors"), str(tmp_path / "slide.tif"), "--score-threshold", "0",
+              "--device", "cpu", "--tile-size", "96", "--tile-overlap", "16", "--threads", "1", "--precision", "bf16"]
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "one")]) == 0
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = (tifffile.imread(tmp_path / run / "slide_masks.tif") for run in ("one", "two"))
+    assert np.array_equal(one, two) and one.max() > 0

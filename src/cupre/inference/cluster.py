@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import uuid
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -51,13 +53,33 @@ def _client(options):
     return Client(cluster), cluster
 
 
-def run_task(fn: Callable, net, item, *, threads: int | None, device_name: str, **kwargs):
+_UNPACKED: dict[str, torch.nn.Module] = {}  # per worker process: the run's model, unpacked once
+
+
+class PackedModel:
+    """The run's model as sent to the workers: torch's own serialisation (Dask's tensor
+    serialiser goes through numpy, which has no bf16), unpacked once per worker process.
+    The bytes are made by this run, in memory; no file is unpickled."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        buffer = io.BytesIO()
+        torch.save(net, buffer)
+        self.blob, self.token = buffer.getvalue(), uuid.uuid4().hex
+
+    def unpack(self) -> torch.nn.Module:
+        if self.token not in _UNPACKED:
+            _UNPACKED.clear()
+            _UNPACKED[self.token] = torch.load(io.BytesIO(self.blob), weights_only=False)
+        return _UNPACKED[self.token]
+
+
+def run_task(fn: Callable, packed: PackedModel, item, *, threads: int | None, device_name: str, **kwargs):
     """One task on a worker: ``fn(net, item, device=..., **kwargs)`` with this worker's
     torch threads and device."""
     if threads is not None:
         torch.set_num_threads(threads)
     device = pick_device(device_name)
-    return fn(net.to(device), item, device=device, **kwargs)
+    return fn(packed.unpack().to(device), item, device=device, **kwargs)
 
 
 class LocalTasks:
@@ -78,7 +100,7 @@ class ClusterTasks:
         self.client, self.options = client, options
         self.threads = max(1, available_cores() // options.workers) if options.workers else None
         on_cpu = net if next(net.parameters()).device.type == "cpu" else copy.deepcopy(net).cpu()
-        self.net = client.scatter(on_cpu, broadcast=True)
+        self.net = client.scatter(PackedModel(on_cpu), broadcast=True)
 
     def map(self, fn: Callable, items: Iterable, *, ordered: bool = True, **kwargs) -> Iterator:
         from distributed import as_completed
