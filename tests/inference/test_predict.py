@@ -195,7 +195,7 @@ def _check_geojson(path: Path, label: np.ndarray, rows: list[dict]) -> None:
         geometry = feature["geometry"]
         polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
         assert all(ring[0] == ring[-1] for poly in polygons for ring in poly)
-        area = sum(shoelace(poly[0]) for poly in polygons)
+        area = sum(shoelace(poly[0]) - sum(shoelace(hole) for hole in poly[1:]) for poly in polygons)
         assert abs(area - counts[int(row["id"])]) <= 0.05 * counts[int(row["id"])]
         assert feature["properties"]["measurements"]["area"] == int(row["area"])
         assert feature["properties"]["classification"]["name"] == row["category"]
@@ -412,3 +412,24 @@ def test_objects_beyond_the_models_rescaling_are_warned_about(tmp_path):
         warnings.simplefilter("error")  # a size the model can rescale to: no warning
         run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out3",
                     options=PredictOptions(object_size=150), progress=False)
+
+
+def test_geojson_keeps_holes_and_parts(tmp_path):
+    """A ring-shaped cell is a Polygon with its hole as an inner ring, a cell in two parts a
+    MultiPolygon; their areas are exactly the pixel counts."""
+    from cupre.inference.writers import label_outlines, write_geojson
+
+    yy, xx = np.mgrid[0:60, 0:80]
+    label = np.zeros((60, 80), np.uint16)
+    label[((yy - 25) ** 2 + (xx - 25) ** 2 <= 15**2) & ((yy - 25) ** 2 + (xx - 25) ** 2 > 6**2)] = 1  # a ring
+    label[5:15, 55:62] = 2
+    label[30:52, 60:75] = 2  # id 2 in two parts
+    rows = [{"id": k, "score": 1.0, "area": int((label == k).sum()), "centroid_y": 0, "centroid_x": 0, "bbox_x0": 0,
+             "bbox_y0": 0, "bbox_x1": 0, "bbox_y1": 0, "mean_intensity": 0, "category": "cell"} for k in (1, 2)]
+    assert write_geojson(tmp_path / "o.geojson", label_outlines(label), rows) == 2
+    ring, parts = json.loads((tmp_path / "o.geojson").read_text())["features"]
+    assert ring["geometry"]["type"] == "Polygon" and len(ring["geometry"]["coordinates"]) == 2
+    outer, hole = ring["geometry"]["coordinates"]
+    assert shoelace(outer) - shoelace(hole) == (label == 1).sum()
+    assert parts["geometry"]["type"] == "MultiPolygon" and len(parts["geometry"]["coordinates"]) == 2
+    assert sum(shoelace(p[0]) for p in parts["geometry"]["coordinates"]) == (label == 2).sum()

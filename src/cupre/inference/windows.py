@@ -174,12 +174,14 @@ def write_overlay(path: Path, painter: LabelPainter, image: LazyImage, value_ran
     return step
 
 
-def label_outlines(painter: LabelPainter, stats: dict[str, np.ndarray]) -> Iterator[tuple[int, list[np.ndarray]]]:
+def label_outlines(painter: LabelPainter,
+                   stats: dict[str, np.ndarray]) -> Iterator[tuple[int, list[list[np.ndarray]]]]:
     """:func:`cupre.inference.writers.label_outlines` of the whole label image, each id
     traced in its own window."""
     for k in range(len(painter.kept)):
         y0, y1, x0, x1 = (int(stats[key][k]) for key in ("y0", "y1", "x0", "x1"))
-        parts = writers.outline_parts(painter.window(y0, y1, x0, x1) == k + 1)
-        polys = [p + np.array([x0, y0]) for p in parts if len(p) >= 3]
+        shift = np.array([x0, y0])
+        polys = [[ring + shift for ring in poly]
+                 for poly in writers.outline_parts(painter.window(y0, y1, x0, x1) == k + 1)]
         if polys:
             yield k + 1, polys

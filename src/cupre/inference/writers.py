@@ -224,52 +224,59 @@ def polygon_roi(polygon: np.ndarray, name: str) -> roifile.ImagejRoi:
     return roi
 
 
-def outline_parts(mask: np.ndarray) -> list[np.ndarray]:
-    """The traced outline (:func:`trace_outline`) of every 8-connected part of a bool
-    mask, largest part first (holes are not traced)."""
+def outline_parts(mask: np.ndarray) -> list[list[np.ndarray]]:
+    """The outline of every 8-connected part of a bool mask, largest part first, each as
+    its rings: the outer boundary (:func:`trace_outline`), then one ring per hole (a
+    4-connected background region the part encloses)."""
     parts, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n <= 1:
-        return [trace_outline(mask)] if n else []
     sizes = np.bincount(parts.ravel())[1:]
-    return [trace_outline(parts == k + 1) for k in np.argsort(-sizes, kind="stable")]
+    polygons = []
+    for k in np.argsort(-sizes, kind="stable").tolist():
+        part = parts == k + 1
+        rings = [trace_outline(part)]
+        holes, count = ndimage.label(ndimage.binary_fill_holes(part) & ~part)
+        rings += [trace_outline(holes == j) for j in range(1, count + 1)]
+        polygons.append([r for r in rings if len(r) >= 3])
+    return [p for p in polygons if p and len(p[0]) >= 3]
 
 
-def label_outlines(label: np.ndarray) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """``(id, polygons)`` per id of ``label``: the outline of each of its parts
-    (:func:`outline_parts`, largest first) as ``Kx2`` ``(x, y)`` pixel-corner coordinates
-    in the image; parts whose outline has fewer than 3 vertices are left out, and so are
-    ids left with none."""
+def label_outlines(label: np.ndarray) -> Iterator[tuple[int, list[list[np.ndarray]]]]:
+    """``(id, polygons)`` per id of ``label``: each part's rings (:func:`outline_parts`,
+    largest part first, outer ring then holes) as ``Kx2`` ``(x, y)`` pixel-corner
+    coordinates in the image; ids whose outline has fewer than 3 vertices are left out."""
     for k, sl in enumerate(ndimage.find_objects(label), start=1):
         if sl is None:
             continue
-        polys = [p + np.array([sl[1].start, sl[0].start]) for p in outline_parts(label[sl] == k) if len(p) >= 3]
+        shift = np.array([sl[1].start, sl[0].start])
+        polys = [[ring + shift for ring in poly] for poly in outline_parts(label[sl] == k)]
         if polys:
             yield k, polys
 
 
-def write_roi_zip(path: Path, outlines: Iterable[tuple[int, list[np.ndarray]]]) -> int:
-    """One ImageJ polygon ROI per id, its largest part's outline (:func:`label_outlines`;
+def write_roi_zip(path: Path, outlines: Iterable[tuple[int, list[list[np.ndarray]]]]) -> int:
+    """One ImageJ polygon ROI per id, its largest part's outer ring (:func:`label_outlines`;
     entries ``00001.roi`` ...), zipped as the ImageJ ROI Manager reads them. Returns the
     number written."""
     written = 0
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for k, polys in outlines:
-            zf.writestr(f"{k:05d}.roi", polygon_roi(polys[0], f"{k:05d}").tobytes())
+            zf.writestr(f"{k:05d}.roi", polygon_roi(polys[0][0], f"{k:05d}").tobytes())
             written += 1
     return written
 
 
-def write_geojson(path: Path, outlines: Iterable[tuple[int, list[np.ndarray]]], rows: list[dict]) -> int:
+def write_geojson(path: Path, outlines: Iterable[tuple[int, list[list[np.ndarray]]]], rows: list[dict]) -> int:
     """The objects as GeoJSON for QuPath (*File > Import objects*): a FeatureCollection of
-    one Feature per id (:func:`label_outlines`, pixel-corner coordinates, rings closed): a
-    Polygon, or a MultiPolygon for an object in several parts; each a QuPath detection
+    one Feature per id (:func:`label_outlines`, pixel-corner coordinates, rings closed,
+    holes as inner rings): a Polygon, or a MultiPolygon for an object in several parts;
+    each a QuPath detection
     named by its id, classified by its category and carrying its table row
     (:func:`object_rows`) as measurements. Returns the number written (atomic)."""
     by_id = {row["id"]: row for row in rows}
     features = []
     for k, polys in outlines:
         row = by_id[k]
-        rings = [[np.concatenate([p, p[:1]]).tolist()] for p in polys]
+        rings = [[np.concatenate([r, r[:1]]).tolist() for r in poly] for poly in polys]
         geometry = {"type": "Polygon", "coordinates": rings[0]} if len(rings) == 1 else \
             {"type": "MultiPolygon", "coordinates": rings}
         features.append({
