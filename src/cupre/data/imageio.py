@@ -32,11 +32,12 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
         CupreError: the file is missing, truncated or not an image.
     """
     path = Path(path)
-    if path.suffix.lower() == ".zarr" and path.is_dir():
-        from cupre.data.lazy import LazyImage
-
-        with LazyImage(path, page) as image:
-            return image.read(0, image.shape[0], 0, image.shape[1])
+    if is_zarr(path):
+        array, axes = open_ome_zarr(path)
+        try:
+            return _tiff_page(array, axes, page)
+        except ValueError as exc:
+            raise file_error(path, str(exc)) from None
     if not path.is_file():
         raise file_error(path, "image file not found")
     try:
@@ -55,6 +56,33 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise file_error(path, f"unsupported image shape {arr.shape}")
     return arr
+
+
+def is_zarr(path: str | Path) -> bool:
+    """True for an OME-Zarr image folder (``name.zarr``)."""
+    path = Path(path)
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
+def open_ome_zarr(path: Path):
+    """Level 0 of an OME-Zarr image (a zarr array, not read) and its axes, upper-case
+    (``"CZYX"``; NGFF 0.4 and 0.5 metadata).
+
+    Raises:
+        CupreError: not an OME-Zarr image.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        scales = attrs.get("ome", attrs)["multiscales"][0]  # NGFF 0.5 nests its metadata under "ome"
+        array = group[scales["datasets"][0]["path"]]
+        names = [a["name"] if isinstance(a, dict) else a for a in scales.get("axes", [])]
+    except (KeyError, IndexError, TypeError, ValueError, OSError) as exc:
+        raise file_error(path, f"not an OME-Zarr image ({exc.__class__.__name__}: {exc})") from None
+    names = names or list("tczyx"[-array.ndim:])
+    return array, "".join(n.upper() for n in names)
 
 
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:
@@ -111,8 +139,9 @@ def tiff_planes(axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(size for ax, size in zip(axes, shape) if ax not in IMAGE_AXES)
 
 
-def _tiff_page(arr: np.ndarray, axes: str, page: int | None) -> np.ndarray:
-    """Plane ``page`` (counted over all non-image axes, C order) of a TIFF series."""
+def _tiff_page(arr, axes: str, page: int | None) -> np.ndarray:
+    """Plane ``page`` (counted over all non-image axes, C order) of a TIFF series (or of
+    a zarr array: only that plane is read)."""
     planes = tiff_planes(axes, arr.shape)
     count = int(np.prod(planes)) if planes else 1
     if page is not None and not 0 <= page < count:
@@ -131,11 +160,13 @@ def count_pages(path: str | Path) -> int:
         CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
     """
     path = Path(path)
-    if path.suffix.lower() == ".zarr" and path.is_dir():
-        from cupre.data.lazy import LazyImage
-
-        with LazyImage(path) as image:
-            return image.planes
+    if is_zarr(path):
+        array, axes = open_ome_zarr(path)
+        try:
+            planes = tiff_planes(axes, tuple(array.shape))
+        except ValueError as exc:
+            raise file_error(path, str(exc)) from None
+        return max(1, int(np.prod(planes)) if planes else 1)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return 1
     import tifffile

@@ -17,25 +17,26 @@ column), so that a tile can be normalised alone with its image's range
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from cupre.data.imageio import IMAGE_AXES, Normalization, intensities, percentile_range, read_image, tiff_planes
+from cupre.data.imageio import (
+    IMAGE_AXES,
+    Normalization,
+    intensities,
+    is_zarr,
+    open_ome_zarr,
+    percentile_range,
+    read_image,
+    tiff_planes,
+)
 from cupre.errors import file_error
 
 EXACT_PIXELS = 1 << 24  # planes up to 16.8 Mpx (4096 x 4096) get exact percentiles
 WINDOW = 2048  # side of the windows a plane is scanned in
-ZARR_SUFFIX = ".zarr"
-
-
-def is_zarr(path: str | Path) -> bool:
-    """True for an OME-Zarr image folder (``name.zarr``)."""
-    path = Path(path)
-    return path.suffix.lower() == ZARR_SUFFIX and path.is_dir()
 
 
 class LazyImage:
@@ -77,19 +78,8 @@ class LazyImage:
             raise file_error(self.path, f"cannot read TIFF ({exc.__class__.__name__}: {exc})") from None
 
     def _open_zarr(self) -> None:
-        import zarr
-
-        try:
-            group = zarr.open_group(self.path, mode="r")
-            attrs = dict(group.attrs)
-            meta = attrs.get("ome", attrs)  # NGFF 0.5 nests its metadata under "ome"
-            scales = meta["multiscales"][0]
-            self._array = group[scales["datasets"][0]["path"]]
-            names = [a["name"] if isinstance(a, dict) else a for a in scales.get("axes", [])]
-        except (KeyError, IndexError, TypeError, ValueError, OSError, json.JSONDecodeError) as exc:
-            raise file_error(self.path, f"not an OME-Zarr image ({exc.__class__.__name__}: {exc})") from None
-        names = names or list("tczyx"[-self._array.ndim:])
-        self._set_plane("".join(n.upper() for n in names), tuple(self._array.shape))
+        self._array, axes = open_ome_zarr(self.path)
+        self._set_plane(axes, tuple(self._array.shape))
 
     def _set_plane(self, axes: str, shape: tuple[int, ...]) -> None:
         """The index of plane ``page`` over every axis but Y, X and S (as read_image)."""

@@ -7,8 +7,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from cupre.data.imageio import IMAGE_SUFFIXES, count_pages
-from cupre.data.lazy import is_zarr
+from cupre.data.imageio import IMAGE_SUFFIXES, count_pages, is_zarr
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, file_error
 
