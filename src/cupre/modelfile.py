@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from cupre.config import DetectorConfig
-from cupre.errors import CupreError
+from cupre.errors import CupreError, file_error
 from cupre.fileio import atomic_path
 
 MODEL_FILE = "model.safetensors"
@@ -113,6 +113,18 @@ def check_state(path: str | Path, model: torch.nn.Module, state: dict[str, torch
     if problems:
         raise CupreError(f"{path}: the tensors do not fit the detector its config describes: {'; '.join(problems)} "
                          "(wrong backbone or a damaged file?)")
+
+
+def resolve_model_file(model: str | Path) -> Path:
+    """A model file, or ``<folder>/model.safetensors`` for a run folder."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise file_error(path, f"run folder holds no {MODEL_FILE}")
+        return path / MODEL_FILE
+    if not path.is_file():
+        raise file_error(path, "model file not found")
+    return path
 
 
 def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None):

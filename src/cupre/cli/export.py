@@ -8,6 +8,7 @@ from pathlib import Path
 import cupre.export.bioimageio as _lib
 from cupre.errors import CupreError, file_error
 from cupre.export.bioimageio import export_bioimageio
+from cupre.modelfile import resolve_model_file
 
 DESCRIPTION = _lib.__doc__
 
@@ -32,8 +33,6 @@ def main(args: argparse.Namespace) -> int:
         raise CupreError(f"--format {args.format}: not offered; cupre's detector decides per image, in Python, which "
                          "tiles, scales and detections get masks, and neither TorchScript nor ONNX export keeps that "
                          "(use --format bioimageio: the same masks as cupre predict)")
-    from cupre.inference.predict import resolve_model_file
-
     model = resolve_model_file(args.model)
     if args.out.exists() and not args.overwrite:
         raise file_error(args.out, "exists; pass --overwrite to replace it")

@@ -139,15 +139,24 @@ def tiff_planes(axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(size for ax, size in zip(axes, shape) if ax not in IMAGE_AXES)
 
 
-def _tiff_page(arr, axes: str, page: int | None) -> np.ndarray:
-    """Plane ``page`` (counted over all non-image axes, C order) of a TIFF series (or of
-    a zarr array: only that plane is read)."""
-    planes = tiff_planes(axes, arr.shape)
+def plane_index(axes: str, shape: tuple[int, ...], page: int | None) -> tuple[tuple, int]:
+    """The index of plane ``page`` (counted over all non-image axes, C order; None: the
+    first) into an array of ``axes`` / ``shape``, and how many planes it holds.
+
+    Raises:
+        ValueError: no Y/X plane, too many samples, or ``page`` out of range.
+    """
+    planes = tiff_planes(axes, shape)
     count = int(np.prod(planes)) if planes else 1
     if page is not None and not 0 <= page < count:
-        raise ValueError(f"plane {page} requested, the TIFF has {count} (axes {axes!r})")
+        raise ValueError(f"plane {page} requested, the image has {count} (axes {axes!r})")
     where = iter(np.unravel_index(page or 0, planes) if planes else ())
-    index = tuple(slice(None) if ax in IMAGE_AXES else int(next(where)) for ax in axes)
+    return tuple(slice(None) if ax in IMAGE_AXES else int(next(where)) for ax in axes), count
+
+
+def _tiff_page(arr, axes: str, page: int | None) -> np.ndarray:
+    """Plane ``page`` of a TIFF series (or of a zarr array: only that plane is read)."""
+    index, _ = plane_index(axes, tuple(arr.shape), page)
     out = arr[index]
     kept = [ax for ax in axes if ax in IMAGE_AXES]
     return np.moveaxis(out, kept.index("S"), -1) if "S" in kept else out
@@ -163,10 +172,9 @@ def count_pages(path: str | Path) -> int:
     if is_zarr(path):
         array, axes = open_ome_zarr(path)
         try:
-            planes = tiff_planes(axes, tuple(array.shape))
+            return max(1, plane_index(axes, tuple(array.shape), None)[1])
         except ValueError as exc:
             raise file_error(path, str(exc)) from None
-        return max(1, int(np.prod(planes)) if planes else 1)
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return 1
     import tifffile
@@ -174,8 +182,7 @@ def count_pages(path: str | Path) -> int:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            planes = tiff_planes(series.axes, tuple(series.shape))
-            return max(1, int(np.prod(planes)) if planes else 1)
+            return max(1, plane_index(series.axes, tuple(series.shape), None)[1])
     except (OSError, ValueError, IndexError) as exc:
         raise file_error(path, f"cannot read TIFF ({exc})") from None
 

@@ -25,13 +25,14 @@ import numpy as np
 
 from cupre.data.imageio import (
     IMAGE_AXES,
+    TIFF_SUFFIXES,
     Normalization,
     intensities,
     is_zarr,
     open_ome_zarr,
     percentile_range,
+    plane_index,
     read_image,
-    tiff_planes,
 )
 from cupre.errors import file_error
 
@@ -56,7 +57,7 @@ class LazyImage:
         self._array, self._index, self._axes, self.planes = None, None, "", 1
         if is_zarr(self.path):
             self._open_zarr()
-        elif self.path.suffix.lower() in (".tif", ".tiff"):
+        elif self.path.suffix.lower() in TIFF_SUFFIXES:
             self._open_tiff()
         else:
             self._array = _decoded(self.path, page)  # decoded whole: the plane itself
@@ -84,14 +85,9 @@ class LazyImage:
     def _set_plane(self, axes: str, shape: tuple[int, ...]) -> None:
         """The index of plane ``page`` over every axis but Y, X and S (as read_image)."""
         try:
-            planes = tiff_planes(axes, shape)
+            self._index, self.planes = plane_index(axes, shape, self.page)
         except ValueError as exc:
             raise file_error(self.path, str(exc)) from None
-        count = self.planes = int(np.prod(planes)) if planes else 1
-        if self.page is not None and not 0 <= self.page < count:
-            raise file_error(self.path, f"plane {self.page} requested, the image has {count} (axes {axes!r})")
-        where = iter(np.unravel_index(self.page or 0, planes) if planes else ())
-        self._index = tuple(slice(None) if ax in IMAGE_AXES else int(next(where)) for ax in axes)
         self._axes = "".join(ax for ax in axes if ax in IMAGE_AXES)  # the plane's axes, in stored order
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -158,7 +154,7 @@ def image_size(path: str | Path, page: int | None = None) -> tuple[int, int]:
         CupreError or what the readers raise on a broken file.
     """
     path = Path(path)
-    if is_zarr(path) or path.suffix.lower() in (".tif", ".tiff"):
+    if is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES:
         with LazyImage(path, page) as image:
             return image.shape
     from PIL import Image

@@ -109,26 +109,28 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     from cupre.data.imageio import normalize
     from cupre.export.label_model import LabelImageModel
     from cupre.inference import writers
+    from cupre.inference.arrays import segment_array
+    from cupre.inference.predict import DEFAULT_CATEGORIES
     from cupre.modelfile import load_model_file
 
     ckpt = load_model_file(model_file)
     kwargs = {"detector": dict(ckpt["detector"]), "score_threshold": float(score_threshold),
               "object_size": object_size, "tile_size": 1024, "tile_overlap": 128,
-              "categories": list(ckpt.get("categories") or [{"id": 1, "name": "cell"}])}
+              "categories": list(ckpt.get("categories") or DEFAULT_CATEGORIES)}
     module = LabelImageModel(**kwargs)
     module.net.load_state_dict(ckpt["model"])
     raw = sample_image(sample)
-    with torch.no_grad():
-        label = module(torch.from_numpy(raw)[None, None]).numpy()
+    # what LabelImageModel.forward returns for the sample, with the object table for the cover
+    plane, rows, _ = segment_array(module.net.eval(), raw, device=torch.device("cpu"), categories=kwargs["categories"],
+                                   precision="fp32", **module.options)
+    label = plane.astype("int32")[None, None]
     name = name or f"cupre {kwargs['detector'].get('backbone', '')} cell segmentation".replace("  ", " ")
     with tempfile.TemporaryDirectory(prefix="cupre-export-") as folder:
         work = Path(folder)
         torch.save(module.state_dict(), work / "weights.pt")
         np.save(work / "test_input.npy", raw[None, None])
         np.save(work / "test_output.npy", label)
-        rows = [{"id": k, "centroid_x": float(xs.mean()), "centroid_y": float(ys.mean())}
-                for k in range(1, int(label.max()) + 1) for ys, xs in [np.nonzero(label[0, 0] == k)] if ys.size]
-        writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), label[0, 0], rows)
+        writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), plane, rows)
         (work / "README.md").write_text(documentation(name, kwargs, dict(ckpt.get("training") or {})))
         space = [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=MIN_SIDE, step=32))
                  for a in "yx"]

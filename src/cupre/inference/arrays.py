@@ -37,5 +37,5 @@ def segment_array(net, raw: np.ndarray, *, device: torch.device, categories: lis
         (objs,), (factor,) = predict_at_object_scale(net, [image], object_size=object_size, tile_size=tile_size,
                                                      overlap=tile_overlap, batch_size=1, device=device)
     label, kept = writers.paint_labels(objs, *image.shape[-2:])
-    names = {k: c["name"] for k, c in enumerate(categories or DEFAULT_CATEGORIES, start=1)}
+    names = writers.category_names(categories or DEFAULT_CATEGORIES)
     return label, writers.object_rows(label, kept, objs, raw, names), factor

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from cupre.data.imageio import normalize, read_image
 from cupre.data.lazy import image_size, release_decoded
 from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
-from cupre.errors import CupreError, CupreWarning, file_error
+from cupre.errors import CupreError, CupreWarning
 from cupre.fileio import write_json_atomic
 from cupre.inference import omezarr, writers
 from cupre.inference.cluster import open_tasks
@@ -73,7 +73,7 @@ from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
 from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
-from cupre.modelfile import MODEL_FILE
+from cupre.modelfile import resolve_model_file
 from cupre.models.detector import weights_for_inference
 from cupre.scale import MAX_FACTOR, MIN_FACTOR
 
@@ -88,18 +88,6 @@ class PredictSummary:
     objects: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, problem)
     out: Path | None = None
-
-
-def resolve_model_file(model: str | Path) -> Path:
-    """A model file, or ``<folder>/model.safetensors`` for a run folder."""
-    path = Path(model)
-    if path.is_dir():
-        if not (path / MODEL_FILE).is_file():
-            raise file_error(path, f"run folder holds no {MODEL_FILE}")
-        return path / MODEL_FILE
-    if not path.is_file():
-        raise file_error(path, "model file not found")
-    return path
 
 
 def load_model(model: str | Path, *, device: torch.device,
@@ -154,23 +142,16 @@ def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: to
     """All per-image files of one prediction; returns its COCO results and object count."""
     height, width = image.shape[-2:]
     label, kept = writers.paint_labels(objs, height, width)
-    names = {k: c["name"] for k, c in enumerate(categories, start=1)}
-    rows = writers.object_rows(label, kept, objs, raw, names)
+    rows = writers.object_rows(label, kept, objs, raw, writers.category_names(categories))
     paths["masks"].parent.mkdir(parents=True, exist_ok=True)
     writers.write_label_tiff(paths["masks"], label)
     writers.write_csv(paths["objects"], rows)
     writers.write_overlay(paths["overlay"], writers.normalised_rgb(image), label, rows)
-    outlines = list(writers.label_outlines(label)) if {"rois", "geojson"} & set(paths) else []
-    if "rois" in paths:
-        writers.write_roi_zip(paths["rois"], outlines)
-    if "geojson" in paths:
-        writers.write_geojson(paths["geojson"], outlines, rows)
-    if "ome_zarr" in paths:
-        omezarr.write_ome_zarr(paths["ome_zarr"], shape=label.shape, read_image=lambda a, b, c, d: raw[a:b, c:d],
-                               read_label=lambda a, b, c, d: label[a:b, c:d], label_dtype=label.dtype)
-    cat_ids = {k: int(c["id"]) for k, c in enumerate(categories, start=1)}
+    writers.write_optional_outputs(paths, rows, outlines=lambda: writers.label_outlines(label), shape=label.shape,
+                                   read_image=lambda a, b, c, d: raw[a:b, c:d],
+                                   read_label=lambda a, b, c, d: label[a:b, c:d], label_dtype=label.dtype)
     results = writers.objects_to_results(objs, kept, image_id=job.image_id, height=height, width=width,
-                                         category_ids=cat_ids)
+                                         category_ids=writers.category_ids(categories))
     return results, len(kept)
 
 

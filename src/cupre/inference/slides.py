@@ -28,7 +28,7 @@ import torch
 
 from cupre.data.imageio import intensities, stretch
 from cupre.data.lazy import LazyImage, intensity_range
-from cupre.inference import omezarr, windows, writers
+from cupre.inference import windows, writers
 from cupre.inference.objects import Objects
 from cupre.inference.tiles import Tile, make_tiles, scaled_tiling
 from cupre.inference.tiling import merge_tiles, run_tiles
@@ -95,25 +95,18 @@ def write_slide_outputs(paths: dict[str, Path], objs: Objects, slide: Slide, *, 
     """All files of one slide (as :func:`cupre.inference.predict.write_image_outputs`
     writes them for a small image), window by window; returns its COCO results and
     object count."""
-    names = {k: c["name"] for k, c in enumerate(categories, start=1)}
     with LazyImage(slide.file, slide.page) as image:
         painter = windows.LabelPainter(objs, slide.height, slide.width)
         stats = painter.measure(image)
-        rows = windows.object_rows(stats, painter, names)
+        rows = windows.object_rows(stats, painter, writers.category_names(categories))
         paths["masks"].parent.mkdir(parents=True, exist_ok=True)
         windows.write_label_tiles(paths["masks"], painter)
         writers.write_csv(paths["objects"], rows)
         windows.write_overlay(paths["overlay"], painter, image, slide.value_range, rows)
-        outlines = list(windows.label_outlines(painter, stats)) if {"rois", "geojson"} & set(paths) else []
-        if "rois" in paths:
-            writers.write_roi_zip(paths["rois"], outlines)
-        if "geojson" in paths:
-            writers.write_geojson(paths["geojson"], outlines, rows)
-        if "ome_zarr" in paths:
-            dtype = windows.label_dtype(painter)
-            omezarr.write_ome_zarr(paths["ome_zarr"], shape=image.shape, read_image=image.read,
-                                   read_label=lambda *w: painter.window(*w).astype(dtype), label_dtype=dtype)
-    cat_ids = {k: int(c["id"]) for k, c in enumerate(categories, start=1)}
+        dtype = windows.label_dtype(painter)
+        writers.write_optional_outputs(paths, rows, outlines=lambda: windows.label_outlines(painter, stats),
+                                       shape=image.shape, read_image=image.read,
+                                       read_label=lambda *w: painter.window(*w).astype(dtype), label_dtype=dtype)
     results = writers.objects_to_results(objs, painter.kept, image_id=image_id, height=slide.height,
-                                         width=slide.width, category_ids=cat_ids)
+                                         width=slide.width, category_ids=writers.category_ids(categories))
     return results, len(painter.kept)

@@ -27,7 +27,7 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
-from cupre.modelfile import check_state, load_model_file
+from cupre.modelfile import build_from_file, check_state, load_model_file, resolve_model_file
 
 # What `cupre pretrain` writes, by product name, and the setting that asks for it.
 PRODUCTS = {
@@ -142,16 +142,7 @@ def continue_model(path: str | Path, overrides: dict[str, Any]) -> tuple[torch.n
     Raises:
         CupreError: no model file there, or not a cupre model.
     """
-    from cupre.models.detector import build_detector
-
-    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise CupreError(f"{path}: no cupre model file there (model.safetensors, or a run folder holding one)")
-    ckpt = load_model_file(file)
-    cfg = DetectorConfig.from_dict({**dict(ckpt["detector"]), **overrides}, where=f"{file} detector")
-    model = build_detector(cfg)
-    check_state(file, model, ckpt["model"])
-    model.load_state_dict(ckpt["model"])
+    model, cfg, _ = build_from_file(resolve_model_file(path), overrides=overrides)
     if cfg.num_classes != 1:
         model.reset_predictors(1)
         cfg.num_classes = 1
