@@ -10,8 +10,10 @@ import pytest
 # ``--precision auto`` means fp32 in every test (and in what they start), set before any
 # fixture runs: results must not depend on whether this CPU computes bf16 natively.
 os.environ["CUPRE_PRECISION"] = "fp32"
-# The napari plugin's tests run Qt headless (no display on CI).
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Qt runs on the display when there is one (``make test`` starts Xvfb where it can: napari's
+# viewer needs OpenGL, which Qt's offscreen platform lacks), else offscreen.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,20 +1,24 @@
-"""The napari plugin, headless: its manifest, sample, reader and both widgets (real magicgui
-Qt widgets, offscreen, their workers on Qt's event loop) on a tiny model.
+"""The napari plugin: its manifest, sample, reader and both widgets (real magicgui Qt
+widgets, their workers on Qt's event loop) on a tiny model, in napari's own viewer.
 
-The viewer is napari's ``ViewerModel``, the viewer without its canvas: napari's
-``make_napari_viewer`` fixture needs an OpenGL context, and machines without a display
-server (this one and CI: no Xvfb, and Qt's offscreen platform gives no OpenGL) have none.
-Everything the plugin does goes through the model (layers, readers, sample data)."""
+The viewer comes from napari's ``make_napari_viewer`` fixture, which needs OpenGL: ``make
+test`` runs the suite on a virtual display (Xvfb with Mesa's software OpenGL; see
+``tools/display-deps``) and there the real viewer is required. Run by hand with no display,
+these tests fall back to ``ViewerModel``, the viewer without its canvas (Qt's offscreen
+platform has no OpenGL), and the screenshot test is skipped."""
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy import ndimage
 
 from cupre.config import DetectorConfig
 from cupre.inference.predict import PredictOptions, run_predict
@@ -50,8 +54,18 @@ def _wait(qtbot, worker) -> None:
         pass
 
 
+def has_display() -> bool:
+    if os.environ.get("DISPLAY"):
+        return True
+    if os.environ.get("CUPRE_TEST_DISPLAY"):  # make test started Xvfb: never fall back silently
+        pytest.fail("CUPRE_TEST_DISPLAY is set but DISPLAY is not: the virtual display did not start")
+    return False
+
+
 @pytest.fixture
-def viewer(qtbot):
+def viewer(request, qtbot):
+    if has_display():
+        return request.getfixturevalue("make_napari_viewer")(show=True)  # a hidden canvas draws nothing
     from napari.components import ViewerModel
     from napari.plugins import _initialize_plugins
 
@@ -108,3 +122,62 @@ def test_finetune_widget_writes_a_model_that_segment_then_uses(viewer, qtbot, ti
                                       object_size=0.0, tile_size=1024)
     _wait(qtbot, worker)  # an empty model field: the fine-tuned model
     assert "synthetic cells masks" in viewer.layers
+
+
+def test_the_viewer_draws_the_labels_the_widget_adds(viewer, qtbot, tiny_model):
+    """On the real viewer (OpenGL canvas), the widget docks and its Labels layer is drawn."""
+    if not has_display():
+        pytest.skip("no display: napari's canvas needs OpenGL (make test provides Xvfb)")
+    from cupre.napari_plugin.widgets import segment_widget
+
+    (image,) = viewer.open_sample("cupre", "cells")
+    widget = segment_widget()
+    viewer.window.add_dock_widget(widget, name="Segment cells")
+    _wait(qtbot, widget(viewer=viewer, image=image, model=tiny_model, score_threshold=0.0, object_size=0.0,
+                        tile_size=1024))
+    labels = viewer.layers["synthetic cells masks"]
+    image.visible = False
+    viewer.reset_view()  # fit the image to the canvas the dock widget narrowed
+    drawn = viewer.screenshot(canvas_only=True, flash=False)
+    labels.visible = False
+    empty = viewer.screenshot(canvas_only=True, flash=False)
+    coloured = np.abs(drawn[..., :3].astype(int) - empty[..., :3].astype(int)).sum(-1) > 0
+    # each coloured screen pixel, through the camera, lands on (or next to) a labelled pixel,
+    # and nearly every object is drawn
+    rows, cols = np.nonzero(coloured)
+    height, width = coloured.shape
+    (cy, cx), zoom = viewer.camera.center[-2:], viewer.camera.zoom
+    y = np.round(cy + (rows + 0.5 - height / 2) / zoom).astype(int)
+    x = np.round(cx + (cols + 0.5 - width / 2) / zoom).astype(int)
+    assert len(y) > 0 and y.min() >= 0 and x.min() >= 0
+    near = ndimage.binary_dilation(labels.data > 0)
+    assert near[y, x].mean() > 0.95
+    drawn_at = np.zeros(labels.data.shape, bool)
+    drawn_at[y, x] = True
+    ids = np.unique(labels.data[labels.data > 0])
+    assert np.isin(ids, labels.data[ndimage.binary_dilation(drawn_at)]).mean() > 0.9
+    window = viewer.screenshot(canvas_only=False, flash=False)
+    assert window.shape[1] > drawn.shape[1]  # the dock widget beside the canvas
+
+
+def test_segment_runs_in_a_napari_process_that_drew_first(tiny_model, tmp_path):
+    """The user's order: napari's canvas (OpenGL) first, torch on the first Segment. On Mesa
+    this loaded triton after Mesa's LLVM and crashed the process; the widget now loads
+    triton apart (``load_triton_apart``). Runs the screenshot tool in a fresh process."""
+    if not has_display():
+        pytest.skip("no display: napari's canvas needs OpenGL (make test provides Xvfb)")
+    import subprocess
+    import sys
+
+    from cupre.napari_plugin.sample import synthetic_cells
+
+    ((image, _, _),) = synthetic_cells()
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    tool = Path(__file__).resolve().parents[2] / "tools" / "napari_screenshot.py"
+    done = subprocess.run([sys.executable, str(tool), str(tiny_model), str(tmp_path / "cells.tif"),
+                           "-o", str(tmp_path / "shot.png"), "--score-threshold", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "objects in" in done.stdout
+    shot = iio.imread(tmp_path / "shot.png")
+    assert shot.shape[0] >= 800 and shot.shape[1] >= 1200  # the whole window, widget docked

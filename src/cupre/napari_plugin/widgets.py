@@ -9,6 +9,9 @@ predict runs inside napari. The work itself is plain cupre
 these functions only move layers in and out.
 """
 
+import importlib.util
+import os
+import sys
 import tempfile  # no "from __future__ import annotations": magicgui reads the annotations as types
 from pathlib import Path
 
@@ -24,6 +27,29 @@ from cupre.napari_plugin.features import features_table
 
 MODEL_FILTER = "*.safetensors"
 LAST_MODEL: dict[str, Path] = {}  # the model the last fine-tuning wrote, for Segment cells
+
+
+def load_triton_apart() -> None:
+    """Load triton (which torchvision's import pulls in, where installed) with its own LLVM
+    symbols bound to itself, before anything imports it in napari's process.
+
+    napari's canvas has usually loaded OpenGL by then; on Mesa (software rendering, AMD and
+    virtual machines) that brings Mesa's LLVM, and triton's library, loaded after it, binds
+    to Mesa's LLVM symbols and crashes the process (seen under Xvfb: a segmentation fault on
+    the first Segment). ``RTLD_DEEPBIND`` makes triton resolve its own symbols first. A no-op
+    where triton is absent, already loaded, or the platform has no such flag.
+    """
+    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
+    if not deepbind or "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | deepbind)
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken triton is torch's business, not a reason to stop here
+        pass
+    finally:
+        sys.setdlopenflags(flags)
 
 
 def segment_layer(data: np.ndarray, model: Path, *, score_threshold: float, object_size: float,
@@ -60,6 +86,7 @@ def segment_widget(viewer: Viewer, image: Image, model: Path = Path(), score_thr
     Returns the started worker (FunctionWorker)."""
     model = LAST_MODEL.get("path", model) if model in (Path(), Path(".")) else model
     data = np.asarray(image.data)
+    load_triton_apart()
 
     @thread_worker(progress={"total": 0, "desc": "cupre: segmenting"})
     def work():
@@ -102,6 +129,7 @@ def finetune_widget(viewer: Viewer, image: Image, labels: Labels, model: Path = 
     """Fine-tune the model on the image and its (corrected) labels. Returns the started
     worker (FunctionWorker)."""
     data, painted = np.asarray(image.data), np.asarray(labels.data)
+    load_triton_apart()
 
     @thread_worker(progress={"total": 0, "desc": "cupre: fine-tuning"})
     def work():
