@@ -169,9 +169,11 @@ def conv_reference(device, precision: str) -> float:
 
 def one(args: argparse.Namespace) -> None:
     """Child process: one measurement, printed as a JSON line."""
-    from cupre.devices import map_large_allocations, pick_device, resolve_precision, set_threads
+    from cupre.devices import map_large_allocations, pick_device, resolve_precision, set_threads, skip_gpu_compiler
 
     set_threads(args.threads)
+    if args.model.startswith("cupre"):
+        skip_gpu_compiler()  # as the cupre command runs: no triton without a GPU (before torchvision's import)
     if args.model.startswith("cupre") and args.task == "infer":
         map_large_allocations()  # as cupre predict runs: large blocks mapped on their own, returned when freed
     device = pick_device("auto" if not args.cpu else "cpu")

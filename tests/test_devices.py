@@ -40,3 +40,23 @@ def test_set_threads():
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_cupre_command_keeps_triton_out_without_a_gpu():
+    """``cupre predict`` in a fresh process: without a GPU, torchvision's import no longer
+    loads triton (75 MiB resident); with one, nothing changes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cupre.cli import main\n"
+            "try: main(['predict', '--help'])\n"
+            "except SystemExit: pass\n"
+            "import torch, torchvision\n"
+            "print('triton loaded' if sys.modules.get('triton') is not None else 'triton not loaded', "
+            "'torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    last = done.stdout.strip().splitlines()[-1]
+    import importlib.util
+
+    loads = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+    assert last == ("triton loaded True" if loads else "triton not loaded True")

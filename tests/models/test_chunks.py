@@ -172,3 +172,36 @@ def test_training_and_narrow_models_keep_nchw():
     assert kept is x
     (moved,) = nhwc_input(conv.eval(), (x,))
     assert moved.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "cascade"])
+def test_masks_keep_each_detections_own_class_as_torchvision_selects_it(arch):
+    """Per chunk only the detection's own class's logits are kept; the probabilities equal
+    torchvision's ``maskrcnn_inference`` over every class's logits (a 3-class model)."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    from cupre.models.heads.chunks import mask_logits, pooled_map
+    from cupre.models.heads.maskrcnn import add_mask_probs
+    from cupre.models.neck import as_feature_dict
+
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "arch": arch, "num_classes": 3, "box_score_thresh": 0.0,
+                                    "box_nms_thresh": 1.0, "detections_per_img": 40})
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    heads = model.head.roi_heads
+    heads.chunk_size = 7
+    batch, _ = model.transform([torch.rand(3, 64, 96), torch.rand(3, 80, 64)])
+    with torch.no_grad():
+        features = model.neck(as_feature_dict(model.backbone(batch.tensors)))
+        proposals, _ = model.head.rpn(batch, features)
+        detections = heads.detect_boxes(features, proposals, batch.image_sizes)
+        labels = [d["labels"] for d in detections]
+        assert len(torch.cat(labels).unique()) > 1  # several classes among the detections
+        full = pooled_map(heads.mask_roi_pool, features, [d["boxes"] for d in detections], batch.image_sizes,
+                          lambda x: mask_logits(heads.mask_predictor, heads.mask_head(x)), heads.chunk_size)
+        assert full.shape[1] == 4  # background + 3 classes
+        expected = maskrcnn_inference(full, labels)
+        add_mask_probs(heads, features, detections, batch.image_sizes)
+    for det, want in zip(detections, expected):
+        assert det["masks"].shape == want.shape
+        torch.testing.assert_close(det["masks"], want, rtol=0, atol=0)

@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     only = first if first in COMMANDS else "__none__"
+    if only in COMPUTE or only == "export":
+        from cupre.devices import skip_gpu_compiler
+
+        skip_gpu_compiler()  # before the command's module imports torchvision
     parser = build_parser(only=only)
     args = parser.parse_args(argv)
     if getattr(args, "_module", None) is None:

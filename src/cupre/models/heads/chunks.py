@@ -52,10 +52,14 @@ def pooled_map(
     features: dict[str, Tensor],
     boxes: list[Tensor],
     image_shapes: list[tuple[int, int]],
-    head: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
+    head: Callable[..., Tensor | tuple[Tensor, ...]],
     size: int = CHUNK,
+    per_box: list[Tensor] | None = None,
 ) -> Tensor | tuple[Tensor, ...]:
     """``head(pool(features, boxes, image_shapes))`` computed ``size`` boxes at a time.
+
+    With ``per_box`` (per image, one value per box, e.g. the labels), the head is called
+    as ``head(pooled, values)`` with the chunk's values, in the same order.
 
     Outputs are cast to float32 (under bf16 autocast the heads return bf16; scores and
     mask probabilities are ranked and thresholded in fp32).
@@ -63,8 +67,15 @@ def pooled_map(
     # once, not per chunk and level: fp32 and NCHW, which RoIAlign's kernel would copy to each time
     features = {k: v.float().contiguous() for k, v in features.items()}
     threads = torch.get_num_threads()
+    values = None if per_box is None else torch.cat(per_box)
+
+    def run(start: int, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        return head(x) if values is None else head(x, values[start:start + len(x)])
+
+    starts = range(0, max(sum(len(b) for b in boxes), 1), size)  # box_chunks' pieces begin here
     if threads == 1 or sum(len(b) for b in boxes) < 2 * threads:
-        pieces = [head(pool(features, chunk, image_shapes)) for chunk in box_chunks(boxes, size)]
+        pieces = [run(start, pool(features, chunk, image_shapes))
+                  for start, chunk in zip(starts, box_chunks(boxes, size))]
     else:
         pool(features, [b[:1] for b in boxes], image_shapes)  # the pooler sets its level scales once, here
         with ThreadPoolExecutor(threads) as workers:
@@ -72,7 +83,7 @@ def pooled_map(
                 parts = box_chunks(chunk, -(-sum(len(b) for b in chunk) // threads))
                 return torch.cat(list(workers.map(lambda part: pool(features, part, image_shapes), parts)))
 
-            pieces = [head(pooled(chunk)) for chunk in box_chunks(boxes, size)]
+            pieces = [run(start, pooled(chunk)) for start, chunk in zip(starts, box_chunks(boxes, size))]
     if isinstance(pieces[0], tuple):
         return tuple(torch.cat(parts).float() for parts in zip(*pieces))
     return torch.cat(pieces).float()
