@@ -1,5 +1,6 @@
 """``cupre export --format bioimageio``: bioimage.io's own libraries validate the package
-and reproduce its test output; the package's label image is cupre predict's."""
+and reproduce its test output with each of its weights (the state dict through cupre, and
+the TorchScript program without it); the package's label image is cupre predict's."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def test_the_package_passes_bioimageio_validation_and_test_run(tmp_path, capsys,
 
     descr = load_description(package, perform_io_checks=False)
     assert descr.validation_summary.status == "valid-format", descr.validation_summary.format()
-    summary = test_model(descr)
+    assert descr.weights.pytorch_state_dict is not None and descr.weights.torchscript is not None
+    summary = test_model(descr)  # every weights format in the package
     assert summary.status == "passed", summary.format()
+    assert "torchscript" in summary.format()
 
     # its test output is the label image cupre predict writes for the same image
     run_predict(tmp_path / "model.safetensors", [tmp_path / "sample.tif"], out=tmp_path / "out", progress=False,
@@ -54,7 +57,7 @@ def test_the_package_passes_bioimageio_validation_and_test_run(tmp_path, capsys,
     assert np.array_equal(output[0, 0], expected)
 
 
-def test_torchscript_and_onnx_are_refused_with_the_reason(tmp_path, capsys):
+def test_onnx_is_refused_with_the_reason(tmp_path, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert cli.main(["export", str(tmp_path / "model.safetensors"), "--format", "onnx", "-o", str(tmp_path / "m")]) == 2
     assert "not offered" in capsys.readouterr().err

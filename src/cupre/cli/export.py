@@ -1,8 +1,10 @@
-"""``cupre export``: a model file as a bioimage.io package (see :mod:`cupre.export.bioimageio`)."""
+"""``cupre export``: a model file as a bioimage.io package or a TorchScript program (see
+:mod:`cupre.export.bioimageio` and :mod:`cupre.export.torchscript`)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import cupre.export.bioimageio as _lib
@@ -12,31 +14,47 @@ from cupre.modelfile import resolve_model_file
 
 DESCRIPTION = _lib.__doc__
 
+ONNX_REFUSAL = ("--format onnx: not offered. Tried with torch's two ONNX exporters: the torch.export one stops at "
+                "the first value-dependent decision (the normalisation range; then the object-scale second pass "
+                "and the painting object by object), and the TorchScript one cannot export torchvision's BoxCoder "
+                "object inside the detector. Use --format torchscript (the same label image as cupre predict) or "
+                "bioimageio")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
     parser.add_argument("--format", default="bioimageio", choices=("bioimageio", "torchscript", "onnx"),
-                        help="bioimageio: a bioimage.io model package (zip); torchscript and onnx are refused "
-                             "with the reason (see the description above)")
-    parser.add_argument("-o", "--out", required=True, type=Path, help="the package to write (name.zip)")
+                        help="bioimageio: a bioimage.io model package (zip, with TorchScript weights beside the "
+                             "state dict); torchscript: one TorchScript file, raw image in, label image out; "
+                             "onnx is refused with the reason")
+    parser.add_argument("-o", "--out", required=True, type=Path, help="the file to write (name.zip, name.pt)")
     parser.add_argument("--sample", type=Path, help="test image of the package (default: a synthetic cell image)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
     parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
                         help="typical cell diameter in pixels of the images it will get (default: estimated)")
+    parser.add_argument("--max-detections", type=int, default=2000, help="most detections per image (default 2000)")
     parser.add_argument("--name", help="the model's name in the package")
     parser.add_argument("--author", default="cupre user", help="author named in the package")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.format != "bioimageio":
-        raise CupreError(f"--format {args.format}: not offered; cupre's detector decides per image, in Python, which "
-                         "tiles, scales and detections get masks, and neither TorchScript nor ONNX export keeps that "
-                         "(use --format bioimageio: the same masks as cupre predict)")
+    if args.format == "onnx":
+        raise CupreError(ONNX_REFUSAL)
     model = resolve_model_file(args.model)
     if args.out.exists() and not args.overwrite:
         raise file_error(args.out, "exists; pass --overwrite to replace it")
-    out = export_bioimageio(model, args.out, sample=args.sample, score_threshold=args.score_threshold,
-                            object_size=args.object_size, name=args.name, author=args.author)
-    print(f"bioimage.io package: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    start = time.perf_counter()
+    if args.format == "torchscript":
+        from cupre.export.torchscript import export_torchscript
+
+        out = export_torchscript(model, args.out, score_threshold=args.score_threshold,
+                                 max_detections=args.max_detections, object_size=args.object_size, sample=args.sample)
+        what = "TorchScript model (checked: the same label image as cupre predict on the sample)"
+    else:
+        out = export_bioimageio(model, args.out, sample=args.sample, score_threshold=args.score_threshold,
+                                object_size=args.object_size, max_detections=args.max_detections, name=args.name,
+                                author=args.author)
+        what = "bioimage.io package"
+    print(f"{what}: {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.0f} s)")
     return 0

@@ -10,11 +10,12 @@ bioimage.io tools consume. Its weights are a ``pytorch_state_dict`` (plain tenso
 given (``--sample``) or a synthetic cell image, and its test output what cupre predicts
 for it, so bioimage.io's own test run checks the package reproduces cupre.
 
-TorchScript and ONNX are not offered: cupre's detector decides in Python, per image, how
-many detections get masks, which tiles run and at what object scale (torchvision's
-detection models script only in their stock form, and its mask pasting and
-data-dependent shapes do not export to ONNX); a package that gave other masks than
-cupre would be worse than none.
+The package carries a second weights entry, ``torchscript``: the same inference scripted
+(:mod:`cupre.export.torchscript`), which deepImageJ and other TorchScript runners load
+without cupre. Its output equals the state dict's for images that fit one tile at the
+model's object scale (larger ones run in one piece instead of tiles); bioimage.io's test
+run checks both against the same test output. ONNX is not offered (see ``cupre export
+--help``).
 
 Needs ``bioimageio.spec`` (``pip install 'cupre[export]'``).
 """
@@ -95,7 +96,7 @@ plus an object table, ImageJ ROIs, GeoJSON and OME-Zarr.
 
 
 def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None, score_threshold: float = 0.5,
-                      object_size: float | None = None, name: str | None = None,
+                      object_size: float | None = None, max_detections: int = 2000, name: str | None = None,
                       author: str = "cupre user") -> Path:
     """Write the package ``out`` (a ``.zip``); returns it.
 
@@ -108,6 +109,7 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
 
     from cupre.data.imageio import normalize
     from cupre.export.label_model import LabelImageModel
+    from cupre.export.torchscript import export_torchscript
     from cupre.inference import writers
     from cupre.inference.arrays import segment_array
     from cupre.inference.predict import DEFAULT_CATEGORIES
@@ -115,7 +117,7 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
 
     ckpt = load_model_file(model_file)
     kwargs = {"detector": dict(ckpt["detector"]), "score_threshold": float(score_threshold),
-              "object_size": object_size, "tile_size": 1024, "tile_overlap": 128,
+              "object_size": object_size, "max_detections": int(max_detections), "tile_size": 1024, "tile_overlap": 128,
               "categories": list(ckpt.get("categories") or DEFAULT_CATEGORIES)}
     module = LabelImageModel(**kwargs)
     module.net.load_state_dict(ckpt["model"])
@@ -128,6 +130,8 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     with tempfile.TemporaryDirectory(prefix="cupre-export-") as folder:
         work = Path(folder)
         torch.save(module.state_dict(), work / "weights.pt")
+        scripted = export_torchscript(model_file, work / "weights.torchscript.pt", score_threshold=score_threshold,
+                                      max_detections=max_detections, object_size=object_size, sample=sample)
         np.save(work / "test_input.npy", raw[None, None])
         np.save(work / "test_output.npy", label)
         writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), plane, rows)
@@ -163,7 +167,12 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
                 architecture=spec.ArchitectureFromLibraryDescr(
                     callable=spec.Identifier("LabelImageModel"), import_from="cupre.export.label_model",
                     kwargs=kwargs),
-                pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
+                pytorch_version=spec.Version(torch.__version__.split("+")[0])),
+                torchscript=spec.TorchscriptWeightsDescr(
+                    source=scripted, parent="pytorch_state_dict",
+                    comment="the same inference scripted (cupre.export.torchscript): runs without cupre, "
+                            "images up to 1024 px at the model's object scale in one piece",
+                    pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         save_bioimageio_package(descr, output_path=out)

@@ -25,17 +25,18 @@ class LabelImageModel(torch.nn.Module):
 
     Args:
         detector: the detector config (``DetectorConfig`` keys, as stored in a model file).
-        score_threshold, object_size, tile_size, tile_overlap: as ``cupre predict``'s
-            options (``object_size`` None: estimated per image).
+        score_threshold, object_size, tile_size, tile_overlap, max_detections: as
+            ``cupre predict``'s options (``object_size`` None: estimated per image).
         categories: the model's categories (for the object table; unused in the output).
     """
 
     def __init__(self, detector: dict[str, Any], score_threshold: float = 0.5, object_size: float | None = None,
-                 tile_size: int = 1024, tile_overlap: int = 128, categories: list[dict] | None = None) -> None:
+                 tile_size: int = 1024, tile_overlap: int = 128, categories: list[dict] | None = None,
+                 max_detections: int = 2000) -> None:
         super().__init__()
         self.net = build_detector(DetectorConfig.from_dict(dict(detector), where="bioimage.io kwargs")).eval()
         self.options = {"score_threshold": score_threshold, "object_size": object_size, "tile_size": tile_size,
-                        "tile_overlap": tile_overlap}
+                        "tile_overlap": tile_overlap, "max_detections": max_detections}
         self.categories = categories
 
     @torch.no_grad()
