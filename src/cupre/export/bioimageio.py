@@ -11,8 +11,8 @@ given (``--sample``) or a synthetic cell image, and its test output what cupre p
 for it, so bioimage.io's own test run checks the package reproduces cupre.
 
 The package carries a second weights entry, ``torchscript``: the same inference scripted
-(:mod:`cupre.export.torchscript`), which deepImageJ and other TorchScript runners load
-without cupre. Its output equals the state dict's for images that fit one tile at the
+(:mod:`cupre.export.torchscript`), which runs without cupre wherever torchvision's
+operators (NMS, RoIAlign) are registered (Python with torchvision; not bare libtorch). Its output equals the state dict's for images that fit one tile at the
 model's object scale (larger ones run in one piece instead of tiles); bioimage.io's test
 run checks both against the same test output. ONNX is not offered (see ``cupre export
 --help``).
@@ -170,8 +170,9 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
                 pytorch_version=spec.Version(torch.__version__.split("+")[0])),
                 torchscript=spec.TorchscriptWeightsDescr(
                     source=scripted, parent="pytorch_state_dict",
-                    comment="the same inference scripted (cupre.export.torchscript): runs without cupre, "
-                            "images up to 1024 px at the model's object scale in one piece",
+                    comment="the same inference scripted (cupre.export.torchscript): runs without cupre where "
+                            "torchvision's ops are registered (import torchvision); images larger than 1024 px at "
+                            "the model's object scale run in one piece, not tiled",
                     pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
         )
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ background, id ``k`` the ``k``-th highest-scoring object), computed as ``cupre p
 computes it for an image that fits one tile: percentile normalisation, the object-scale
 rule (a native-pixel pass, the median size of its confident objects, a second pass at the
 factor), the detector, the box-local mask pasting and the painting in score order. It
-runs in fp32 wherever TorchScript runs (C++ ``torch::jit::load``, Java, any Python with
-torch), with no Python code of cupre's.
+runs in fp32 with no Python code of cupre's, wherever torchvision's operators (NMS,
+RoIAlign) are registered: Python after ``import torchvision``, C++ linked with
+torchvision's ops library; not bare libtorch.
 
 What stays in Python, stated where the export is refused or documented:
 
