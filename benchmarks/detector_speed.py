@@ -10,7 +10,10 @@ Models (random weights, nothing downloaded), one foreground class:
 Each (model, precision, task) runs in its own Python process, so that the peak memory
 printed is that process's maximum resident set (imports included), one measurement at a
 time; "built" is that process's resident set once torch is imported and the model built
-(the floor under every figure: about 0.7 GB of it is importing torch and torchvision).
+(the floor under every figure: about 0.7 GiB of it is importing torch and torchvision; cupre's
+rows run as the ``cupre`` command does, without loading triton where there is no GPU:
+:func:`cupre.devices.skip_gpu_compiler`, 75 MiB less). Memory is printed in GiB (2^30
+bytes) and, for the inference rows, in GB (10^9 bytes) too.
 
 * ``infer``: images/s with 2,000 detections per image (cupre's models prepared for
   inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in
@@ -241,13 +244,14 @@ def main() -> None:
                   f"one process per row (peak = its max RSS)")
         if task == "infer":
             print(f"infer  {model:16s} {precision:4s}->{row['precision']:4s} {row['images_per_s']:7.3f} img/s "
-                  f"({row['seconds_per_batch']:.2f} s/batch of {row['batch']}) peak {row['peak_rss_gb']:.2f} GB "
+                  f"({row['seconds_per_batch']:.2f} s/batch of {row['batch']}) "
+                  f"peak {row['peak_rss_gb']:.3f} GiB = {row['peak_rss_gb'] * 2**30 / 1e9:.3f} GB "
                   f"(built: {row['baseline_rss_gb']:.2f}) "
                   f"| {row['gflops_per_s']:.0f} GFLOP/s ({row['gflop_per_image']:.0f} GFLOP/image; one 3x3 conv: "
                   f"{row['conv_gflops_per_s']:.0f}) | {row['detections']:.0f} dets", flush=True)
         else:
             print(f"train  {model:16s} {precision:4s}->{row['precision']:4s} {row['images_per_s']:7.3f} img/s "
-                  f"(batch 2) peak {row['peak_rss_gb']:.2f} GB (built: {row['baseline_rss_gb']:.2f})", flush=True)
+                  f"(batch 2) peak {row['peak_rss_gb']:.2f} GiB (built: {row['baseline_rss_gb']:.2f})", flush=True)
     base = {r["task"]: r for r in rows if r["model"] == "stock" and r["asked"] == "fp32"}
     for r in rows:
         if r["task"] in base and r is not base[r["task"]]:

@@ -64,7 +64,7 @@ class Body(nn.Module):
 
 
 class ScriptedSegmenter(nn.Module):
-    """Raw grey image in, label image out (see the module docstring); scriptable."""
+    """Raw image in, label image out (see the module docstring); scriptable."""
 
     object_size: Optional[float]
     given_object_size: Optional[float]
