@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from cupre.errors import CupreError
+from cupre.export.sample import sample_image
 
 PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain Unsupervised Pre-training for "
          "Few-Shot Cell Segmentation. arXiv:2310.03981, 2023.")
 PAPER_DOI = "10.48550/arXiv.2310.03981"
-TEST_SIDE = 256
 # Smallest input side: at the smallest object-scale factor (1/4) the detector still sees 64 px, so its
 # coarsest level (stride 32) is 2x2 and a GroupNorm of one channel per group (narrow models) has 4 values.
 MIN_SIDE = 256
@@ -43,25 +43,6 @@ MIN_SIDE = 256
 def check_available() -> None:
     if importlib.util.find_spec("bioimageio") is None or importlib.util.find_spec("bioimageio.spec") is None:
         raise CupreError("--format bioimageio needs bioimageio.spec: pip install 'cupre[export]'")
-
-
-def grey_plane(raw: np.ndarray) -> np.ndarray:
-    """One grey plane of an image: as is, or the mean of its colour channels."""
-    raw = np.asarray(raw)
-    if raw.ndim == 2:
-        return raw.astype(np.float32)
-    return raw[..., :3].astype(np.float32).mean(axis=-1) if raw.shape[-1] >= 3 else raw[..., 0].astype(np.float32)
-
-
-def sample_image(sample: Path | None) -> np.ndarray:
-    """The test image: ``sample`` (its first plane, grey) or a synthetic cell image."""
-    if sample is not None:
-        from cupre.data.imageio import read_image
-
-        return grey_plane(read_image(sample))
-    from cupre.data.synth_cells import render
-
-    return grey_plane(render(np.random.default_rng(0), size=TEST_SIDE, index=1, seed=0).image)
 
 
 def documentation(name: str, kwargs: dict, training: dict) -> str:

@@ -314,7 +314,7 @@ def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 
         CupreError: Cascade heads, an unreadable model file, or a scripted model that
             differs from cupre (a bug to report).
     """
-    from cupre.export.bioimageio import sample_image
+    from cupre.export.sample import sample_image
     from cupre.fileio import atomic_path
     from cupre.inference.arrays import segment_array
     from cupre.inference.predict import load_model
