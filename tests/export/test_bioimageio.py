@@ -55,9 +55,3 @@ def test_the_package_passes_bioimageio_validation_and_test_run(tmp_path, capsys,
     output = np.load(tmp_path / "test_output.npy")
     assert output.shape == (1, 1, 256, 288) and output.max() > 0
     assert np.array_equal(output[0, 0], expected)
-
-
-def test_onnx_is_refused_with_the_reason(tmp_path, capsys):
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    assert cli.main(["export", str(tmp_path / "model.safetensors"), "--format", "onnx", "-o", str(tmp_path / "m")]) == 2
-    assert "not offered" in capsys.readouterr().err

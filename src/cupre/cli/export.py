@@ -1,5 +1,6 @@
-"""``cupre export``: a model file as a bioimage.io package or a TorchScript program (see
-:mod:`cupre.export.bioimageio` and :mod:`cupre.export.torchscript`)."""
+"""``cupre export``: a model file as a bioimage.io package, a TorchScript program or an ONNX
+detector (see :mod:`cupre.export.bioimageio`, :mod:`cupre.export.torchscript` and
+:mod:`cupre.export.onnx`)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,21 @@ import time
 from pathlib import Path
 
 import cupre.export.bioimageio as _lib
-from cupre.errors import CupreError, file_error
+from cupre.errors import file_error
 from cupre.export.bioimageio import export_bioimageio
 from cupre.modelfile import resolve_model_file
 
 DESCRIPTION = _lib.__doc__
-
-ONNX_REFUSAL = ("--format onnx: not offered. Tried with torch's two ONNX exporters: the torch.export one stops at "
-                "the first value-dependent decision (the normalisation range; then the object-scale second pass "
-                "and the painting object by object), and the TorchScript one cannot export torchvision's BoxCoder "
-                "object inside the detector. Use --format torchscript (the same label image as cupre predict) or "
-                "bioimageio")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
     parser.add_argument("--format", default="bioimageio", choices=("bioimageio", "torchscript", "onnx"),
                         help="bioimageio: a bioimage.io model package (zip, with TorchScript weights beside the "
                              "state dict); torchscript: one TorchScript file, raw image in, label image out; "
-                             "onnx is refused with the reason")
-    parser.add_argument("-o", "--out", required=True, type=Path, help="the file to write (name.zip, name.pt)")
+                             "onnx: the detector network only (normalised image in, boxes, scores, labels and "
+                             "28 x 28 mask probabilities out; see cupre.export.onnx for what stays outside)")
+    parser.add_argument("-o", "--out", required=True, type=Path, help="the file to write (name.zip, name.pt, "
+                                                                         "name.onnx)")
     parser.add_argument("--sample", type=Path, help="test image of the package (default: a synthetic cell image)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
     parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
@@ -39,8 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.format == "onnx":
-        raise CupreError(ONNX_REFUSAL)
     model = resolve_model_file(args.model)
     if args.out.exists() and not args.overwrite:
         raise file_error(args.out, "exists; pass --overwrite to replace it")
@@ -51,6 +45,12 @@ def main(args: argparse.Namespace) -> int:
         out = export_torchscript(model, args.out, score_threshold=args.score_threshold,
                                  max_detections=args.max_detections, object_size=args.object_size, sample=args.sample)
         what = "TorchScript model (checked: the same label image as cupre predict on the sample)"
+    elif args.format == "onnx":
+        from cupre.export.onnx import export_onnx
+
+        out = export_onnx(model, args.out, score_threshold=args.score_threshold, max_detections=args.max_detections,
+                          sample=args.sample)
+        what = "ONNX detector (checked: onnxruntime gives PyTorch's outputs on two image sizes)"
     else:
         out = export_bioimageio(model, args.out, sample=args.sample, score_threshold=args.score_threshold,
                                 object_size=args.object_size, max_detections=args.max_detections, name=args.name,

@@ -14,8 +14,8 @@ The package carries a second weights entry, ``torchscript``: the same inference 
 (:mod:`cupre.export.torchscript`), which runs without cupre wherever torchvision's
 operators (NMS, RoIAlign) are registered (Python with torchvision; not bare libtorch). Its output equals the state dict's for images that fit one tile at the
 model's object scale (larger ones run in one piece instead of tiles); bioimage.io's test
-run checks both against the same test output. ONNX is not offered (see ``cupre export
---help``).
+run checks both against the same test output. ONNX weights are not included: the ONNX
+export (:mod:`cupre.export.onnx`) is the detector network, not the label image.
 
 Needs ``bioimageio.spec`` (``pip install 'cupre[export]'``).
 """
