@@ -8,12 +8,16 @@ import argparse
 import time
 from pathlib import Path
 
-import cupre.export.bioimageio as _lib
+import cupre.export.bioimageio as _bioimageio
+import cupre.export.onnx as _onnx
+import cupre.export.torchscript as _torchscript
 from cupre.errors import file_error
 from cupre.export.bioimageio import export_bioimageio
 from cupre.modelfile import resolve_model_file
 
-DESCRIPTION = _lib.__doc__
+# each format's module docstring, first paragraph: what the file holds
+DESCRIPTION = "\n\n".join(m.__doc__.split("\n\n")[0] for m in (_bioimageio, _torchscript, _onnx))
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
@@ -24,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "28 x 28 mask probabilities out; see cupre.export.onnx for what stays outside)")
     parser.add_argument("-o", "--out", required=True, type=Path, help="the file to write (name.zip, name.pt, "
                                                                          "name.onnx)")
-    parser.add_argument("--sample", type=Path, help="test image of the package (default: a synthetic cell image)")
+    parser.add_argument("--sample", type=Path, help="the image the export is checked on, and the package's test image "
+                                                    "(default: a synthetic cell image)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
     parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
                         help="typical cell diameter in pixels of the images it will get (default: estimated)")

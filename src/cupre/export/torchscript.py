@@ -1,4 +1,5 @@
-"""TorchScript export: a cupre Mask R-CNN's whole inference, raw image to label image.
+"""``cupre export --format torchscript``: a cupre Mask R-CNN's whole inference, raw image to
+label image, as one TorchScript program.
 
 :class:`ScriptedSegmenter` takes the raw intensities of one grey image (``1 x 1 x H x W``,
 any value range) and returns its instance label image (``1 x 1 x H x W`` int32, 0
