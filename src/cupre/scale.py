@@ -21,7 +21,7 @@ Detections always come back in the original image's pixels. ``object_size = None
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,22 +34,32 @@ MIN_SCORE = 0.5  # detections that count for the estimate
 
 def typical_size(boxes: torch.Tensor | np.ndarray) -> float | None:
     """Median ``sqrt(w * h)`` of ``Nx4`` XYXY boxes (None without a box of positive area)."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return median_side(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+
+
+def median_side(b: torch.Tensor) -> Optional[float]:
+    """:func:`typical_size` of a float32 ``Nx4`` tensor (scriptable, as are
+    :func:`scale_factor` and :func:`snap`: the TorchScript export runs the same rule)."""
     sides = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt()
     sides = sides[sides > 0]
-    return float(sides.median()) if len(sides) else None
+    if sides.shape[0] == 0:
+        return None
+    return float(sides.median())
 
 
-def scale_factor(object_size: float | None, measured: float | None) -> float:
+def scale_factor(object_size: Optional[float], measured: Optional[float], low: float = MIN_FACTOR,
+                 high: float = MAX_FACTOR) -> float:
     """``object_size / measured``, clamped to [1/4, 4]; 1 when either is unknown."""
-    if object_size is None or measured is None or measured <= 0:
+    if object_size is None or measured is None:
         return 1.0
-    return float(min(MAX_FACTOR, max(MIN_FACTOR, object_size / measured)))
+    if measured <= 0:
+        return 1.0
+    return float(min(high, max(low, object_size / measured)))
 
 
-def snap(factor: float) -> float:
+def snap(factor: float, tolerance: float = SNAP) -> float:
     """1.0 for factors close to it (within 15%), else the factor."""
-    return 1.0 if abs(math.log(factor)) <= SNAP else factor
+    return 1.0 if abs(math.log(factor)) <= tolerance else factor
 
 
 def estimated_factor(object_size: float | None, boxes, scores, *, min_score: float = MIN_SCORE) -> float:

@@ -43,9 +43,9 @@ from torchvision.models.detection.transform import resize_boxes
 from cupre.data.imageio import Normalization
 from cupre.errors import CupreError
 from cupre.models import PIXEL_MEAN, PIXEL_STD
-from cupre.models.heads.chunks import CHUNK
-from cupre.models.paste import PIXEL_OFFSET
-from cupre.scale import MIN_FACTOR, MIN_SCORE, MAX_FACTOR, SNAP
+from cupre.models.heads.chunks import CHUNK, deconv_as_convs
+from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
+from cupre.scale import MIN_SCORE, median_side, scale_factor, snap
 
 
 class Body(nn.Module):
@@ -85,7 +85,6 @@ class ScriptedSegmenter(nn.Module):
         self.high = high
         # cupre's constants, as attributes: TorchScript reads no float globals
         self.min_score, self.pixel_offset = float(MIN_SCORE), float(PIXEL_OFFSET)
-        self.min_factor, self.max_factor, self.snap_log = float(MIN_FACTOR), float(MAX_FACTOR), float(SNAP)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD, dtype=torch.float32), persistent=False)
 
@@ -110,11 +109,11 @@ class ScriptedSegmenter(nn.Module):
         if object_size is None:
             boxes, scores, probs = self.detect(image, 1.0)
         elif given is not None:
-            boxes, scores, probs = self.detect(image, self.snap(self.scale_factor(object_size, given)))
+            boxes, scores, probs = self.detect(image, snap(scale_factor(object_size, given)))
         else:
             boxes, scores, probs = self.detect(image, 1.0)
             counted = self.nonempty(probs, boxes, height, width) & (scores >= self.min_score)
-            factor = self.snap(self.scale_factor(object_size, typical_size(boxes[counted])))
+            factor = snap(scale_factor(object_size, median_side(boxes[counted])))
             if factor != 1.0:
                 boxes, scores, probs = self.detect(image, factor)
         label = torch.zeros((height, width), dtype=torch.int32, device=image.device)
@@ -177,57 +176,20 @@ class ScriptedSegmenter(nn.Module):
         return found[order], scores[0][order], torch.cat(probs).sigmoid()[order]
 
     def mask_logits(self, x: Tensor) -> Tensor:
-        """The mask predictor as :func:`cupre.models.heads.chunks.mask_logits` computes it."""
-        deconv = self.heads.mask_predictor.conv5_mask
-        logits = self.heads.mask_predictor.mask_fcn_logits
-        weight = deconv.weight
-        c_in, c = weight.shape[0], weight.shape[1]
-        kernel = weight.permute(2, 3, 1, 0).reshape(4 * c, c_in, 1, 1)
-        bias: Optional[Tensor] = deconv.bias
-        if bias is not None:
-            bias = bias.repeat(4)
-        y = F.conv2d(x, kernel, bias).relu_()
-        k = logits.out_channels
-        logits_bias: Optional[Tensor] = logits.bias
-        if logits_bias is not None:
-            logits_bias = logits_bias.repeat(4)
-        out = F.conv2d(y, logits.weight.repeat(4, 1, 1, 1), logits_bias, 1, 0, 1, 4)
-        n, h, w = out.shape[0], out.shape[2], out.shape[3]
-        return out.view(n, 2, 2, k, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, k, 2 * h, 2 * w)
+        """The mask predictor as cupre runs it (:func:`cupre.models.heads.chunks.mask_logits`)."""
+        predictor = self.heads.mask_predictor
+        return deconv_as_convs(x, predictor.conv5_mask.weight, predictor.conv5_mask.bias,
+                               predictor.mask_fcn_logits.weight, predictor.mask_fcn_logits.bias)
 
     def crop(self, prob: Tensor, box: Tensor, height: int, width: int) -> Tuple[int, int, Tensor]:
-        """One mask pasted box-locally, as :func:`cupre.models.paste.paste_masks_in_boxes`:
-        ``(y0, x0, bool h x w)``."""
-        m = prob.shape[-1]
-        x1, y1, x2, y2 = box[0], box[1], box[2], box[3]
-        size = torch.stack([(x2 - x1).clamp(min=1.0), (y2 - y1).clamp(min=1.0)])
-        first = torch.stack([x1, y1]) - size / (2 * m) - self.pixel_offset
-        limit = torch.tensor([width, height], device=box.device)
-        extent = torch.minimum((size * (m + 1) / m).ceil().long() + 2, limit)
-        start = first.floor().long().clamp(min=0)
-        extent = torch.minimum(extent, limit - start).clamp(min=0)
-        x0, y0 = int(start[0]), int(start[1])
-        w, h = int(extent[0]), int(extent[1])
+        """One mask pasted box-locally by :func:`cupre.models.paste.paste_masks_in_boxes`'s
+        own steps: ``(y0, x0, bool h x w)``."""
+        start, extent = crop_windows(box[None], prob.shape[-1], height, width, self.pixel_offset)
+        x0, y0, w, h = int(start[0, 0]), int(start[0, 1]), int(extent[0, 0]), int(extent[0, 1])
         if w == 0 or h == 0:
             return y0, x0, torch.zeros((h, w), dtype=torch.bool, device=box.device)
-        xs = x0 + torch.arange(w, device=box.device) + self.pixel_offset
-        ys = y0 + torch.arange(h, device=box.device) + self.pixel_offset
-        gx = (xs - x1) / (x2 - x1).clamp(min=1.0) * 2 - 1
-        gy = (ys - y1) / (y2 - y1).clamp(min=1.0) * 2 - 1
-        grid = torch.stack([gx[None, :].expand(h, w), gy[:, None].expand(h, w)], dim=2)[None]
-        sampled = F.grid_sample(prob[None, None].float(), grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)
-        return y0, x0, sampled[0, 0] > self.mask_threshold
-
-    def scale_factor(self, object_size: float, measured: Optional[float]) -> float:
-        """:func:`cupre.scale.scale_factor`."""
-        if measured is None or measured <= 0:
-            return 1.0
-        return float(min(self.max_factor, max(self.min_factor, object_size / measured)))
-
-    def snap(self, factor: float) -> float:
-        """:func:`cupre.scale.snap`."""
-        return 1.0 if abs(math.log(factor)) <= self.snap_log else factor
+        sampled = sample_windows(prob[None], box[None], start, h, w, self.pixel_offset)
+        return y0, x0, sampled[0] > self.mask_threshold
 
     def nonempty(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
         """Which masks keep at least one pixel (the objects the estimate counts)."""
@@ -262,16 +224,6 @@ def percentile(a: Tensor, q: float) -> float:
     if t >= 0.5:
         return float(upper - diff * (1.0 - t))
     return float(lower + diff * t)
-
-
-def typical_size(boxes: Tensor) -> Optional[float]:
-    """:func:`cupre.scale.typical_size`."""
-    b = boxes.float().reshape(-1, 4)
-    sides = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt()
-    sides = sides[sides > 0]
-    if sides.shape[0] == 0:
-        return None
-    return float(sides.median())
 
 
 def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: int = 2000,

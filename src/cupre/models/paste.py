@@ -20,6 +20,8 @@ recovers the ground truth at IoU 0.986 against torchvision's 0.914 (tests/test_p
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,7 +67,7 @@ def paste_masks(
         # one window size per chunk; shift windows left/up so they stay inside the image
         limit = torch.tensor([width - win_w, height - win_h], device=out.device)
         origin = torch.minimum(start[idx], limit)
-        crop = _sample_windows(mask_probs[idx], boxes[idx], origin, win_h, win_w)
+        crop = sample_windows(mask_probs[idx], boxes[idx], origin, win_h, win_w)
         ys = origin[:, 1, None] + torch.arange(win_h, device=out.device)  # n x win_h
         xs = origin[:, 0, None] + torch.arange(win_w, device=out.device)  # n x win_w
         out[idx[:, None, None], ys[:, :, None], xs[:, None, :]] = crop > threshold
@@ -100,13 +102,12 @@ def paste_masks_in_boxes(
     if num == 0 or height == 0 or width == 0:
         return origins, crops
     boxes = boxes.to(device=device, dtype=torch.float32)
-    start, extent = _windows(boxes, mask_probs.shape[-1], height, width)
-    extent = torch.minimum(extent, torch.tensor([width, height], device=device) - start).clamp(min=0)
+    start, extent = crop_windows(boxes, mask_probs.shape[-1], height, width)
     order = torch.argsort(extent.amax(dim=1))
     for idx in _chunks(extent[order].amax(dim=1), chunk_pixels):
         idx = order[idx]
         win_w, win_h = (int(v) for v in extent[idx].amax(dim=0).tolist())
-        sampled = _sample_windows(mask_probs[idx], boxes[idx], start[idx], win_h, win_w) > threshold
+        sampled = sample_windows(mask_probs[idx], boxes[idx], start[idx], win_h, win_w) > threshold
         for k, i in enumerate(idx.tolist()):
             w, h = (int(v) for v in extent[i].tolist())
             crops[i] = sampled[k, :h, :w].clone()  # its own pixels only, not a view of the chunk
@@ -124,7 +125,18 @@ def _checked(mask_probs: Tensor, boxes: Tensor) -> Tensor:
     return mask_probs
 
 
-def _windows(boxes: Tensor, mask_size: int, height: int, width: int) -> tuple[Tensor, Tensor]:
+def crop_windows(boxes: Tensor, mask_size: int, height: int, width: int,
+                 offset: float = PIXEL_OFFSET) -> Tuple[Tensor, Tensor]:
+    """:func:`_windows` clipped to the image: each box-local crop's ``start`` (x0, y0) and
+    ``extent`` (w, h) in :func:`paste_masks_in_boxes` (scriptable: the TorchScript export
+    pastes with it)."""
+    start, extent = _windows(boxes, mask_size, height, width, offset)
+    limit = torch.tensor([width, height], device=boxes.device)
+    return start, torch.minimum(extent, limit - start).clamp(min=0)
+
+
+def _windows(boxes: Tensor, mask_size: int, height: int, width: int,
+             offset: float = PIXEL_OFFSET) -> Tuple[Tensor, Tensor]:
     """Per-box pixel windows that cover the mask's support (where it can be non-zero).
 
     A window of ``extent`` pixels starting at ``start`` covers the support; so does any
@@ -136,9 +148,9 @@ def _windows(boxes: Tensor, mask_size: int, height: int, width: int) -> tuple[Te
         start: int64 ``Nx2`` (x0, y0), the first pixel of the support, at least 0.
         extent: int64 ``Nx2`` (w, h), at most the image size.
     """
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     size = torch.stack([(x2 - x1).clamp(min=1.0), (y2 - y1).clamp(min=1.0)], dim=1)
-    first = torch.stack([x1, y1], dim=1) - size / (2 * mask_size) - PIXEL_OFFSET  # half a cell out
+    first = torch.stack([x1, y1], dim=1) - size / (2 * mask_size) - offset  # half a cell out
     limit = torch.tensor([width, height], device=boxes.device)
     extent = torch.minimum((size * (mask_size + 1) / mask_size).ceil().long() + 2, limit)
     start = first.floor().long().clamp(min=0)
@@ -168,7 +180,8 @@ def _chunks(square_side: Tensor, chunk_pixels: int) -> list[Tensor]:
     return ranges
 
 
-def _sample_windows(mask_probs: Tensor, boxes: Tensor, origin: Tensor, win_h: int, win_w: int) -> Tensor:
+def sample_windows(mask_probs: Tensor, boxes: Tensor, origin: Tensor, win_h: int, win_w: int,
+                   offset: float = PIXEL_OFFSET) -> Tensor:
     """Bilinearly sample each mask over its window of image pixels.
 
     Args:
@@ -178,10 +191,10 @@ def _sample_windows(mask_probs: Tensor, boxes: Tensor, origin: Tensor, win_h: in
         float32 ``n x win_h x win_w``; window pixels outside a box read 0.
     """
     num = mask_probs.shape[0]
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     device = mask_probs.device
-    xs = origin[:, 0, None] + torch.arange(win_w, device=device) + PIXEL_OFFSET  # n x win_w
-    ys = origin[:, 1, None] + torch.arange(win_h, device=device) + PIXEL_OFFSET  # n x win_h
+    xs = origin[:, 0, None] + torch.arange(win_w, device=device) + offset  # n x win_w
+    ys = origin[:, 1, None] + torch.arange(win_h, device=device) + offset  # n x win_h
     # grid_sample (align_corners=False): -1 / +1 are the box's left / right edges
     gx = (xs - x1[:, None]) / (x2 - x1).clamp(min=1.0)[:, None] * 2 - 1
     gy = (ys - y1[:, None]) / (y2 - y1).clamp(min=1.0)[:, None] * 2 - 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +104,24 @@ def mask_logits(predictor: nn.Module, x: Tensor) -> Tensor:
     deconv, logits = predictor.conv5_mask, predictor.mask_fcn_logits
     if deconv.kernel_size != (2, 2) or deconv.stride != (2, 2) or deconv.padding != (0, 0):
         return predictor(x)
-    weight = deconv.weight  # Cin x C x 2 x 2
-    c_in, c = weight.shape[:2]
-    kernel = weight.permute(2, 3, 1, 0).reshape(4 * c, c_in, 1, 1)  # rows (a, b, c)
-    bias = None if deconv.bias is None else deconv.bias.repeat(4)
+    return deconv_as_convs(x, deconv.weight, deconv.bias, logits.weight, logits.bias)
+
+
+def deconv_as_convs(x: Tensor, deconv_weight: Tensor, deconv_bias: Optional[Tensor], logits_weight: Tensor,
+                    logits_bias: Optional[Tensor]) -> Tensor:
+    """:func:`mask_logits` from the predictor's weights (``deconv_weight``: ``Cin x C x 2 x 2``;
+    ``logits_weight``: ``K x C x 1 x 1``); scriptable, so the TorchScript export runs the
+    same function."""
+    c_in, c = deconv_weight.shape[0], deconv_weight.shape[1]
+    kernel = deconv_weight.permute(2, 3, 1, 0).reshape(4 * c, c_in, 1, 1)  # rows (a, b, c)
+    bias = deconv_bias
+    if bias is not None:
+        bias = bias.repeat(4)
     y = F.conv2d(x, kernel, bias).relu_()
-    k = logits.out_channels
-    out = F.conv2d(y, logits.weight.repeat(4, 1, 1, 1), None if logits.bias is None else logits.bias.repeat(4),
-                   groups=4)  # N x (a, b, k) x 14 x 14
-    n, _, h, w = out.shape
+    k = logits_weight.shape[0]
+    out_bias = logits_bias
+    if out_bias is not None:
+        out_bias = out_bias.repeat(4)
+    out = F.conv2d(y, logits_weight.repeat(4, 1, 1, 1), out_bias, 1, 0, 1, 4)  # N x (a, b, k) x 14 x 14, groups=4
+    n, h, w = out.shape[0], out.shape[2], out.shape[3]
     return out.view(n, 2, 2, k, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, k, 2 * h, 2 * w)
