@@ -90,7 +90,7 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
 
     from cupre.data.imageio import normalize
     from cupre.export.label_model import LabelImageModel
-    from cupre.export.torchscript import export_torchscript
+    from cupre.export.torchscript import checked_script
     from cupre.inference import writers
     from cupre.inference.arrays import segment_array
     from cupre.inference.predict import DEFAULT_CATEGORIES
@@ -111,8 +111,10 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     with tempfile.TemporaryDirectory(prefix="cupre-export-") as folder:
         work = Path(folder)
         torch.save(module.state_dict(), work / "weights.pt")
-        scripted = export_torchscript(model_file, work / "weights.torchscript.pt", score_threshold=score_threshold,
-                                      max_detections=max_detections, object_size=object_size, sample=sample)
+        scripted = work / "weights.torchscript.pt"  # the same inference, checked on the same sample
+        torch.jit.save(checked_script(module.net, raw, plane, score_threshold=score_threshold,
+                                      max_detections=max_detections, object_size=object_size, where=model_file),
+                       str(scripted))
         np.save(work / "test_input.npy", raw[None, None])
         np.save(work / "test_output.npy", label)
         writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), plane, rows)

@@ -235,7 +235,7 @@ def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: 
     if not hasattr(heads, "box_head"):
         raise CupreError("TorchScript export covers Mask R-CNN heads; this model has Cascade heads "
                          "(export it with --format bioimageio instead)")
-    net = copy.deepcopy(net).float().eval()
+    net = copy.deepcopy(net).float().eval().requires_grad_(False)  # an inference program: no autograd
     for module in net.modules():  # the channels-last pre-hooks: a memory layout, not values
         module._forward_pre_hooks.clear()
     rpn, heads = net.head.rpn, net.head.roi_heads
@@ -257,11 +257,11 @@ def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: 
 def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 0.5, max_detections: int = 2000,
                        object_size: float | None = None, sample: Path | None = None) -> Path:
     """Write the scripted model ``out`` (``torch.jit.save``; loads with ``torch.jit.load``
-    in Python, C++ or Java); returns it.
+    where torchvision's operators are registered); returns it.
 
     Before writing, the scripted model segments the sample image (``sample``, or a
     synthetic cell image) and its label image must equal ``cupre predict``'s for the same
-    image and options; otherwise nothing is written.
+    image and options (:func:`checked_script`); otherwise nothing is written.
 
     Raises:
         CupreError: Cascade heads, an unreadable model file, or a scripted model that
@@ -273,16 +273,12 @@ def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 
     from cupre.inference.predict import load_model
 
     net, categories = load_model(model_file, device=torch.device("cpu"), precision="fp32")
-    scripted = torch.jit.script(scriptable(net, score_threshold=score_threshold, max_detections=max_detections,
-                                           object_size=object_size))
     raw = sample_image(sample)
     want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories,
                                score_threshold=score_threshold, max_detections=max_detections,
                                object_size=object_size, precision="fp32")
-    got = scripted(image_batch(raw))[0, 0].numpy()
-    if not np.array_equal(got, want):
-        raise CupreError(f"{model_file}: the scripted model's labels differ from cupre predict's on the sample "
-                         f"({int((got != want).sum())} pixels); nothing written. Please report this.")
+    scripted = checked_script(net, raw, want, score_threshold=score_threshold, max_detections=max_detections,
+                              object_size=object_size, where=model_file)
     options = {"score_threshold": score_threshold, "max_detections": max_detections, "object_size": object_size,
                "input": "B x C x H x W raw intensities (C = 1 grey or 3 RGB), or H x W",
                "output": "B x 1 x H x W int32 instance labels (0 background, 1 the highest score)",
@@ -290,6 +286,25 @@ def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 
     with atomic_path(out) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files={"cupre.json": json.dumps(options)})
     return out
+
+
+def checked_script(net: nn.Module, raw: np.ndarray, want: np.ndarray, *, score_threshold: float,
+                   max_detections: int, object_size: float | None, where: Path) -> torch.jit.ScriptModule:
+    """The scripted inference of ``net`` (:func:`scriptable`), once its label image of
+    ``raw`` equals ``want``, what ``cupre predict`` gives for it with the same options
+    (:func:`cupre.inference.arrays.segment_array`, fp32).
+
+    Raises:
+        CupreError: the label images differ (names ``where``, the model file).
+    """
+    scripted = torch.jit.script(scriptable(net, score_threshold=score_threshold, max_detections=max_detections,
+                                           object_size=object_size))
+    with torch.no_grad():
+        got = scripted(image_batch(raw))[0, 0].numpy()
+    if not np.array_equal(got, want):
+        raise CupreError(f"{where}: the scripted model's labels differ from cupre predict's on the sample "
+                         f"({int((got != want).sum())} pixels); nothing written. Please report this.")
+    return scripted
 
 
 def image_batch(raw: np.ndarray) -> Tensor:
