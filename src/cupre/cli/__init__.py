@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("cupre.cli.finetune", "few-shot fine-tuning from a named initialisation"),
     "experiment": ("cupre.cli.experiment", "a grid of initialisations x fractions x seeds"),
     "predict": ("cupre.cli.predict", "segment your own images with a trained model"),
-    "export": ("cupre.cli.export", "a model file -> a bioimage.io model package (deepImageJ, QuPath, ilastik ...)"),
+    "export": ("cupre.cli.export", "a model file -> a bioimage.io package, a TorchScript program or an ONNX detector"),
     "convert-model": ("cupre.cli.convert_model", "a pickled model file of cupre < 0.2 -> safetensors"),
 }
 
