@@ -79,3 +79,31 @@ def test_a_bf16_model_goes_to_the_workers(tmp_path):
     assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--workers", "2"]) == 0
     one, two = (tifffile.imread(tmp_path / run / "slide_masks.tif") for run in ("one", "two"))
     assert np.array_equal(one, two) and one.max() > 0
+
+
+def _loads_triton() -> bool:
+    import sys
+
+    import cupre.inference.predict  # noqa: F401 - what a task unpickles: torchvision, and triton with it
+
+    return sys.modules.get("triton") is not None
+
+
+def test_local_workers_keep_the_gpu_compiler_out():
+    """Each local worker preloads cupre's setup, so torchvision's import brings no triton
+    (75 MiB per worker) where there is no GPU."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    from cupre.inference.cluster import _client
+
+    if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
+        pytest.skip("triton is not installed, or a GPU is there (then it is kept)")
+    client, cluster = _client(SimpleNamespace(cluster=None, workers=1))
+    try:
+        assert client.submit(_loads_triton, pure=False).result() is False
+    finally:
+        client.close()
+        cluster.close()

@@ -20,6 +20,11 @@ with the same content:
 :func:`open_tasks` gives the same interface for this process alone, so both runs are one
 code path.
 
+The local cluster's workers load this module first (Dask's ``preload``), which keeps
+triton out of them where there is no GPU (:func:`cupre.devices.skip_gpu_compiler`, 75 MiB
+per worker); workers started by hand get the same with ``dask worker ADDRESS --preload
+cupre.inference.cluster``.
+
 Needs ``dask`` and ``distributed`` (``pip install 'cupre[cluster]'``).
 """
 
@@ -33,7 +38,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from cupre.devices import available_cores, pick_device
+from cupre.devices import available_cores, pick_device, skip_gpu_compiler
 from cupre.errors import CupreError
 
 
@@ -49,8 +54,13 @@ def _client(options):
         except OSError as exc:
             raise CupreError(f"--cluster {options.cluster}: cannot reach the Dask scheduler ({exc})") from None
     cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=None, preload=[__name__])
     return Client(cluster), cluster
+
+
+def dask_setup(worker) -> None:
+    """Run by each worker that preloads this module, before any task unpickles torchvision."""
+    skip_gpu_compiler()
 
 
 _UNPACKED: dict[str, torch.nn.Module] = {}  # per worker process: the run's model, unpacked once
