@@ -163,7 +163,18 @@ def _tiff_page(arr, axes: str, page: int | None) -> np.ndarray:
 
 
 def count_pages(path: str | Path) -> int:
-    """Number of 2-D planes in an image file (1 for anything but a multi-plane TIFF).
+    """Number of 2-D planes in an image file (1 for anything but a multi-plane TIFF or
+    OME-Zarr).
+
+    Raises:
+        CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
+    """
+    return plane_layout(path)[0]
+
+
+def plane_layout(path: str | Path) -> tuple[int, tuple[int, int] | None]:
+    """How many 2-D planes an image file holds, and their ``(height, width)`` where one
+    header read gives it (TIFF, OME-Zarr; ``None`` for other files, not opened here).
 
     Raises:
         CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
@@ -171,20 +182,26 @@ def count_pages(path: str | Path) -> int:
     path = Path(path)
     if is_zarr(path):
         array, axes = open_ome_zarr(path)
-        try:
-            return max(1, plane_index(axes, tuple(array.shape), None)[1])
-        except ValueError as exc:
-            raise file_error(path, str(exc)) from None
+        return _layout(path, axes, tuple(array.shape))
     if path.suffix.lower() not in TIFF_SUFFIXES:
-        return 1
+        return 1, None
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return max(1, plane_index(series.axes, tuple(series.shape), None)[1])
+            axes, shape = series.axes, tuple(series.shape)
     except (OSError, ValueError, IndexError) as exc:
         raise file_error(path, f"cannot read TIFF ({exc})") from None
+    return _layout(path, axes, shape)
+
+
+def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+    try:
+        count = plane_index(axes, shape, None)[1]
+    except ValueError as exc:
+        raise file_error(path, str(exc)) from None
+    return max(1, count), (int(shape[axes.index("Y")]), int(shape[axes.index("X")]))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from cupre.data.imageio import IMAGE_SUFFIXES, count_pages, is_zarr
+from cupre.data.imageio import IMAGE_SUFFIXES, is_zarr, plane_layout
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, file_error
 
@@ -28,6 +28,7 @@ class Job:
     page: int | None
     name: str  # output stem relative to OUT, e.g. "sub/img_p002"
     error: str | None = None  # why the file cannot be read (found while planning)
+    size: tuple[int, int] | None = None  # (height, width) when the header read while planning gave it
 
 
 def _has_magic(text: str) -> bool:
@@ -89,13 +90,13 @@ def plan_jobs(files: list[tuple[Path, str]]) -> list[Job]:
     jobs: list[Job] = []
     for path, name in files:
         try:
-            pages = count_pages(path)
+            pages, size = plane_layout(path)
         except Exception as exc:  # noqa: BLE001 - a broken file of any kind is reported and skipped
             jobs.append(Job(len(jobs) + 1, path, None, name, error=problem_line(path, exc)))
             continue
         for page in range(pages):
             stem = name if pages == 1 else f"{name}_p{page:03d}"
-            jobs.append(Job(len(jobs) + 1, path, page if pages > 1 else None, stem))
+            jobs.append(Job(len(jobs) + 1, path, page if pages > 1 else None, stem, size=size))
     return jobs
 
 

@@ -341,7 +341,7 @@ def is_large(job: Job, tile_size: int) -> bool:
     if job.error is not None:
         return False
     try:
-        return max(image_size(job.file, job.page)) > tile_size
+        return max(job.size or image_size(job.file, job.page)) > tile_size
     except Exception:  # noqa: BLE001 - a broken file goes the usual way, which reports it
         return False
 
