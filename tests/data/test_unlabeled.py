@@ -124,13 +124,20 @@ def test_multi_axis_tiffs_are_read_plane_by_plane_by_their_axes(tmp_path):
     stack = np.arange(2 * 3 * 2 * 8 * 9, dtype=np.uint16).reshape(2, 3, 2, 8, 9)
     tifffile.imwrite(tmp_path / "tzcyx.tif", stack, imagej=True, metadata={"axes": "TZCYX"})
     assert count_pages(tmp_path / "tzcyx.tif") == 12  # every T, Z and C plane once
-    assert plane_layout(tmp_path / "tzcyx.tif") == (12, (8, 9)) == (12, image_size(tmp_path / "tzcyx.tif", 5))
+    layout = plane_layout(tmp_path / "tzcyx.tif")
+    assert (layout.count, layout.size, layout.channels) == (12, (8, 9), 2) and layout.size == image_size(
+        tmp_path / "tzcyx.tif", 5)
+    second = layout.pages(channel=1)  # the pages of channel 1, and nothing else
+    assert len(second) == 6 and all(np.array_equal(read_image(tmp_path / "tzcyx.tif", page=k),
+                                                   stack[np.unravel_index(k, (2, 3, 2))[:2]][1]) for k in second)
+    with pytest.raises(ValueError, match="channel 2 requested, the image has 2"):
+        layout.pages(channel=2)
     for k in (0, 5, 11):
         t, z, c = np.unravel_index(k, (2, 3, 2))
         assert np.array_equal(read_image(tmp_path / "tzcyx.tif", page=k), stack[t, z, c])
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 9, 3), np.uint8), photometric="rgb")
     assert count_pages(tmp_path / "rgb.tif") == 1 and read_image(tmp_path / "rgb.tif").shape == (8, 9, 3)
-    assert plane_layout(tmp_path / "rgb.tif") == (1, (8, 9))
+    assert plane_layout(tmp_path / "rgb.tif").size == (8, 9) and plane_layout(tmp_path / "rgb.tif").pages(1) == [0]
     tifffile.imwrite(tmp_path / "five.tif", np.zeros((8, 9, 5), np.uint8), photometric="minisblack",
                      planarconfig="contig", metadata={"axes": "YXS"})
     with pytest.raises(CupreError, match=r"five.tif: .*5 samples per pixel \(axes 'YXS'"):

@@ -433,3 +433,32 @@ def test_geojson_keeps_holes_and_parts(tmp_path):
     assert shoelace(outer) - shoelace(hole) == (label == 1).sum()
     assert parts["geometry"]["type"] == "MultiPolygon" and len(parts["geometry"]["coordinates"]) == 2
     assert sum(shoelace(p[0]) for p in parts["geometry"]["coordinates"]) == (label == 2).sum()
+
+
+def test_channel_keeps_one_channel_of_hyperstacks_and_ome_zarr(tmp_path):
+    from tests.data.test_lazy import write_ome_zarr
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nuclei, other = _discs(64, [(15, 15), (15, 48), (48, 30)], 6), _discs(64, [(32, 32)], 10)
+    stack = np.stack([np.stack([nuclei, other]) for _ in range(2)]).astype(np.uint16) * 1000  # Z, C, Y, X
+    tifffile.imwrite(folder / "hyper.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    write_ome_zarr(folder / "plate.zarr", np.stack([other, nuclei, other]).astype(np.uint8) * 200, "cyx")
+    Image.fromarray((nuclei * 200).astype(np.uint8)).save(folder / "plain.png")  # no channel axis: read as it is
+
+    summary = run_predict(ComponentDetector(), [folder], out=tmp_path / "c0",
+                          options=PredictOptions(score_threshold=0.1, channel=0), progress=False)
+    index = json.loads((tmp_path / "c0" / "images.json").read_text())
+    pages = {e["name"]: e["page"] for e in index["images"]}
+    assert pages == {"hyper_p000": 0, "hyper_p002": 2, "plain": None, "plate_p000": 0}  # (z0, c0), (z1, c0)
+    objects = {e["name"]: e["objects"] for e in index["images"]}
+    assert objects == {"hyper_p000": 3, "hyper_p002": 3, "plain": 3, "plate_p000": 1}
+    assert summary.predicted == 4 and not summary.failed
+
+    summary = run_predict(ComponentDetector(), [folder], out=tmp_path / "c2",
+                          options=PredictOptions(score_threshold=0.1, channel=2), progress=False)
+    assert [Path(f).name for f, _ in summary.failed] == ["hyper.tif"]
+    assert "hyper.tif: channel 2 requested, the image has 2 (axes 'ZC')" in summary.failed[0][1]
+    assert sorted(p.name for p in (tmp_path / "c2").glob("*_masks.tif")) == ["plain_masks.tif", "plate_p002_masks.tif"]
+    with pytest.raises(CupreError, match="--channel must be 0 or more"):
+        run_predict(ComponentDetector(), [folder], out=tmp_path / "bad", options=PredictOptions(channel=-1))

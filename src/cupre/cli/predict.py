@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
                         help="typical cell diameter in your images, pixels (default: estimated per image by the "
                              "model); images are rescaled to the object size the model was trained at")
+    parser.add_argument("--channel", type=int, default=None, metavar="C",
+                        help="of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr), predict only "
+                             "channel C (from 0; e.g. the nuclear stain); default: every channel, each as its own image")
     parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
     parser.add_argument("--geojson", action="store_true",
                         help="also write name_objects.geojson per image: polygons with their measurements, for QuPath")
@@ -47,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
         score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
         device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-        object_size=args.object_size, precision=args.precision or "auto", roi_zip=args.roi_zip,
+        object_size=args.object_size, channel=args.channel, precision=args.precision or "auto", roi_zip=args.roi_zip,
         geojson=args.geojson, ome_zarr=args.ome_zarr,
         overwrite=args.overwrite, resume=args.resume,
         cluster=args.cluster, workers=args.workers,

@@ -169,12 +169,49 @@ def count_pages(path: str | Path) -> int:
     Raises:
         CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
     """
-    return plane_layout(path)[0]
+    return plane_layout(path).count
 
 
-def plane_layout(path: str | Path) -> tuple[int, tuple[int, int] | None]:
-    """How many 2-D planes an image file holds, and their ``(height, width)`` where one
-    header read gives it (TIFF, OME-Zarr; ``None`` for other files, not opened here).
+@dataclass(frozen=True)
+class PlaneLayout:
+    """The planes of an image file, from its header.
+
+    Attributes:
+        count: how many 2-D planes it holds (every axis but Y, X and S indexes them).
+        size: ``(height, width)`` of a plane; None where the header was not read (PNG,
+            JPEG, BMP).
+        planes: the sizes of the axes that index planes, in stored order (``()``: one).
+        axes: their names (``"TZC"``), upper-case.
+    """
+
+    count: int = 1
+    size: tuple[int, int] | None = None
+    planes: tuple[int, ...] = ()
+    axes: str = ""
+
+    @property
+    def channels(self) -> int | None:
+        """The size of the channel (C) axis; None without one."""
+        return self.planes[self.axes.index("C")] if "C" in self.axes else None
+
+    def pages(self, channel: int | None = None) -> list[int]:
+        """The planes to read (C order), all of them or those of one ``channel`` (a file
+        without a C axis keeps all its planes).
+
+        Raises:
+            ValueError: ``channel`` beyond the C axis.
+        """
+        if channel is None or "C" not in self.axes:
+            return list(range(self.count))
+        if not 0 <= channel < self.channels:
+            raise ValueError(f"channel {channel} requested, the image has {self.channels} (axes {self.axes!r})")
+        index = np.indices(self.planes)[self.axes.index("C")].reshape(-1)
+        return np.flatnonzero(index == channel).tolist()
+
+
+def plane_layout(path: str | Path) -> PlaneLayout:
+    """The planes of an image file from one header read (TIFF, OME-Zarr; other files
+    hold one plane and are not opened here).
 
     Raises:
         CupreError: the TIFF cannot be read, or its axes hold no plane cupre reads.
@@ -184,7 +221,7 @@ def plane_layout(path: str | Path) -> tuple[int, tuple[int, int] | None]:
         array, axes = open_ome_zarr(path)
         return _layout(path, axes, tuple(array.shape))
     if path.suffix.lower() not in TIFF_SUFFIXES:
-        return 1, None
+        return PlaneLayout()
     import tifffile
 
     try:
@@ -196,12 +233,13 @@ def plane_layout(path: str | Path) -> tuple[int, tuple[int, int] | None]:
     return _layout(path, axes, shape)
 
 
-def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> PlaneLayout:
     try:
-        count = plane_index(axes, shape, None)[1]
+        planes = tiff_planes(axes, shape)
     except ValueError as exc:
         raise file_error(path, str(exc)) from None
-    return max(1, count), (int(shape[axes.index("Y")]), int(shape[axes.index("X")]))
+    return PlaneLayout(max(1, int(np.prod(planes))), (int(shape[axes.index("Y")]), int(shape[axes.index("X")])),
+                       planes, "".join(ax for ax in axes if ax not in IMAGE_AXES))
 
 
 @dataclass(frozen=True)

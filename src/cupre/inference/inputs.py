@@ -82,21 +82,30 @@ def _under(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
-def plan_jobs(files: list[tuple[Path, str]]) -> list[Job]:
-    """One job per page; multi-page files get ``_pNNN`` stems. Ids are 1..N in order.
+def plan_jobs(files: list[tuple[Path, str]], *, channel: int | None = None) -> list[Job]:
+    """One job per page; multi-page files get ``_pNNN`` stems (NNN: the page index in the
+    file). Ids are 1..N in order.
+
+    ``channel``: of a file with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr),
+    only the pages of that channel; other files keep all their pages.
 
     A file whose pages cannot be counted keeps its id, as one job with ``error`` set.
     """
     jobs: list[Job] = []
     for path, name in files:
         try:
-            pages, size = plane_layout(path)
+            layout = plane_layout(path)
         except Exception as exc:  # noqa: BLE001 - a broken file of any kind is reported and skipped
             jobs.append(Job(len(jobs) + 1, path, None, name, error=problem_line(path, exc)))
             continue
-        for page in range(pages):
-            stem = name if pages == 1 else f"{name}_p{page:03d}"
-            jobs.append(Job(len(jobs) + 1, path, page if pages > 1 else None, stem, size=size))
+        try:
+            pages = layout.pages(channel)
+        except ValueError as exc:  # the channel asked for is not in this file
+            jobs.append(Job(len(jobs) + 1, path, None, name, error=str(file_error(path, str(exc)))))
+            continue
+        for page in pages:
+            stem = name if layout.count == 1 else f"{name}_p{page:03d}"
+            jobs.append(Job(len(jobs) + 1, path, page if layout.count > 1 else None, stem, size=layout.size))
     return jobs
 
 

@@ -4,7 +4,7 @@ MODEL is a model file (``model.safetensors``) or a run folder holding one. INPUT
 image files, OME-Zarr images, folders (walked recursively; ``*_masks.*`` label files are
 skipped) and glob patterns; every kind of image cupre reads works (8/16-bit, float, grey, RGB, RGBA,
 multi-page TIFF: each page is its own image, written as ``name_pNNN`` with NNN the page
-index from 0).
+index from 0; ``--channel C`` keeps, of a file with a channel axis, only channel C's pages).
 
 For each image, in OUT (mirroring sub-folders of an input folder):
 
@@ -178,6 +178,8 @@ class PredictOptions:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         tile_size, tile_overlap: tiling of large images (pixels).
         object_size: the typical object side in the images (pixels); None: estimated.
+        channel: of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr),
+            predict only this channel's planes; None: every plane.
         precision: ``auto``, ``bf16`` or ``fp32`` (:func:`cupre.devices.resolve_precision`).
         roi_zip: also write ImageJ ROI zips.
         geojson: also write GeoJSON outlines (QuPath).
@@ -196,6 +198,7 @@ class PredictOptions:
     tile_size: int = 1024
     tile_overlap: int = 128
     object_size: float | None = None
+    channel: int | None = None
     precision: str = "auto"
     roi_zip: bool = False
     geojson: bool = False
@@ -221,6 +224,8 @@ class PredictOptions:
             raise CupreError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.object_size is not None and not 0 < self.object_size <= 10_000:
             raise CupreError(f"--object-size must be a positive size in pixels, got {self.object_size}")
+        if self.channel is not None and self.channel < 0:
+            raise CupreError(f"--channel must be 0 or more (channels count from 0), got {self.channel}")
         make_tiles(1, 1, tile_size=self.tile_size, overlap=self.tile_overlap)  # validates the tiling
         if self.workers is not None and self.workers < 1:
             raise CupreError(f"--workers must be at least 1, got {self.workers}")
@@ -259,7 +264,7 @@ def run_predict(
     # a missing model is reported before anything else
     model_file = resolve_model_file(model) if isinstance(model, (str, Path)) else None
     out = Path(out)
-    jobs = plan_jobs(expand_inputs(inputs, exclude=out))
+    jobs = plan_jobs(expand_inputs(inputs, exclude=out), channel=options.channel)
     ledger = Ledger(out, {"model": model_identity(model_file or model),
                           "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
                           "inputs": [f"{j.file}#{j.page}" for j in jobs]})
