@@ -70,7 +70,7 @@ def test_window_outputs_equal_the_whole_images(tmp_path):
             assert all(np.array_equal(r, q) for p, o in zip(a, b) for r, q in zip(p, o))
 
         value_range = intensity_range(image)
-        assert windows.write_overlay(tmp_path / "win.png", painter, image, value_range, got) == 1
+        assert windows.write_overlay(tmp_path / "win.png", painter, image, value_range, got, side=96) == 1
     writers.write_overlay(tmp_path / "whole.png", writers.normalised_rgb(normalize(raw)), label, rows)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "win.png")), np.asarray(Image.open(tmp_path / "whole.png")))
 
@@ -85,4 +85,8 @@ def test_a_larger_images_overlay_is_subsampled(tmp_path, monkeypatch):
         painter = windows.LabelPainter(objs, 250, 180)
         rows = windows.object_rows(painter.measure(image), painter)
         assert windows.write_overlay(tmp_path / "o.png", painter, image, intensity_range(image), rows) == 3
+        # windows that cut objects (side 64 -> 63, a multiple of the step): the same picture as one window
+        assert windows.write_overlay(tmp_path / "cut.png", painter, image, intensity_range(image), rows, side=64) == 3
     assert Image.open(tmp_path / "o.png").size == (60, 84)
+    whole, cut = (np.asarray(Image.open(tmp_path / name)) for name in ("o.png", "cut.png"))
+    assert np.array_equal(whole, cut) and (whole[..., 0] != whole[..., 1]).any()  # coloured outlines on grey

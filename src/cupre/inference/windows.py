@@ -155,22 +155,27 @@ def overlay_step(height: int, width: int) -> int:
 
 
 def write_overlay(path: Path, painter: LabelPainter, image: LazyImage, value_range: tuple[float, float],
-                  rows: list[dict]) -> int:
+                  rows: list[dict], *, side: int = 1024) -> int:
     """Outlines and ids over the normalised image, every ``s``-th row and column
-    (:func:`overlay_step`; at ``s = 1`` the same picture as for a small image).
-    Returns ``s``."""
+    (:func:`overlay_step`; at ``s = 1`` the same picture as for a small image), painted
+    window by window: each window's outlines from its labels with one (subsampled) row
+    and column of its neighbours, so no whole label image is held. Returns ``s``."""
     step = overlay_step(painter.height, painter.width)
-    shape = (math.ceil(painter.height / step), math.ceil(painter.width / step))
-    canvas = np.zeros((*shape, 3), dtype=np.uint8)
-    label = np.zeros(shape, dtype=np.uint32)
-    for y0, y1, x0, x1 in image.windows(step=step):
+    canvas = np.zeros((math.ceil(painter.height / step), math.ceil(painter.width / step), 3), dtype=np.uint8)
+    colours = writers.palette(len(painter.kept))
+    for y0, y1, x0, x1 in image.windows(side, step=step):
         tile = stretch(intensities(image.read(y0, y1, x0, x1)), *value_range)
         rgb = writers.normalised_rgb(tile[:, ::step, ::step])
-        at = (slice(y0 // step, y0 // step + rgb.shape[0]), slice(x0 // step, x0 // step + rgb.shape[1]))
-        canvas[at] = rgb
-        label[at] = painter.window(y0, y1, x0, x1)[::step, ::step]
+        at = canvas[y0 // step:y0 // step + rgb.shape[0], x0 // step:x0 // step + rgb.shape[1]]
+        at[:] = rgb
+        ya, xa = max(0, y0 - step), max(0, x0 - step)  # on the same grid: windows start on multiples of step
+        label = painter.window(ya, min(painter.height, y1 + step), xa, min(painter.width, x1 + step))[::step, ::step]
+        core = (slice((y0 - ya) // step, (y0 - ya) // step + rgb.shape[0]),
+                slice((x0 - xa) // step, (x0 - xa) // step + rgb.shape[1]))
+        edge = writers.outlines(label)[core]
+        at[edge] = colours[label[core][edge]]
     scaled = [{**r, "centroid_x": r["centroid_x"] / step, "centroid_y": r["centroid_y"] / step} for r in rows]
-    writers.write_overlay(path, canvas, label, scaled)
+    writers.write_ids(path, canvas, scaled)
     return step
 
 

@@ -116,7 +116,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _palette(n: int) -> np.ndarray:
+def palette(n: int) -> np.ndarray:
     """``(n + 1) x 3`` uint8 distinct bright colours (golden-ratio hues); row 0 unused."""
     hue = (np.arange(n + 1) * 0.618033988749895) % 1.0
     k = (np.array([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6) % 6
@@ -142,9 +142,19 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[d
         label: the label image; rows: its object table (for the id positions).
     """
     canvas = np.array(image, dtype=np.uint8, copy=True)
-    colours = _palette(int(label.max()) if label.size else 0)
+    draw_outlines(canvas, label, palette(int(label.max()) if label.size else 0))
+    write_ids(path, canvas, rows)
+
+
+def draw_outlines(canvas: np.ndarray, label: np.ndarray, colours: np.ndarray) -> None:
+    """Paint each object's :func:`outlines` on ``canvas`` (uint8 ``HxWx3``, in place) in
+    its id's colour (``colours``: :func:`palette` of at least the largest id)."""
     edge = outlines(label)
     canvas[edge] = colours[label[edge]]
+
+
+def write_ids(path: Path, canvas: np.ndarray, rows: list[dict]) -> None:
+    """Write ``canvas`` as the overlay PNG with each row's id at its centroid."""
     pil = Image.fromarray(canvas)
     draw = ImageDraw.Draw(pil)
     for row in rows:
