@@ -117,7 +117,7 @@ def bench_large(args: argparse.Namespace) -> None:
         peak = int(high_water.split()[1]) / 1024**2  # kB -> GiB
         print(said)
     precision = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"cupre predict, one {args.large}x{args.large} {args.format} image: peak {peak:.2f} GiB (its process"
+    print(f"cupre predict, one {args.large}x{args.large} {args.format} image: peak {peak:.2f} GiB = {peak * 1.073741824:.2f} GB (its process"
           f"{'; the Dask workers not counted' if args.workers else ''}), "
           f"{seconds:.0f} s | {args.backbone} (default GN model, random weights), "
           f"tiles {args.tile_size} px / 128 overlap, batch {args.batch_size or 'default'}, score threshold 0, "
