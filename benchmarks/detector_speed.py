@@ -15,9 +15,9 @@ rows run as the ``cupre`` command does, without loading triton where there is no
 :func:`cupre.devices.skip_gpu_compiler`, 75 MiB less). Memory is printed in GiB (2^30
 bytes) and, for the inference rows, in GB (10^9 bytes) too.
 
-* ``infer``: images/s with 2,000 detections per image (cupre's models prepared for
-  inference as ``cupre predict`` prepares them: no gradients, bf16-stored weights in
-  bf16, allocations of 8 MiB and more mapped on their own), forced by score threshold 0, no
+* ``infer``: images/s with 2,000 detections per image (cupre's models loaded from a
+  model file, written by another process, as ``cupre predict`` loads them: no gradients,
+  bf16-stored weights in bf16, allocations of 8 MiB and more mapped on their own), forced by score threshold 0, no
   NMS (RPN or box) and 2,000 RPN proposals, until binary masks: the stock model's full-image
   probabilities thresholded, cupre's box-local crops as they come. GPU: 704x520, batch 2;
   CPU: 512x512, batch 1. Also the model's GFLOP/s (convolutions and matrix products
@@ -49,7 +49,6 @@ CELLS = 150
 
 def build(name: str, height: int, width: int) -> torch.nn.Module:
     """One of the three models, with the inference settings that force 2,000 detections."""
-    from cupre.config import DetectorConfig
     from cupre.models import PIXEL_MEAN, PIXEL_STD
     from cupre.models.detector import build_detector
 
@@ -61,11 +60,43 @@ def build(name: str, height: int, width: int) -> torch.nn.Module:
             max_size=max(height, width), image_mean=list(PIXEL_MEAN), image_std=list(PIXEL_STD),
             rpn_pre_nms_top_n_test=3000, rpn_post_nms_top_n_test=DETECTIONS, rpn_nms_thresh=1.0, box_score_thresh=0.0,
             box_nms_thresh=1.0, box_detections_per_img=DETECTIONS)
-    model = build_detector(DetectorConfig(
-        backbone="resnet50", norm=name.split()[-1], rpn_pre_nms_top_n_test=3000, rpn_post_nms_top_n_test=DETECTIONS,
-        box_score_thresh=0.0, box_nms_thresh=1.0, detections_per_img=DETECTIONS))
-    model.head.rpn.nms_thresh = 1.0
+    return no_rpn_nms(build_detector(cupre_config(name)))
+
+
+def cupre_config(name: str):
+    from cupre.config import DetectorConfig
+
+    return DetectorConfig(backbone="resnet50", norm=name.split()[-1], rpn_pre_nms_top_n_test=3000,
+                          rpn_post_nms_top_n_test=DETECTIONS, box_score_thresh=0.0, box_nms_thresh=1.0,
+                          detections_per_img=DETECTIONS)
+
+
+def no_rpn_nms(model):
+    model.head.rpn.nms_thresh = 1.0  # not part of the config: every proposal reaches the heads
     return model
+
+
+def load_as_predict(name: str, device: torch.device, precision: str) -> torch.nn.Module:
+    """A cupre model as ``cupre predict`` has it: loaded from a model file for inference
+    at ``precision``. The file is written by another process, so that building and
+    writing it leave no mark on this one's peak."""
+    import tempfile
+    from pathlib import Path
+
+    from cupre.inference.predict import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        subprocess.run([sys.executable, __file__, "--make-file", name, str(path)], check=True)
+        model, _ = load_model(path, device=device, precision=precision)
+    return no_rpn_nms(model)
+
+
+def make_file(name: str, path: str) -> None:
+    from cupre.train.weights import save_model
+
+    torch.manual_seed(0)
+    save_model(path, build(name, 0, 0), cupre_config(name), [{"id": 1, "name": "cell"}])
 
 
 def make_batch(batch: int, height: int, width: int, device: torch.device, seed: int = 0):
@@ -106,10 +137,7 @@ def measure_infer(model, images, device, precision: str, iters: int) -> dict:
     model.eval()
     use_autocast = not hasattr(model, "precision")  # cupre's detector applies its own
     if not use_autocast:
-        from cupre.models.detector import weights_for_inference
-
-        weights_for_inference(model, precision)  # as cupre predict loads it: bf16 weights when it computes in bf16
-        model.precision = precision
+        model.precision = precision  # loaded as cupre predict loads it (load_as_predict)
 
     def once():
         with torch.no_grad(), autocast(device, precision if use_autocast else "fp32"):
@@ -184,7 +212,10 @@ def one(args: argparse.Namespace) -> None:
     height, width, infer_batch = (520, 704, 2) if cuda else (512, 512, 1)
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
-    model = build(args.model, height, width).to(device)
+    if args.model.startswith("cupre") and args.task == "infer":
+        model = load_as_predict(args.model, device, precision)
+    else:
+        model = build(args.model, height, width).to(device)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # imports and weights
     if args.task == "infer":
         images = [torch.rand(3, height, width, generator=torch.Generator().manual_seed(k)).to(device)
@@ -222,7 +253,11 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is there")
     parser.add_argument("--quick", action="store_true", help="only stock fp32 and cupre frozen_bn auto")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "PRECISION", "TASK"), help=argparse.SUPPRESS)
+    parser.add_argument("--make-file", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_file:
+        make_file(*args.make_file)
+        return
     if args.one:
         args.model, args.precision, args.task = args.one
         one(args)

@@ -465,7 +465,8 @@ def test_channel_keeps_one_channel_of_hyperstacks_and_ome_zarr(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
-def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path):
+@pytest.mark.parametrize("norm", ["gn", "frozen_bn"])  # norm weights as parameters, and as buffers
+def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
     """In bf16 the weights are copies, so nothing may keep the model file's mapping (all
     its pages resident: 176 MB for R50) alive; in fp32 the mapping is the weights."""
     import gc
@@ -474,7 +475,7 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path):
     from cupre.models.detector import build_detector
     from cupre.train.weights import save_model
 
-    cfg = DetectorConfig.from_dict(TINY)
+    cfg = DetectorConfig.from_dict({**TINY, "norm": norm})
     path = tmp_path / "model.safetensors"
     save_model(path, build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
 

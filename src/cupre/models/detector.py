@@ -241,9 +241,13 @@ def weights_for_inference(model: nn.Module, precision: str) -> nn.Module:
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 module.to(torch.bfloat16)
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.dtype == torch.float32 and tensor.device.type == "cpu":
-                tensor.data = tensor.data.clone()
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if param.dtype == torch.float32 and param.device.type == "cpu":
+                    param.data = param.data.clone()
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.dtype == torch.float32 and buffer.device.type == "cpu":
+                    module._buffers[name] = buffer.clone()  # a buffer's ``.data =`` keeps the file view it came from
     return model
 
 
