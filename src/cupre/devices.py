@@ -104,6 +104,41 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD_BYTES = 8 << 20
 
 
+MADV_DONTNEED = 4  # Linux's madvise advice
+
+
+def file_mappings(path: str | Path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (Linux; ``[]`` elsewhere)."""
+    target = str(Path(path).resolve())
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def forget_file_pages(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> None:
+    """Take the whole pages of ``tensor`` out of this process's resident set when they lie
+    in one of ``mappings`` (:func:`file_mappings` of the file it views): they are the
+    file's, so a later read maps them in again from it. Anywhere else, nothing happens."""
+    import ctypes
+    import mmap
+
+    libc = _glibc()
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    lo, hi = -(-start // page) * page, (start + tensor.numel() * tensor.element_size()) // page * page
+    if libc is None or hi <= lo or not any(a <= lo and hi <= b for a, b in mappings):
+        return
+    libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED)
+
+
 def map_large_allocations() -> None:
     """Have glibc map every allocation of 8 MiB or more on its own, and unmap it when freed.
 

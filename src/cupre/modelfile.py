@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from cupre.config import DetectorConfig
+from cupre.devices import file_mappings, forget_file_pages
 from cupre.errors import CupreError, file_error
 from cupre.fileio import atomic_path
 
@@ -37,10 +38,14 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _digest_update(h, name, state[name])
     return h.hexdigest()
+
+
+def _digest_update(h, name: str, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def write_model_file(path: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], cfg: DetectorConfig,
@@ -63,8 +68,15 @@ def is_pickle(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and 2 <= head[1] <= 5)
 
 
-def load_model_file(path: str | Path) -> dict[str, Any]:
+def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Read and check a model file.
+
+    Args:
+        weights_dtype: None: the tensors are views of the file (mapped, read as used).
+            A dtype: tensors of two or more dimensions (the weights of convolutions and
+            linear layers) are converted to it and the others copied, one at a time, each
+            view's pages dropped once read; so loading never holds the whole file
+            beside the converted copy (for bf16 inference).
 
     Returns:
         ``{"model": state dict, "detector": config dict, "categories": [...], **facts}``.
@@ -76,10 +88,20 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CupreError(f"{path}: model file not found")
+    digest = hashlib.sha256()
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             metadata = fh.metadata() or {}
-            state = {name: fh.get_tensor(name) for name in fh.keys()}
+            state, mappings = {}, None
+            for name in sorted(fh.keys()):
+                view = fh.get_tensor(name)
+                _digest_update(digest, name, view)
+                if weights_dtype is None:
+                    state[name] = view
+                    continue
+                state[name] = view.to(weights_dtype) if view.ndim >= 2 else view.clone()
+                mappings = file_mappings(path) if mappings is None else mappings
+                forget_file_pages(view, mappings)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         if is_pickle(path):
             raise CupreError(f"{path}: a pickled model file from cupre < 0.2; pickles can run code when loaded, "
@@ -87,7 +109,7 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise CupreError(f"{path}: not a readable model file ({exc})") from None
     if metadata.get("format") != FORMAT:
         raise CupreError(f"{path}: not a cupre model file (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    if tensor_digest(state) != metadata.get("digest"):
+    if digest.hexdigest() != metadata.get("digest"):
         raise CupreError(f"{path}: the tensors do not match the digest stored with them (altered or damaged file)")
     try:
         detector = json.loads(metadata["detector"])
@@ -127,15 +149,17 @@ def resolve_model_file(model: str | Path) -> Path:
     return path
 
 
-def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None):
-    """Rebuild the detector stored in ``path`` (config overrides allowed).
+def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None,
+                    weights_dtype: torch.dtype | None = None):
+    """Rebuild the detector stored in ``path`` (config overrides allowed; ``weights_dtype``
+    as in :func:`load_model_file`).
 
     Returns:
         (model, its DetectorConfig, the file's content as from :func:`load_model_file`).
     """
     from cupre.models.detector import build_detector
 
-    ckpt = load_model_file(path)
+    ckpt = load_model_file(path, weights_dtype=weights_dtype)
     cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=f"{path} (detector config)")
     with torch.device("meta"):  # no random weights made only to be overwritten: one copy in memory
         model = build_detector(cfg)

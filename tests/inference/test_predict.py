@@ -472,7 +472,8 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
     import gc
 
     from cupre.inference.predict import load_model
-    from cupre.models.detector import build_detector
+    from cupre.modelfile import build_from_file
+    from cupre.models.detector import build_detector, weights_for_inference
     from cupre.train.weights import save_model
 
     cfg = DetectorConfig.from_dict({**TINY, "norm": norm})
@@ -484,6 +485,11 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
         return any(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
     net, _ = load_model(path, device=torch.device("cpu"), precision="bf16")
-    assert not mapped() and {p.dtype for p in net.parameters()} == {torch.bfloat16, torch.float32}
+    assert not mapped() and {t.dtype for t in net.state_dict().values()} == {torch.bfloat16, torch.float32}
+    # converted as it was read, the same tensors as the model converted in memory
+    want = weights_for_inference(build_from_file(path)[0], "bf16").state_dict()
+    got = net.state_dict()
+    assert want.keys() == got.keys()
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
     net, _ = load_model(path, device=torch.device("cpu"), precision="fp32")
     assert mapped()

@@ -96,7 +96,8 @@ def load_model(model: str | Path, *, device: torch.device,
     ``device``, weights stored for inference: :func:`weights_for_inference`)."""
     from cupre.modelfile import build_from_file
 
-    net, _, ckpt = build_from_file(resolve_model_file(model))
+    weights_dtype = torch.bfloat16 if precision == "bf16" else None  # converted as read: no fp32 copy at once
+    net, _, ckpt = build_from_file(resolve_model_file(model), weights_dtype=weights_dtype)
     net = weights_for_inference(net.eval(), precision).to(device)
     return net, list(ckpt.get("categories") or DEFAULT_CATEGORIES)
 

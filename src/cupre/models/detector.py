@@ -227,7 +227,9 @@ def channels_last_convs(model: nn.Module) -> nn.Module:
 
 def weights_for_inference(model: nn.Module, precision: str) -> nn.Module:
     """Prepare a model that will only predict: no gradients, and in ``bf16`` the weights of
-    its convolutions and linear layers stored in bf16.
+    its convolutions (transposed ones too) and linear layers stored in bf16: in cupre's
+    detectors, exactly its tensors of two or more dimensions, which is how
+    :func:`cupre.modelfile.load_model_file` converts them as it reads a file.
 
     Under bf16 autocast those layers cast their fp32 weights to bf16 at every call, so the
     outputs are the same; storing them so halves the weights' memory (R50-FPN: 176 MB
@@ -239,7 +241,7 @@ def weights_for_inference(model: nn.Module, precision: str) -> nn.Module:
     model.requires_grad_(False)
     if precision == "bf16":
         for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 module.to(torch.bfloat16)
         for module in model.modules():
             for param in module.parameters(recurse=False):
