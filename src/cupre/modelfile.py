@@ -99,7 +99,7 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
                 if weights_dtype is None:
                     state[name] = view
                     continue
-                state[name] = view.to(weights_dtype) if view.ndim >= 2 else view.clone()
+                state[name] = view.to(weights_dtype, copy=True) if view.ndim >= 2 else view.clone()
                 mappings = file_mappings(path) if mappings is None else mappings
                 forget_file_pages(view, mappings)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
