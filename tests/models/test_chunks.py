@@ -134,6 +134,32 @@ def test_wide_models_infer_channels_last_and_give_the_same_detections():
             sum(int(x.sum()) for x in b["mask_crops"]), rel=0.01)
 
 
+def test_wide_bf16_models_cast_pooled_rois_once_and_store_channels_last_weights():
+    """In bf16 the layout hook casts a pooled chunk to bf16 as it makes it channels-last
+    (autocast's own cast, done once), and the hooked convolutions keep bf16 weights
+    channels-last: the same detections as fp32 weights cast by autocast."""
+    from cupre.models.detector import weights_for_inference
+
+    model = _wide_model()
+    model.precision = "bf16"
+    seen = []
+    conv = model.head.roi_heads.mask_head[0][0]
+    conv.register_forward_hook(lambda m, args, out: seen.append(args[0].dtype))
+    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
+    with torch.no_grad():
+        reference = model(images)
+        lean = weights_for_inference(model, "bf16")
+        out = lean(images)
+    assert seen and set(seen) == {torch.bfloat16}
+    hooked = [m for m in lean.modules() if m._forward_pre_hooks]
+    assert hooked and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in hooked)
+    for a, b in zip(out, reference):
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-4)
+        assert all(torch.equal(x, y) for x, y in zip(a["mask_crops"], b["mask_crops"]))
+
+
 @pytest.mark.parametrize("arch", ["maskrcnn", "cascade"])
 def test_bf16_stored_weights_give_what_bf16_autocast_gives(arch):
     from cupre.models.detector import weights_for_inference

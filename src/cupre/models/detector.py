@@ -204,10 +204,16 @@ CHANNELS_LAST_FROM = 128  # pyramid channels from which inference runs channels-
 
 def nhwc_input(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook: in eval mode, a 4-D input tensor in channels-last memory (no copy
-    when it is already); in training, the input as it is."""
+    when it is already) and, under autocast, in autocast's dtype, which the convolution
+    would cast it to (one copy instead of two: a pooled chunk of RoIs comes in fp32 and
+    NCHW); in training, the input as it is."""
     x, *rest = args
     if not module.training and isinstance(x, Tensor) and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+        device = x.device.type
+        if x.is_floating_point() and device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device), memory_format=torch.channels_last)
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
     return (x, *rest)
 
 
@@ -243,6 +249,8 @@ def weights_for_inference(model: nn.Module, precision: str) -> nn.Module:
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 module.to(torch.bfloat16)
+            if nhwc_input in module._forward_pre_hooks.values():  # its weight in the input's layout, once
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
         for module in model.modules():
             for param in module.parameters(recurse=False):
                 if param.dtype == torch.float32 and param.device.type == "cpu":
