@@ -177,17 +177,21 @@ class PlaneLayout:
     """The planes of an image file, from its header.
 
     Attributes:
-        count: how many 2-D planes it holds (every axis but Y, X and S indexes them).
         size: ``(height, width)`` of a plane; None where the header was not read (PNG,
             JPEG, BMP).
-        planes: the sizes of the axes that index planes, in stored order (``()``: one).
+        planes: the sizes of the axes that index planes (every axis but Y, X and S), in
+            stored order (``()``: one plane).
         axes: their names (``"TZC"``), upper-case.
     """
 
-    count: int = 1
     size: tuple[int, int] | None = None
     planes: tuple[int, ...] = ()
     axes: str = ""
+
+    @property
+    def count(self) -> int:
+        """How many 2-D planes the file holds."""
+        return max(1, int(np.prod(self.planes)))
 
     @property
     def channels(self) -> int | None:
@@ -238,8 +242,8 @@ def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> PlaneLayout:
         planes = tiff_planes(axes, shape)
     except ValueError as exc:
         raise file_error(path, str(exc)) from None
-    return PlaneLayout(max(1, int(np.prod(planes))), (int(shape[axes.index("Y")]), int(shape[axes.index("X")])),
-                       planes, "".join(ax for ax in axes if ax not in IMAGE_AXES))
+    return PlaneLayout((int(shape[axes.index("Y")]), int(shape[axes.index("X")])), planes,
+                       "".join(ax for ax in axes if ax not in IMAGE_AXES))
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,6 @@ def weights_for_inference(model: nn.Module, precision: str) -> nn.Module:
                 module.to(torch.bfloat16)
             if nhwc_input in module._forward_pre_hooks.values():  # its weight in the input's layout, once
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
-        for module in model.modules():
             for param in module.parameters(recurse=False):
                 if param.dtype == torch.float32 and param.device.type == "cpu":
                     param.data = param.data.clone()
