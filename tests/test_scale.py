@@ -12,7 +12,7 @@ from cupre.data.transforms import DetectionTrainTransform
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.models.detector import build_detector
-from cupre.scale import estimated_factor, scale_factor, snap, typical_size
+from cupre.scale import PROBE_WINDOW, at_object_scale, detect, estimated_factor, scale_factor, snap, typical_size
 
 DIAMETER, TARGET = 12, 24
 
@@ -86,7 +86,8 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     model([crop], [{k: out[k] for k in ("boxes", "labels", "masks")}])
     assert fed == [(64, 64)]  # the detector does not resize what training feeds it
 
-    # evaluation: the model's own first pass measures 12 px, the final pass runs at 24 px
+    # evaluation: the model's own looks at 1x, 0.5x and 2x find the object at each (equal score:
+    # the native look counts), it measures 12 px, so the final pass is the look at 2x (24 px)
     detector = ThresholdDetector(TARGET)
 
     class OneImage(torch.utils.data.Dataset):
@@ -99,7 +100,7 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
             return image, target
 
     results = predict_dataset(detector, OneImage(), device=torch.device("cpu"))
-    assert detector.seen == [DIAMETER, TARGET]
+    assert detector.seen == [DIAMETER, DIAMETER // 2, TARGET]
     assert results[0]["bbox"] == pytest.approx([10, 10, 12, 12])  # reported in the image's own pixels
 
     # prediction: the same rule, whether the size is estimated or given by the user
@@ -107,11 +108,47 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     detector.seen.clear()
     run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "auto", options=PredictOptions(device="cpu"),
                 progress=False)
-    assert detector.seen == [DIAMETER, TARGET]
+    assert detector.seen == [DIAMETER, DIAMETER // 2, TARGET]
     detector.seen.clear()
     run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", progress=False,
                 options=PredictOptions(device="cpu", object_size=DIAMETER))
     assert detector.seen == [TARGET]
+
+
+class SizeSelectiveDetector(ThresholdDetector):
+    """Finds the bright object only where it measures within 1.5x of its object size, as a
+    weakly trained model does."""
+
+    def forward(self, images, targets=None, *, scales=None):
+        outputs = super().forward(images, targets, scales=scales)
+        for out, fed in zip(outputs, self.seen[-len(outputs):]):
+            if not self.object_size / 1.5 <= fed <= self.object_size * 1.5:
+                out["scores"] = torch.zeros(1)
+        return outputs
+
+
+def test_an_image_of_large_objects_is_found_by_the_look_at_half_size():
+    image, _ = disc_image(size=96, diameter=2 * TARGET)  # 48 px: nothing confident at native pixels
+    detector = SizeSelectiveDetector(TARGET)
+    outputs, factors = detect(detector, [image])
+    assert detector.seen == [2 * TARGET, TARGET, 4 * TARGET]  # the looks at 1x, 0.5x, 2x; the final pass is 0.5x's
+    assert factors == [0.5] and float(outputs[0]["scores"][0]) == 1.0
+    assert outputs[0]["boxes"][0].tolist() == pytest.approx([24, 24, 72, 72])  # in the image's own pixels
+
+
+def test_looks_above_native_see_the_central_window_only():
+    calls = []
+
+    def run(batch, scales):
+        calls.append(([tuple(b.shape[-2:]) for b in batch], scales))
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)} for _ in batch]
+
+    _, factors = at_object_scale(run, [torch.zeros(3, 600, 800)], 20.0)
+    assert calls == [([(600, 800)], None), ([(600, 800)], [0.5]), ([(PROBE_WINDOW, PROBE_WINDOW)], [2.0])]
+    assert factors == [1.0]  # nothing found: native pixels, the first look's output (no fourth pass)
+    calls.clear()
+    at_object_scale(run, [torch.zeros(3, 600, 800)], 20.0, crop=None)  # whole-slide images: no look at 2x
+    assert [c[1] for c in calls] == [None, [0.5]]
 
 
 def test_model_files_store_the_object_size(tmp_path):

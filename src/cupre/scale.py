@@ -9,10 +9,18 @@ every image rescaled by
 with the typical size the median box side ``sqrt(w * h)`` of the image's objects:
 
 * in fine-tuning, measured on the annotations (plus the stage's scale jitter);
-* in evaluation and prediction, estimated by the model itself: a first pass at native
-  pixels, the median side of its confident detections, then the final pass at the
-  factor (skipped when the factor is within 15% of 1); a user who knows the size of
-  the objects gives it instead (``cupre predict --object-size``).
+* in evaluation and prediction, estimated by the model itself: a first look at the
+  image at three factors (``PROBE_FACTORS``: native pixels, half and double), the one
+  whose confident detections carry the most score (summed over the same central window
+  of the image, ``PROBE_WINDOW``) gives the median side of its confident detections,
+  then the final pass at the factor (skipped when the factor is within 15% of a look
+  that already covered the whole image); a user who knows the size of the objects
+  gives it instead (``cupre predict --object-size``).
+
+Why three looks: a weakly trained model finds objects near its training size only, so
+one native-pixel look at an image of 50 px nuclei, for a model trained at 20 px, finds
+nothing confident and the image was never rescaled. At half size the same nuclei
+measure 25 px and are found.
 
 Detections always come back in the original image's pixels. ``object_size = None``
 (the COCO stage) means native pixels everywhere.
@@ -21,7 +29,7 @@ Detections always come back in the original image's pixels. ``object_size = None
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +38,9 @@ import torch.nn.functional as F
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
 SNAP = math.log(1.15)  # factors within 15% of 1 run at native pixels (no second pass)
 MIN_SCORE = 0.5  # detections that count for the estimate
+PROBE_FACTORS = (1.0, 0.5, 2.0)  # the first looks; on equal score mass the earliest wins
+PROBE_WINDOW = 512  # px: the score mass is summed over the image's central window of this side at most,
+# and looks above 1x see only that window (the look at 2x costs at most 4x a 512 px window)
 
 
 def typical_size(boxes: torch.Tensor | np.ndarray) -> float | None:
@@ -62,8 +73,36 @@ def snap(factor: float, tolerance: float = SNAP) -> float:
     return 1.0 if abs(math.log(factor)) <= tolerance else factor
 
 
+def central_window(height: int, width: int, side: int = PROBE_WINDOW) -> Tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)`` of the central ``side x side`` window (the whole image when
+    smaller) in which the looks' score masses are compared."""
+    h, w = min(height, side), min(width, side)
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return y0, x0, y0 + h, x0 + w
+
+
+def score_mass(boxes: torch.Tensor, scores: torch.Tensor, window: Tuple[int, int, int, int],
+               min_score: float = MIN_SCORE) -> float:
+    """Summed score of the detections scoring at least ``min_score`` whose box centre lies
+    in ``window`` (``Nx4`` XYXY boxes in the image's pixels)."""
+    y0, x0, y1, x1 = window
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= min_score)
+    return float(scores[inside].sum())
+
+
+def reusable_look(factor: float, looks: List[float], tolerance: float = SNAP) -> int:
+    """Index of the look (a factor whose pass covered the whole image) within 15% of
+    ``factor``, or -1: the final pass is then that look's, not a new one."""
+    for i in range(len(looks)):
+        if abs(math.log(factor / looks[i])) <= tolerance:
+            return i
+    return -1
+
+
 def estimated_factor(object_size: float | None, boxes, scores, *, min_score: float = MIN_SCORE) -> float:
-    """The factor from a native-pixel pass: its detections scoring at least ``min_score``."""
+    """The factor from one look's detections (in the image's pixels) scoring at least ``min_score``."""
     keep = torch.as_tensor(scores) >= min_score
     return snap(scale_factor(object_size, typical_size(torch.as_tensor(boxes)[keep])))
 
@@ -78,22 +117,30 @@ def resize_image(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def at_object_scale(
-    run: Callable[[list[torch.Tensor], list[float] | None], list],
-    images: Sequence[torch.Tensor],
+    run: Callable[[list, list[float] | None], list],
+    images: Sequence[Any],
     object_size: float | None,
     *,
     object_sizes: Sequence[float | None] | None = None,
     measure: Callable[[Any], tuple] = lambda out: (out["boxes"], out["scores"]),
+    size: Callable[[Any], tuple[int, int]] = lambda image: tuple(image.shape[-2:]),
+    crop: Callable[[Any, tuple[int, int, int, int]], Any] | None = lambda image, w: image[..., w[0]:w[2], w[1]:w[3]],
+    probe_factors: Sequence[float] = PROBE_FACTORS,
 ) -> tuple[list, list[float]]:
     """The rule itself, for any way of running a model over images.
 
     Args:
-        run: ``run(images, scales)`` -> one output per image in original pixels;
+        run: ``run(images, scales)`` -> one output per image in its own pixels;
             ``scales`` None means native pixels.
-        images: float ``3xHxW`` tensors in [0, 1].
+        images: float ``3xHxW`` tensors in [0, 1] (or anything ``size`` and ``crop`` read).
         object_size: the model's object size (None: native pixels, one pass).
         object_sizes: the typical object size of each image when known (None: estimate).
         measure: an output's ``(boxes, scores)``, for the estimate.
+        size: an image's ``(height, width)``.
+        crop: ``crop(image, (y0, x0, y1, x1))``, the central window for the looks above
+            1x; None where images cannot be cropped (those looks are then left out for
+            images larger than the window).
+        probe_factors: the first looks' factors, native pixels first.
 
     Returns:
         (the outputs, the factor each image ran at).
@@ -104,9 +151,40 @@ def at_object_scale(
     if object_sizes is not None:
         factors = [snap(scale_factor(object_size, s)) for s in object_sizes]
         return run(images, factors), factors
-    outputs = run(images, None)
-    factors = [estimated_factor(object_size, *measure(o)) for o in outputs]
-    redo = [i for i, f in enumerate(factors) if f != 1.0]
+    windows = [central_window(*size(image)) for image in images]
+    whole = [w == (0, 0, *size(image)) for w, image in zip(windows, images)]
+    looks: list[dict[float, Any]] = [{} for _ in images]  # factor -> output covering the whole image
+    best: list[tuple[float, Any, Any]] = [(-1.0, None, None)] * len(images)  # (mass, boxes, scores)
+    for p in probe_factors:
+        ids = [i for i in range(len(images)) if p <= 1.0 or whole[i] or crop is not None]
+        cut = [p > 1.0 and not whole[i] for i in ids]
+        batch = [crop(images[i], windows[i]) if c else images[i] for i, c in zip(ids, cut)]
+        if not batch:
+            continue
+        outputs = run(batch, None if p == 1.0 else [p] * len(batch))
+        for i, c, out in zip(ids, cut, outputs):
+            boxes, scores = measure(out)
+            boxes, scores = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(scores)
+            if c:  # the window's pixels -> the image's
+                y0, x0 = windows[i][:2]
+                boxes = boxes + torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+            else:
+                looks[i][p] = out
+            mass = score_mass(boxes, scores, windows[i])
+            if mass > best[i][0]:
+                best[i] = (mass, boxes, scores)
+    factors, outputs, redo = [], [], []
+    for i in range(len(images)):
+        _, boxes, scores = best[i]
+        f = 1.0 if boxes is None else estimated_factor(object_size, boxes, scores)
+        done = list(looks[i])
+        k = reusable_look(f, done)
+        if k >= 0:
+            f = done[k]
+        else:
+            redo.append(i)
+        factors.append(f)
+        outputs.append(looks[i][f] if k >= 0 else None)
     if redo:
         again = run([images[i] for i in redo], [factors[i] for i in redo])
         for i, out in zip(redo, again):

@@ -5,8 +5,8 @@ label image, as one TorchScript program.
 any value range) and returns its instance label image (``1 x 1 x H x W`` int32, 0
 background, id ``k`` the ``k``-th highest-scoring object), computed as ``cupre predict``
 computes it for an image that fits one tile: percentile normalisation, the object-scale
-rule (a native-pixel pass, the median size of its confident objects, a second pass at the
-factor), the detector, the box-local mask pasting and the painting in score order. It
+rule (looks at native pixels, half and double size, the median size of the confident
+objects of the look with the most score, a final pass at the factor), the detector, the box-local mask pasting and the painting in score order. It
 runs in fp32 with no Python code of cupre's, wherever torchvision's operators (NMS,
 RoIAlign) are registered: Python after ``import torchvision``, C++ linked with
 torchvision's ops library; not bare libtorch.
@@ -45,7 +45,8 @@ from cupre.errors import CupreError
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.heads.chunks import CHUNK, deconv_as_convs
 from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
-from cupre.scale import MIN_SCORE, median_side, scale_factor, snap
+from cupre.scale import (MIN_SCORE, PROBE_FACTORS, PROBE_WINDOW, central_window, median_side, reusable_look,
+                         scale_factor, score_mass, snap)
 
 
 class Body(nn.Module):
@@ -85,6 +86,8 @@ class ScriptedSegmenter(nn.Module):
         self.high = high
         # cupre's constants, as attributes: TorchScript reads no float globals
         self.min_score, self.pixel_offset = float(MIN_SCORE), float(PIXEL_OFFSET)
+        self.probe_factors: List[float] = [float(f) for f in PROBE_FACTORS]
+        self.probe_window = int(PROBE_WINDOW)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD, dtype=torch.float32), persistent=False)
 
@@ -111,14 +114,43 @@ class ScriptedSegmenter(nn.Module):
         elif given is not None:
             boxes, scores, probs = self.detect(image, snap(scale_factor(object_size, given)))
         else:
-            boxes, scores, probs = self.detect(image, 1.0)
-            counted = self.nonempty(probs, boxes, height, width) & (scores >= self.min_score)
-            factor = snap(scale_factor(object_size, median_side(boxes[counted])))
-            if factor != 1.0:
-                boxes, scores, probs = self.detect(image, factor)
+            boxes, scores, probs = self.look(image, object_size)
         label = torch.zeros((height, width), dtype=torch.int32, device=image.device)
         self.paint(label, probs, boxes)
         return label
+
+    def look(self, image: Tensor, object_size: float) -> Tuple[Tensor, Tensor, Tensor]:
+        """:func:`cupre.scale.at_object_scale` for one image: the looks at
+        ``probe_factors`` (above 1x on the central window only), the factor from the look
+        with the most confident score, and the final pass (a look's own when within 15%)."""
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        window = central_window(height, width, self.probe_window)
+        y0, x0, y1, x1 = window
+        whole = y0 == 0 and x0 == 0 and y1 == height and x1 == width
+        done: List[float] = []
+        kept: List[Tuple[Tensor, Tensor, Tensor]] = []
+        best_mass = -1.0
+        best_boxes = torch.zeros((0, 4), device=image.device)
+        for p in self.probe_factors:
+            cut = p > 1.0 and not whole
+            part = image[:, y0:y1, x0:x1] if cut else image
+            boxes, scores, probs = self.detect(part, p)
+            counted = self.nonempty(probs, boxes, int(part.shape[-2]), int(part.shape[-1])) & (scores >= self.min_score)
+            shown = boxes[counted]
+            if cut:
+                shown = shown + torch.tensor([x0, y0, x0, y0], dtype=shown.dtype, device=shown.device)
+            else:
+                done.append(p)
+                kept.append((boxes, scores, probs))
+            mass = score_mass(shown, scores[counted], window, self.min_score)
+            if mass > best_mass:
+                best_mass = mass
+                best_boxes = shown
+        factor = snap(scale_factor(object_size, median_side(best_boxes)))
+        k = reusable_look(factor, done)
+        if k >= 0:
+            return kept[k]
+        return self.detect(image, factor)
 
     def normalise(self, raw: Tensor) -> Tensor:
         """:func:`cupre.data.imageio.normalize` of a ``C x H x W`` image: the ``low`` /

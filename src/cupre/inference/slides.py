@@ -11,8 +11,9 @@ whole:
    the same tasks either way, so the same objects;
 3. the tiles' objects (box-local masks) are merged here, duplicates across tiles removed
    (:func:`cupre.inference.tiling.merge_tiles`);
-4. all of it under the object-scale rule (:mod:`cupre.scale`): a first native pass to
-   estimate the factor unless ``--object-size`` gives it, then the rescaled pass;
+4. all of it under the object-scale rule (:mod:`cupre.scale`): first looks at native
+   pixels and at half size (a slide is not cut for the look at double size) to estimate
+   the factor unless ``--object-size`` gives it, then the rescaled pass;
 5. its files are written window by window (:mod:`cupre.inference.windows`): the label
    image as a tiled TIFF, the table, the overlay (subsampled beyond 4,096 px), the ROIs,
    GeoJSON outlines and OME-Zarr (block by block).
@@ -86,7 +87,8 @@ def predict_slide(slide: Slide, *, map_tasks: MapTasks, model_object_size: float
 
     (objs,), (factor,) = at_object_scale(run, [slide], model_object_size,
                                          object_sizes=None if object_size is None else [object_size],
-                                         measure=lambda o: (o.boxes, o.scores))
+                                         measure=lambda o: (o.boxes, o.scores),
+                                         size=lambda s: (s.height, s.width), crop=None)
     return objs, factor
 
 
