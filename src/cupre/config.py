@@ -197,8 +197,15 @@ class MocoConfig(ConfigBase):
     hidden_dim: Count = 2048
     queue_size: Count = 65536
     momentum: Fraction = 0.999
+    momentum_schedule: typing.Literal["constant", "cosine"] = "constant"  # cosine: from `momentum` to 1 (BYOL)
+    objective: typing.Literal["moco", "densecl"] = "moco"  # densecl: MoCo's global loss mixed with a dense one
+    dense_levels: IntTuple = (-1,)  # densecl: backbone maps with a dense head (-1: C5, -2: C4 ...)
+    dense_weight: Fraction = 0.5  # densecl: (1 - w) * global + w * dense (Wang et al. 2021)
     temperature: Positive = 0.2
-    crop_scale: FloatPair = (0.2, 1.0)
+    crop_scale: FloatPair = (0.2, 1.0)  # random-resized views: area fraction of the image
+    views: typing.Literal["random-resized", "object-scale"] = "random-resized"  # object-scale: nuclei at the
+    # detector's object_size in both views (each image's size estimated once by a blob detector)
+    view_jitter: Annotated[float, Field(ge=1)] = 1.5  # object-scale views: log-uniform scale in [1/j, j]
 
 
 class L2SPConfig(ConfigBase):

@@ -46,7 +46,7 @@ def params_of(*modules: nn.Module) -> list[torch.Tensor]:
 
 
 def sgd_step(moco: MoCo, seed: int) -> dict[str, torch.Tensor]:
-    opt = torch.optim.SGD(moco.trainable_parameters(), lr=0.5)
+    opt = torch.optim.SGD(moco.query_parameters(), lr=0.5)
     out = moco(*images(seed))
     opt.zero_grad()
     out["moco/loss"].backward()
@@ -68,14 +68,14 @@ def test_backbone_is_the_detector_module_and_key_encoder_is_frozen_copy():
     assert set(moco.key_backbone.state_dict()) == set(backbone.state_dict())
     assert all(not p.requires_grad for p in moco.key_backbone.parameters())
     assert all(not p.requires_grad for p in moco.key_projection.parameters())
-    trainable = {id(p) for p in moco.trainable_parameters()}
+    trainable = {id(p) for p in moco.query_parameters()}
     expected = {id(p) for p in list(backbone.parameters()) + list(moco.projection.parameters())}
     assert trainable == expected
     assert not trainable & {id(p) for p in moco.key_backbone.parameters()}
     # the projection is an MLP (Linear-ReLU-Linear) from the backbone's channels to dim
     linears = [m for m in moco.projection.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 32), (32, DIM)]
-    assert torch.allclose(moco.queue.norm(dim=1), torch.ones(QUEUE))
+    assert int(moco.queue_len) == 0  # no real key yet: no negative from the queue
 
 
 def test_step_moves_query_encoder_and_key_encoder_only_by_momentum():
@@ -128,10 +128,12 @@ def test_queue_receives_keys_at_pointer_and_wraps():
 
 
 def hand_info_nce(q, k, queue, tau):
+    """Eq. 1 by hand: query i's positive is k[i], its negatives the other keys and the queue."""
     losses = []
     for i in range(q.shape[0]):
         pos = math.exp(float(q[i] @ k[i]) / tau)
-        neg = sum(math.exp(float(q[i] @ queue[j]) / tau) for j in range(queue.shape[0]))
+        neg = sum(math.exp(float(q[i] @ k[j]) / tau) for j in range(k.shape[0]) if j != i)
+        neg += sum(math.exp(float(q[i] @ queue[j]) / tau) for j in range(queue.shape[0]))
         losses.append(-math.log(pos / (pos + neg)))
     return sum(losses) / len(losses)
 
@@ -142,24 +144,40 @@ def test_info_nce_matches_hand_computation():
     k = F.normalize(torch.randn(BATCH, DIM, generator=g), dim=1)
     queue = F.normalize(torch.randn(QUEUE, DIM, generator=g), dim=1)
     loss, logits = info_nce(q, k, queue, 0.2)
-    assert logits.shape == (BATCH, 1 + QUEUE)
+    assert logits.shape == (BATCH, BATCH + QUEUE)
     assert loss == pytest.approx(hand_info_nce(q, k, queue, 0.2), rel=1e-5)
-    torch.testing.assert_close(logits[:, 0], (q * k).sum(1) / 0.2)
-    torch.testing.assert_close(logits[:, 1:], q @ queue.T / 0.2)
+    torch.testing.assert_close(logits[:, :BATCH], q @ k.T / 0.2)
+    torch.testing.assert_close(logits[:, BATCH:], q @ queue.T / 0.2)
+    empty, _ = info_nce(q, k, queue[:0], 0.2)  # an empty queue: the batch's keys alone
+    assert empty == pytest.approx(hand_info_nce(q, k, queue[:0], 0.2), rel=1e-5)
 
 
-def test_forward_loss_and_accuracy_match_hand_computation():
+def test_forward_contrasts_against_the_real_keys_only():
     moco = make_moco()
-    im_q, im_k = images(6)
-    queue0 = moco.queue.clone()
-    out = moco(im_q, im_k)
-    with torch.no_grad():
-        q = moco._embed(moco.backbone, moco.projection, im_q)
-    k = keys_of(moco, im_k)
-    assert float(out["moco/loss"].detach()) == pytest.approx(hand_info_nce(q, k, queue0, 0.2), rel=1e-4)
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue0.T], 1)
-    assert float(out["moco/acc"]) == pytest.approx(float((logits.argmax(1) == 0).float().mean()))
-    assert out["moco/loss"].requires_grad and set(out) == {"moco/loss", "moco/acc"}
+    for seed, real in ((6, 0), (7, BATCH)):  # a fresh queue holds no key; after one batch, BATCH keys
+        im_q, im_k = images(seed)
+        queue0 = moco.queue[:real].clone()
+        out = moco(im_q, im_k)
+        with torch.no_grad():
+            q = moco._embed(moco.backbone, moco.projection, im_q)
+        k = keys_of(moco, im_k)
+        assert float(out["moco/loss"].detach()) == pytest.approx(hand_info_nce(q, k, queue0, 0.2), rel=1e-4)
+        logits = torch.cat([q @ k.T, q @ queue0.T], 1)
+        assert float(out["moco/acc"]) == pytest.approx(float((logits.argmax(1) == torch.arange(BATCH)).float().mean()))
+        assert out["moco/loss"].requires_grad and set(out) == {"moco/loss", "moco/acc"}
+        assert int(moco.queue_len) == real + BATCH
+
+
+def test_cosine_momentum_runs_from_the_base_value_to_one():
+    moco = make_moco(momentum=0.99)
+    moco.set_progress(0.0, "cosine")
+    assert moco.momentum == pytest.approx(0.99)
+    moco.set_progress(0.5, "cosine")
+    assert moco.momentum == pytest.approx(0.995)
+    moco.set_progress(1.0, "cosine")
+    assert moco.momentum == pytest.approx(1.0)
+    moco.set_progress(0.5, "constant")
+    assert moco.momentum == pytest.approx(0.99)
 
 
 class RecordingBackbone(nn.Module):
@@ -195,16 +213,16 @@ def test_resync_empties_the_queue_of_stale_keys():
     moco = make_moco()
     for seed in range(3):
         moco(*images(seed))
-    stale = moco.queue.clone()
-    assert int(moco.queue_ptr) != 0
-    moco.sync_key_encoder(torch.Generator().manual_seed(1))
-    assert int(moco.queue_ptr) == 0
-    # no key of the old encoder is left among the negatives
-    assert not any(torch.allclose(row, old) for row in moco.queue for old in stale[: BATCH * 3])
-    assert torch.allclose(moco.queue.norm(dim=1), torch.ones(QUEUE))
-    again = make_moco()
-    again.sync_key_encoder(torch.Generator().manual_seed(1))
-    assert torch.equal(again.queue, moco.queue)  # seeded: a resumed run refills it identically
+    assert int(moco.queue_ptr) != 0 and int(moco.queue_len) == BATCH * 3
+    moco.sync_key_encoder()
+    assert int(moco.queue_ptr) == 0 and int(moco.queue_len) == 0
+    # no key of the old encoder is left among the negatives: the next step sees its own batch only
+    im_q, im_k = images(9)
+    out = moco(im_q, im_k)
+    with torch.no_grad():
+        q = moco._embed(moco.backbone, moco.projection, im_q)
+    k = keys_of(moco, im_k)
+    assert float(out["moco/loss"].detach()) == pytest.approx(hand_info_nce(q, k, k[:0], 0.2), rel=1e-4)
 
 
 def test_each_moco_step_covers_every_unlabeled_image():

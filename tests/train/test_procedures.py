@@ -101,23 +101,30 @@ def test_l2sp_keeps_the_same_weight_decay_on_every_part():
     assert {g["name"]: g["weight_decay"] for g in groups} == {"backbone": 0.05, "neck": 0.05, "head": 0.05}
 
 
-def test_moco_step_moves_only_the_backbone(domains, tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"objective": "densecl", "dense_levels": [-2, -1], "views": "object-scale",
+                                           "momentum": 0.99, "momentum_schedule": "cosine"}])
+def test_moco_step_moves_only_the_backbone(domains, tmp_path, settings):
     from cupre.data.unlabeled import UnlabeledImages
     from cupre.models.detector import build_detector
-    from cupre.train.moco import build_moco, run_moco_stage
+    from cupre.train.moco import build_objective, run_moco_stage
     from cupre.train.run import Run
     from cupre.train.stage import RunContext, Settings
 
     cfg = pretrain_cfg(domains)
+    moco_cfg = cfg.amt2.moco.replace(**settings)
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
-    moco = build_moco(model, cfg.amt2.moco)
+    moco = build_objective(model, moco_cfg)
     ctx = RunContext.open(Run(tmp_path, tensorboard=False), Settings(device=torch.device("cpu"), seed=0))
-    run_moco_stage(stage="moco", moco=moco, unlabeled=UnlabeledImages([domains / "cells" / "images"]),
-                   cfg=cfg.amt2.moco, ctx=ctx)
+    logged = run_moco_stage(stage="moco", moco=moco, unlabeled=UnlabeledImages([domains / "cells" / "images"]),
+                            cfg=moco_cfg, ctx=ctx, object_size=cfg.detector.object_size or 16)
     after = model.state_dict()
     assert not _same(before, after, "backbone.")
     assert _same(before, after, "neck.") and _same(before, after, "head.")
+    dense = settings.get("objective") == "densecl"
+    assert ("dense/loss" in logged) == dense and ("metric/dense_acc" in logged) == dense
+    # the last of 2 steps runs halfway along the cosine from 0.99 to 1; the constant stays at 0.999
+    assert logged["metric/moco_momentum"] == pytest.approx(0.995 if dense else 0.999)
 
 
 def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
@@ -153,10 +160,11 @@ def test_every_initialisation_builds_a_one_class_model(pretrained, init):
         assert _same(source, state, "backbone.") and _same(source, state, "neck.")
     if init in ("cells-moco", "coco++"):
         assert _same(_state(pretrained / "cells-moco/model.safetensors"), state, "backbone.")
-    if init == "coco++":  # the paper's: Cells-MoCo backbone, COCO warm-up neck and head
-        warm = _state(pretrained / "warmup/model.safetensors")
-        assert _same(warm, state, "neck.") and _same(warm, state, "head.rpn.")
-        assert not _same(warm, state, "backbone.")
+    if init == "coco++":  # the paper's: Cells-MoCo backbone, the COCO model's neck and head
+        coco = _state(pretrained / "coco/model.safetensors")
+        assert _same(coco, state, "neck.") and _same(coco, state, "head.rpn.")
+        assert not _same(coco, state, "backbone.")
+        assert not _same(_state(pretrained / "warmup/model.safetensors"), state, "neck.")
 
 
 def test_unknown_or_unfinished_initialisation_is_a_clear_error(tmp_path):

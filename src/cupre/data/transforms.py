@@ -16,6 +16,7 @@ from torchvision import ops, tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from cupre.data.blobs import blob_size
 from cupre.scale import scale_factor, typical_size
 
 
@@ -114,6 +115,49 @@ class TwoViews:
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(image), self.view(image)
+
+
+class ObjectScaleViews(TwoViews):
+    """Two views in which the cells measure about the detector's ``object_size``.
+
+    Each image's cell size is guessed once (:func:`cupre.data.blobs.blob_size`, cached by
+    the decoded image), the image is seen at ``object_size / size`` times a factor drawn
+    log-uniformly in ``[1/jitter, jitter]`` per view, and the two views are
+    ``crop_size`` windows whose centres lie within half a window of each other (they
+    overlap, as MoCo's views of one image do). Flips, rotations and the intensity
+    augmentations are :class:`TwoViews`'.
+    """
+
+    def __init__(self, crop_size: int, *, object_size: float, jitter: float = 1.5, **kwargs: Any) -> None:
+        super().__init__(crop_size, **kwargs)
+        self.object_size, self.jitter = object_size, jitter
+        self.geometric = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
+        self.sizes: dict[tuple, float | None] = {}
+
+    def size_of(self, image: torch.Tensor) -> float | None:
+        key = (image.data_ptr(), tuple(image.shape))  # the decoded-image cache hands out the same tensor
+        if key not in self.sizes:
+            self.sizes[key] = blob_size(image)
+        return self.sizes[key]
+
+    def window(self, image: torch.Tensor, centre: tuple[float, float], side: float) -> torch.Tensor:
+        """The ``side`` px window around ``centre`` (zero beyond the image), resized to ``crop_size``."""
+        h, w = image.shape[-2:]
+        s = max(1, round(side))
+        top = int(round(centre[0] - s / 2))
+        left = int(round(centre[1] - s / 2))
+        cut = F.crop(image, top, left, s, s)  # pads with zeros beyond the image
+        return F.resize(cut, [self.crop_size, self.crop_size], antialias=True)
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        base = scale_factor(self.object_size, self.size_of(image))
+        h, w = image.shape[-2:]
+        sides = [self.crop_size / (base * math.exp(math.log(self.jitter) * (2 * float(torch.rand(())) - 1)))
+                 for _ in range(2)]
+        first = (float(torch.rand(())) * h, float(torch.rand(())) * w)
+        shift = [(float(torch.rand(())) - 0.5) * sides[0] for _ in range(2)]
+        second = (min(h, max(0.0, first[0] + shift[0])), min(w, max(0.0, first[1] + shift[1])))
+        return tuple(self.view(self.window(image, c, s)) for c, s in zip((first, second), sides))
 
 
 class DetectionTrainTransform:

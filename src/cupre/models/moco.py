@@ -7,11 +7,19 @@ Learning" (2020): an MLP projection head, blur augmentation, temperature 0.2.
 The query encoder *is* the backbone module handed in (``moco.backbone is
 detector.backbone``), so what MoCo learns is in the detector with no key renaming. The
 key encoder is a momentum copy (Eq. 2); the loss is InfoNCE over a queue of keys (Eq. 1).
+
+Two departures, for AMT2's short MoCo steps (tens of iterations, the key encoder re-copied
+at each): the negatives are the queue's *real* keys only (it restarts empty, not with
+random vectors) plus the batch's other keys, so the first iterations after a restart
+contrast against something; and the momentum can follow BYOL's cosine schedule from
+``momentum`` towards 1 over the step (Grill et al. 2020), so that the keys follow the
+query encoder within a step of 40 iterations instead of a time constant of 1,000.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.distributed as dist
@@ -49,8 +57,9 @@ class MoCo(nn.Module):
         dim: ``C``, the embedding size.
         hidden_dim: the projection head's hidden width; ``None``: ``in_channels``
             (as MoCo v2).
-        queue_size: ``K``, the number of negative keys.
-        momentum: ``m`` of the key encoder update ``k = m*k + (1-m)*q``.
+        queue_size: ``K``, the number of negative keys kept from earlier batches.
+        momentum: ``m`` of the key encoder update ``k = m*k + (1-m)*q`` (the base value
+            of the cosine schedule, :meth:`set_progress`).
         temperature: ``tau`` of InfoNCE.
     """
 
@@ -68,7 +77,7 @@ class MoCo(nn.Module):
         super().__init__()
         if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0:
             raise ValueError(f"MoCo: bad queue_size={queue_size}, momentum={momentum} or temperature={temperature}")
-        self.momentum = momentum
+        self.base_momentum = self.momentum = momentum
         self.temperature = temperature
         self.backbone = backbone
         self.projection = projection_head(in_channels, hidden_dim or in_channels, dim)
@@ -76,42 +85,44 @@ class MoCo(nn.Module):
         self.key_projection = copy.deepcopy(self.projection)
         for p in self._key_parameters():
             p.requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))  # KxC
+        self.register_buffer("queue", torch.zeros(queue_size, dim))  # KxC, rows [0, queue_len) hold real keys
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The query encoder's parameters (backbone + projection head) that need gradients."""
-        params = list(self.backbone.parameters()) + list(self.projection.parameters())
-        return [p for p in params if p.requires_grad]
-
-    def _query_parameters(self) -> list[nn.Parameter]:
+    def query_parameters(self) -> list[nn.Parameter]:
+        """What MoCo trains: the query encoder (backbone + projection head)."""
         return list(self.backbone.parameters()) + list(self.projection.parameters())
 
     def _key_parameters(self) -> list[nn.Parameter]:
         return list(self.key_backbone.parameters()) + list(self.key_projection.parameters())
 
     @torch.no_grad()
-    def sync_key_encoder(self, generator: torch.Generator | None = None) -> None:
+    def sync_key_encoder(self) -> None:
         """Copy the query encoder into the key encoder (e.g. after the backbone was
-        trained elsewhere, or loaded from a checkpoint) and empty the queue.
-
-        The queued keys came from the old key encoder; against the new one they are
-        stale negatives, so the queue restarts as MoCo starts: random unit vectors
-        (drawn from ``generator``, for a reproducible run), overwritten by real keys
-        within ``K / N`` steps.
-        """
+        trained elsewhere, or loaded from a checkpoint) and empty the queue: its keys came
+        from the old key encoder, stale negatives against the new one."""
         self.key_backbone.load_state_dict(self.backbone.state_dict())
         self.key_projection.load_state_dict(self.projection.state_dict())
-        fresh = torch.randn(self.queue.shape, generator=generator)
-        self.queue.copy_(F.normalize(fresh, dim=1))
+        self.queue.zero_()
         self.queue_ptr.zero_()
+        self.queue_len.zero_()
+
+    def set_progress(self, progress: float, schedule: str = "constant") -> None:
+        """The momentum at ``progress`` (0..1) through a step: ``momentum`` throughout
+        (``constant``, MoCo) or BYOL's ``1 - (1 - m) * (cos(pi * progress) + 1) / 2``
+        (``cosine``)."""
+        if schedule == "cosine":
+            p = min(1.0, max(0.0, progress))
+            self.momentum = 1.0 - (1.0 - self.base_momentum) * (math.cos(math.pi * p) + 1.0) / 2.0
+        else:
+            self.momentum = self.base_momentum
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
         """MoCo Eq. (2): ``theta_k <- m * theta_k + (1 - m) * theta_q``."""
-        for k, q in zip(self._key_parameters(), self._query_parameters()):
+        for k, q in zip(self._key_parameters(), self.query_parameters()):
             k.mul_(self.momentum).add_(q.detach(), alpha=1.0 - self.momentum)
 
     def _embed(self, body: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -133,6 +144,7 @@ class MoCo(nn.Module):
             keys, idx = keys[-size:], idx[-size:]
         self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
+        self.queue_len.copy_((self.queue_len + n).clamp(max=size))
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> dict[str, torch.Tensor]:
         """One MoCo step's loss.
@@ -143,14 +155,16 @@ class MoCo(nn.Module):
 
         Returns:
             ``{"moco/loss": InfoNCE (scalar, differentiable in the query encoder),
-            "moco/acc": fraction of queries whose top logit is their positive key}``.
+            "moco/acc": fraction of queries whose top logit is their positive key}``;
+            the negatives are the other images' keys and the queue's real keys.
             Updates the key encoder (before computing keys) and the queue (after).
         """
         q = self._embed(self.backbone, self.projection, im_q)  # NxC
         with torch.no_grad():
             self._momentum_update()
             k = self._embed(self.key_backbone, self.key_projection, im_k)  # NxC
-        loss, logits = info_nce(q, k, self.queue.clone().detach(), self.temperature)  # Nx(1+K)
-        acc = (logits.detach().argmax(dim=1) == 0).float().mean()
+        negatives = self.queue[: int(self.queue_len)].clone().detach()  # K'xC, K' <= K
+        loss, logits = info_nce(q, k, negatives, self.temperature)  # Nx(N+K')
+        acc = (logits.detach().argmax(dim=1) == torch.arange(q.shape[0], device=q.device)).float().mean()
         self._dequeue_and_enqueue(k)
         return {"moco/loss": loss, "moco/acc": acc}

@@ -20,7 +20,7 @@ from cupre.data.transforms import DetectionTrainTransform
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
-from cupre.train.moco import build_moco, run_moco_stage
+from cupre.train.moco import build_objective, run_moco_stage
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.stage import (
@@ -28,7 +28,6 @@ from cupre.train.stage import (
     Settings,
     detection_step,
     run_stage,
-    stage_seed,
 )
 from cupre.train.weights import save_model
 
@@ -63,7 +62,7 @@ def run_amt2(
     """
     if run.path(MODEL_FILE).is_file():
         return
-    moco = build_moco(model, cfg.moco).to(settings.device) if moco_steps else None
+    moco = build_objective(model, cfg.moco).to(settings.device) if moco_steps else None
     ctx = RunContext.open(run, settings)
     seed, device = settings.seed, settings.device
     resume = ctx.resume
@@ -92,9 +91,9 @@ def run_amt2(
         name = f"amt2/round{k + 1}"
         if moco is not None and f"{name}/moco" not in done:
             if resume is None or resume.get("stage") != f"{name}/moco":
-                # the COCO step moved the backbone: restart the momentum copy and the queue
-                moco.sync_key_encoder(torch.Generator().manual_seed(stage_seed(seed, f"{name}/queue") % 2**63))
-            run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, ctx=ctx)
+                moco.sync_key_encoder()  # the COCO step moved the backbone: restart the momentum copy and the queue
+            run_moco_stage(stage=f"{name}/moco", moco=moco, unlabeled=unlabeled, cfg=cfg.moco, ctx=ctx,
+                           object_size=detector_cfg.object_size)
             w0 = snapshot(model.backbone)
             finish(f"{name}/moco")
         if f"{name}/coco" not in done:
