@@ -190,7 +190,8 @@ def test_pretrain_parts_follow_the_methods(tmp_path):
     assert pre.coco == ["c.json", str(tmp_path / "data" / "objects" / "annotations.json")]
     assert pretrain_config(cfg, ["cupre-nol2sp"], tmp_path, []).nol2sp
     assert pretrain_config(cfg, ["coco"], tmp_path, []).coco_baseline  # the fair COCO baseline is trained
-    assert pretrain_config(cfg, ["coco++"], tmp_path, []).cells_moco  # coco++ needs the Cells-MoCo backbone
+    coco_pp = pretrain_config(cfg, ["coco++"], tmp_path, [])
+    assert coco_pp.cells_moco and coco_pp.coco_baseline  # coco++: the Cells-MoCo backbone on the COCO model
 
 
 def _row(method, seed, iteration, split, bbox, segm):
@@ -304,3 +305,58 @@ def test_a_failing_parallel_cell_is_named_and_stops_the_grid(tmp_path):
     with pytest.raises(CupreError, match=r"cell .*c1: .*missing\.json"):
         run_cells([("a", bad, tmp_path / "c1")], parallel=2, threads=1, on_done=finished.append)
     assert finished == []
+
+
+def test_transfer_recipe_tests_on_whole_acquisitions_and_shows_their_images_transductively(shared_data, tmp_path):
+    from cupre.data.formats import open_dataset
+    from cupre.experiments.grid import image_group, prepare_target
+    from cupre.experiments.runner import protocol
+
+    labeled = str(shared_data / "bbbc038" / "stage1_train")
+    group = "gray_brightbg-1024x1024"
+    base = {"data": [{"labeled": labeled, "partition": [0.8, 0.2], "test_groups": [group]}], "fractions": [0.05],
+            "seeds": [0], "pretrain": {"coco": ["c.json"], "unlabeled": [labeled]}}
+    for transductive in (False, True):
+        base["data"][0]["transductive"] = transductive
+        cfg = ExperimentConfig.from_dict(base)
+        target = prepare_target(cfg, cfg.data[0], tmp_path / f"exp{transductive}", single=True, write=True)
+        split = {p: json.loads((tmp_path / f"exp{transductive}" / "splits" / f"{p}.json").read_text())["image_ids"]
+                 for p in ("train", "val", "test")}
+        records = {r.image_id: r for r in open_dataset(labeled, class_agnostic=True).records}
+        assert split["test"] and all(image_group(records[i]) == group for i in split["test"])
+        assert not any(image_group(records[i]) == group for i in split["train"] + split["val"])
+        pre = pretrain_config(cfg, ["cupre"], tmp_path, [target])
+        test_files = {str(records[i].file) for i in split["test"]}
+        val_files = {str(records[i].file) for i in split["val"]}
+        assert val_files <= set(pre.exclude)  # validation never reaches pre-training
+        assert (test_files <= set(pre.exclude)) != transductive  # the test images only where transductive
+        assert pre.unlabeled == [labeled]  # already a source: not listed twice
+        assert ("transductive" in protocol(cfg)) == transductive and group in protocol(cfg)
+    with pytest.raises(CupreError, match="test group"):
+        base["data"][0]["test_groups"] = ["fluo_gray-1x1"]
+        cfg = ExperimentConfig.from_dict(base)
+        prepare_target(cfg, cfg.data[0], tmp_path / "bad", single=True, write=False)
+
+
+def test_pretraining_per_seed_has_its_own_folder_and_seed(tmp_path):
+    from cupre.experiments.grid import pretrain_dirs
+
+    cfg = ExperimentConfig.from_dict({"synthetic_objects": {"images": 5}, "pretrain": {"coco": ["c.json"]},
+                                      "seeds": [0, 3]})
+    assert pretrain_dirs(cfg, tmp_path) == {0: tmp_path / "pretrain", 3: tmp_path / "pretrain"}
+    assert pretrain_config(cfg, ["cupre"], tmp_path, []).seed == cfg.pretrain.seed
+    cfg.pretrain_per_seed = True
+    assert pretrain_dirs(cfg, tmp_path) == {0: tmp_path / "pretrain" / "s0", 3: tmp_path / "pretrain" / "s3"}
+    assert pretrain_config(cfg, ["cupre"], tmp_path, [], seed=3).seed == 3
+
+
+def test_table_pairs_each_method_with_coco_and_scratch_seed_by_seed():
+    rows = []
+    for seed, (scratch, coco, cupre) in enumerate([(0.20, 0.25, 0.30), (0.10, 0.20, 0.26), (0.30, 0.31, 0.40)]):
+        for method, value in (("scratch", scratch), ("coco", coco), ("cupre", cupre)):
+            rows += [_row(method, seed, 100, "val", value, value), _row(method, seed, 100, "test", value, value)]
+    text = format_table2(rows, methods=["scratch", "coco", "cupre"], select_by="segm_AP")
+    # cupre - coco per seed: 5, 6, 9 -> 6.7 ± 2.1; cupre - scratch: 10, 16, 10 -> 12.0 ± 3.5
+    assert "| cupre − coco | 6.7 ± 2.1 | 6.7 ± 2.1 |" in text
+    assert "| cupre − scratch | 12.0 ± 3.5 | 12.0 ± 3.5 |" in text
+    assert "| coco − scratch | 5.3 ± 4.5 |" in text

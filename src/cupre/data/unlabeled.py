@@ -73,6 +73,7 @@ class UnlabeledImages(Dataset):
 
     Attributes:
         items: ``(file, page)`` per item; ``page`` is None for single-frame files.
+        excluded: how many of the listed files ``exclude`` removed.
     """
 
     def __init__(
@@ -98,7 +99,9 @@ class UnlabeledImages(Dataset):
             else:
                 raise file_error(p, "image file or folder not found")
         held_out = {Path(p).resolve() for p in exclude}
-        files = [f for f in files if f.resolve() not in held_out]
+        kept = [f for f in files if f.resolve() not in held_out]
+        self.excluded = len(files) - len(kept)  # files the exclusion removed
+        files = kept
         self.items = _expand_pages(files, strict=strict)
         if not self.items:
             raise file_error(", ".join(map(str, paths)), "no images found")
@@ -127,7 +130,7 @@ class UnlabeledImages(Dataset):
         if not items:
             raise ValueError("the datasets hold no images")
         out = cls.__new__(cls)
-        out.items, out.norm, out.transform = items, norm, transform
+        out.items, out.norm, out.transform, out.excluded = items, norm, transform, 0
         return out
 
     def __len__(self) -> int:

@@ -48,6 +48,9 @@ class DataConfig(ConfigBase):
     val: str | None = None  # a separate validation dataset (then `partition` has no val part)
     test: str | None = None  # a separate test dataset (then `partition` has no test part)
     fractions: list[float] | None = None  # label fractions for this dataset (default: the experiment's)
+    test_groups: list[str] = Field(default_factory=list)  # whole acquisitions as the test part ("KIND-HxW",
+    # e.g. "fluo_gray-520x696"): labels never show them; `partition` then splits the rest into train, val
+    transductive: bool = False  # the test part's images (never their labels) join pre-training's unlabeled images
 
 
 class SyntheticConfig(ConfigBase):
@@ -82,6 +85,7 @@ class ExperimentConfig(ConfigBase):
     device: str = "auto"
     precision: Precision = "auto"  # bf16 or fp32 for every training and evaluation of the grid
     parallel: Count = 1  # fine-tuning cells run at once, each in its own process on a share of the threads
+    pretrain_per_seed: bool = False  # pre-train once per seed (OUT/pretrain/s<seed>): the spread includes pre-training
     overlays: OverlayConfig = Field(default_factory=OverlayConfig)
 
 
@@ -168,6 +172,10 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
             raise bad(f"data {name}: give a validation set either as a partition part or as `val`, exactly once")
         if len(d.partition) == 3 and d.test is not None:
             raise bad(f"data {name}: `test` given twice (partition part and `test`)")
+        if d.test_groups and (len(d.partition) == 3 or d.test is not None):
+            raise bad(f"data {name}: `test_groups` is the test part; give `partition` as train, val only and no `test`")
+        if d.transductive and not (d.test_groups or d.test or len(d.partition) == 3):
+            raise bad(f"data {name}: `transductive` needs a test part")
 
 
 def check_inputs_exist(cfg: ExperimentConfig, *, pretraining: bool) -> None:

@@ -40,6 +40,8 @@ class Target:
     test: str | None
     test_split: Path | None
     held_out: list[str] = field(default_factory=list)  # image files of val and test, kept out of MoCo
+    test_files: list[str] = field(default_factory=list)  # image files of the test part
+    transductive: bool = False  # the test part's images are pre-training's unlabeled images too
 
 
 @dataclass
@@ -69,22 +71,47 @@ class Cell:
 
 
 def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
-                    targets: list[Target]) -> PretrainConfig | None:
-    """The shared pre-training for ``methods`` (None when only ``scratch`` is asked).
+                    targets: list[Target], *, seed: int | None = None) -> PretrainConfig | None:
+    """The pre-training for ``methods`` (None when only ``scratch`` is asked), with
+    ``seed`` (None: the config's).
 
-    The validation and test images of every labeled set are kept out of MoCo.
+    The validation and test images of every labeled set are kept out of MoCo, but for a
+    transductive target's test images, which join the unlabeled images instead.
     """
     if all(m == "scratch" for m in methods):
         return None
     pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
     pre.cells_moco = any(m in methods for m in ("cells-moco", "coco++"))
     pre.nol2sp = "cupre-nol2sp" in methods
-    pre.coco_baseline = "coco" in methods
-    pre.exclude = sorted({f for t in targets for f in t.held_out})
+    pre.coco_baseline = any(m in methods for m in ("coco", "coco++"))
+    shown = {f for t in targets if t.transductive for f in t.test_files}
+    pre.exclude = sorted({f for t in targets for f in t.held_out} - shown)
+    sources = [Path(u).resolve() for u in pre.unlabeled]
+    pre.unlabeled = [*pre.unlabeled, *sorted(f for f in shown if not any(s in Path(f).resolve().parents
+                                                                         for s in sources))]
     pre.device, pre.precision = cfg.device, cfg.precision
+    pre.seed = pre.seed if seed is None else seed
     if cfg.synthetic_objects.images > 0:
         pre.coco = [*pre.coco, str(out / "data" / "objects" / "annotations.json")]
     return pre
+
+
+def pretrain_dirs(cfg: ExperimentConfig, out: Path) -> dict[int, Path]:
+    """The pre-training folder each seed's cells start from: one shared, or one per seed."""
+    if cfg.pretrain_per_seed:
+        return {s: out / "pretrain" / f"s{s}" for s in cfg.seeds}
+    return {s: out / "pretrain" for s in cfg.seeds}
+
+
+def image_group(record) -> str:
+    """``KIND-HxW``: an acquisition of a dataset, by imaging kind and image size."""
+    height, width = record.height, record.width
+    if height is None or width is None:
+        from PIL import Image
+
+        with Image.open(record.file) as im:
+            width, height = im.size
+    return f"{record.cell_type or 'all'}-{height}x{width}"
 
 
 def write_synthetic_data(kind: str, cfg: SyntheticConfig, folder: Path) -> None:
@@ -126,7 +153,18 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
     split_dir = out.joinpath("splits", *level)
     records = open_dataset(d.labeled, class_agnostic=True).records
     names = PART_NAMES[: len(d.partition)]
-    parts = partition(records, d.partition, seed=d.partition_seed, names=names)
+    if d.test_groups:  # whole acquisitions are the test part; the rest is partitioned into train, val
+        groups = {r.image_id: image_group(r) for r in records}
+        missing = sorted(set(d.test_groups) - set(groups.values()))
+        if missing:
+            raise CupreError(f"data {name}: test group {missing[0]} has no image; groups: "
+                             f"{', '.join(sorted(set(groups.values())))}")
+        test_ids = sorted(i for i, g in groups.items() if g in d.test_groups)
+        parts = partition([r for r in records if groups[r.image_id] not in d.test_groups], d.partition,
+                          seed=d.partition_seed, names=names)
+        parts["test"] = test_ids
+    else:
+        parts = partition(records, d.partition, seed=d.partition_seed, names=names)
     for part, ids in parts.items():
         write_split(split_dir / f"{part}.json", {"dataset": d.labeled, "part": part, "partition": list(d.partition),
                                                  "seed": d.partition_seed, "image_ids": ids}, write=write)
@@ -141,7 +179,11 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
             ids = fewshot_split(train, fraction, seed)
             write_split(split_dir / f"f{fraction:g}-s{seed}.json", {"dataset": d.labeled, "fewshot_of": "train",
                         "fraction": fraction, "seed": seed, "image_ids": ids}, write=write)
-    print(f"experiment: {name}: " + ", ".join(f"{p} {len(ids)}" for p, ids in parts.items()) + " images")
+    test_files = [str(r.file) for r in records if r.image_id in set(parts.get("test", []))]
+    if d.test:
+        test_files += [str(r.file) for r in open_dataset(d.test, class_agnostic=True).records]
+    print(f"experiment: {name}: " + ", ".join(f"{p} {len(ids)}" for p, ids in parts.items()) + " images"
+          + (f" (test: {', '.join(d.test_groups)})" if d.test_groups else ""))
     return Target(
         name=name, labeled=d.labeled, fractions=fractions, split_dir=split_dir,
         cell_root=out.joinpath("cells", *level),
@@ -149,6 +191,8 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
         test=d.test or (d.labeled if "test" in parts else None),
         test_split=split_dir / "test.json" if "test" in parts else None,
         held_out=held_out,
+        test_files=test_files,
+        transductive=d.transductive,
     )
 
 

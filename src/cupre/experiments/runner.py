@@ -8,6 +8,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/data/objects/                        synthetic objects padding COCO (synthetic_objects.images > 0)
     OUT/data/cells/                          synthetic cells (synthetic_cells.images > 0; "{out}/data/cells/...")
     OUT/pretrain/                            one `cupre pretrain` run shared by every cell
+                                             (pretrain_per_seed: OUT/pretrain/s<seed>/, one per seed)
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
     OUT/cells/<method>/f<fraction>/s<seed>/  a `cupre finetune` run (val as it goes, test once: the chosen model)
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig, check_inputs_exist, in_folder
+from cupre.experiments.config import ExperimentConfig, check_inputs_exist, dataset_name, in_folder
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -35,6 +36,7 @@ from cupre.experiments.grid import (
     plan_cells,
     prepare_target,
     pretrain_config,
+    pretrain_dirs,
     write_synthetic_data,
 )
 from cupre.experiments.parallel import run_cells
@@ -74,8 +76,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
     cfg = in_folder(cfg, out)
     targets = [prepare_target(cfg, d, out, single=len(cfg.data) == 1, write=not dry_run) for d in cfg.data]
     cells = plan_cells(cfg, targets, methods)
-    pre = pretrain_config(cfg, methods, out, targets)
-    pre_state = "not needed" if pre is None else "done" if pretrain_done(out / "pretrain", methods) else "to run"
+    dirs = pretrain_dirs(cfg, out)
+    pres = {folder: pretrain_config(cfg, methods, out, targets, seed=seed if cfg.pretrain_per_seed else None)
+            for seed, folder in dirs.items()}
+    todo = {folder: pre for folder, pre in pres.items() if pre is not None and not pretrain_done(folder, methods)}
+    pre_state = ("not needed" if all(p is None for p in pres.values()) else "done" if not todo
+                 else f"to run ({len(todo)} of {len(pres)})" if cfg.pretrain_per_seed else "to run")
     print(f"experiment: pre-training {pre_state}; {len(cells)} cells, {sum(c.finished for c in cells)} finished")
     if dry_run:
         for c in cells:
@@ -83,13 +89,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
             print(f"  {c.folder.relative_to(out)}: {state}")
         return ""
     t0 = time.time()
-    if pre is not None and pre_state != "done":
-        run_pretrain(pre, out / "pretrain")
-        print(f"experiment: pre-training done after {time.time() - t0:.0f} s")
+    for folder, pre in todo.items():
+        run_pretrain(pre, folder)
+        print(f"experiment: pre-training {folder.relative_to(out)} done after {time.time() - t0:.0f} s")
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
     jobs = []
     for i, cell in enumerate(cells, start=1):
-        ft = cell_config(cfg, cell, out / "pretrain")
+        ft = cell_config(cfg, cell, dirs[cell.seed])
         check_same_config(cell, ft)
         label = f"experiment: cell {i}/{len(cells)} {cell.target.name} {cell.method} f{cell.fraction:g} s{cell.seed}"
         if cell.finished:
@@ -124,6 +130,25 @@ def where_time_went(cell_folder: Path) -> str:
     return f"{seconds.get('total', 0):.0f} s: {parts}" if seconds else "no timing"
 
 
+def protocol(cfg: ExperimentConfig) -> str:
+    """What the table's figures rest on: how the test part was chosen and whether
+    pre-training saw its images, and how often pre-training ran."""
+    lines = []
+    for d in cfg.data:
+        test = (f"whole acquisitions {', '.join(d.test_groups)} (never among the labels)" if d.test_groups
+                else "a separate set" if d.test else "a part stratified like the labels"
+                if len(d.partition) == 3 else None)
+        if test is None:
+            lines.append(f"- {dataset_name(d)}: no test part")
+            continue
+        seen = ("transductive: its images (never their labels) were among pre-training's unlabeled images"
+                if d.transductive else "inductive: pre-training never saw its images")
+        lines.append(f"- {dataset_name(d)}: test part = {test}; {seen}")
+    runs = ("once per seed (the spread includes pre-training's own variance)" if cfg.pretrain_per_seed
+            else "once, shared by every seed (the spread covers fine-tuning only)")
+    return "### Protocol\n\n" + "\n".join(lines) + f"\n- pre-training: {runs}"
+
+
 def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
     """results.csv, table2.md and the figures from every finished cell of the grid."""
     from cupre.experiments.overlays import render_overlays
@@ -137,7 +162,7 @@ def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
 
     rows = collect_results([(c.key, c.folder) for c in cells])
     write_results_csv(rows, out / "results.csv")
-    text = format_table2(rows, methods=list(cfg.methods), select_by=cfg.select_by)
+    text = protocol(cfg) + "\n\n" + format_table2(rows, methods=list(cfg.methods), select_by=cfg.select_by)
     per_kind = format_per_kind([(c.key, c.folder) for c in cells], methods=list(cfg.methods))
     text += f"\n\n{per_kind}" if per_kind else ""
     write_text_atomic(out / "table2.md", text + "\n")

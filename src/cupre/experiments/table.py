@@ -155,9 +155,17 @@ def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: 
         parts.append(f"### Table II: {dataset}, AP (x100, LIVECell protocol), mean ± std over seeds\n")
         parts.append(f"Validation; each seed at its best validation {select_by.replace('_', ' ')} iteration.\n")
         parts += [head, rule] + [_row(m, fs, cells, "val") for m in ms]
+        split = "val"
         if any(x is not None for s in cells.values() for x in s["test_bbox_AP"] + s["test_segm_AP"]):
+            split = "test"
             parts += ["", "Test, at the iteration chosen on validation.\n", head, rule]
             parts += [_row(m, fs, cells, "test") for m in ms]
+        for ref in [r for r in ("coco", "scratch") if r in ms]:
+            others = [m for m in ms if m != ref]
+            if others:
+                parts += ["", f"Paired difference against {ref} ({split}): per seed, the method's figure minus "
+                          f"{ref}'s of the same seed, mean ± std over seeds.\n", head, rule]
+                parts += [_paired_row(m, ref, fs, cells, split) for m in others]
         parts += ["", "Chosen iteration per seed.\n", "| method | " + " | ".join(f"{100 * f:g}%" for f in fs) + " |",
                   "|---" * (1 + len(fs)) + "|"]
         for m in ms:
@@ -175,6 +183,21 @@ def _row(method: str, fractions: list[float], cells: dict, split: str) -> str:
         for t in ("bbox", "segm"):
             out.append("–" if s is None else format_mean_std(s[f"{split}_{t}_AP"]))
     return f"| {method} | " + " | ".join(out) + " |"
+
+
+def paired_differences(cells: dict, method: str, ref: str, fraction: float, figure: str) -> list[float]:
+    """``method - ref`` per seed that both have (``figure`` e.g. ``test_bbox_AP``)."""
+    a, b = cells.get((method, fraction)), cells.get((ref, fraction))
+    if a is None or b is None:
+        return []
+    theirs = dict(zip(b["seeds"], b[figure]))
+    return [x - theirs[s] for s, x in zip(a["seeds"], a[figure]) if x is not None and theirs.get(s) is not None]
+
+
+def _paired_row(method: str, ref: str, fractions: list[float], cells: dict, split: str) -> str:
+    out = [format_mean_std(paired_differences(cells, method, ref, f, f"{split}_{t}_AP")) if (method, f) in cells
+           else "–" for f in fractions for t in ("bbox", "segm")]
+    return f"| {method} − {ref} | " + " | ".join(out) + " |"
 
 
 def format_per_kind(cells: Iterable[tuple[dict[str, Any], Path]], *, methods: list[str]) -> str:

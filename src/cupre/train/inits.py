@@ -7,7 +7,7 @@ scratch        Kaiming initialisation (nothing pre-trained)
 coco           the COCO warm-up followed by AMT2's K COCO steps without the MoCo steps
                (as many COCO iterations as CUPre, same subsets and schedule)
 cells-moco     the backbone of MoCo v2 trained on cells from scratch; fresh neck/head
-coco++         the Cells-MoCo backbone with the COCO warm-up's neck and head
+coco++         the Cells-MoCo backbone with the neck and head of ``coco`` (the COCO model)
 cupre          the model after all AMT2 rounds
 cupre-nol2sp   the model after AMT2 rounds run without L2-SP
 cupre++        ``cupre``, fine-tuned with L2-SP towards the pre-trained backbone
@@ -64,7 +64,7 @@ INIT_TABLE = {i.name: i for i in (
     Init("scratch"),
     Init("coco", model="coco"),
     Init("cells-moco", backbone="cells-moco"),
-    Init("coco++", model="warmup", backbone="cells-moco"),
+    Init("coco++", model="coco", backbone="cells-moco"),
     Init("cupre", model="cupre"),
     Init("cupre-nol2sp", model="cupre-nol2sp"),
     Init("cupre++", model="cupre", l2sp=True),

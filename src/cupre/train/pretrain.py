@@ -3,10 +3,10 @@
 ``cupre pretrain CONFIG.yaml -o RUN_DIR`` writes (names from :data:`cupre.train.inits.PRODUCTS`)::
 
     RUN_DIR/config.yaml            the resolved config
-    RUN_DIR/warmup/model.safetensors        COCO warm-up            (with cells-moco: --init coco++)
+    RUN_DIR/warmup/model.safetensors        COCO warm-up
     RUN_DIR/amt2/model.safetensors          after K AMT2 rounds     (--init cupre, cupre++)
     RUN_DIR/amt2-nol2sp/model.safetensors   AMT2 without L2-SP      (--init cupre-nol2sp; nol2sp: true)
-    RUN_DIR/coco/model.safetensors          warm-up + AMT2's COCO steps, no MoCo (--init coco; coco_baseline: true)
+    RUN_DIR/coco/model.safetensors          warm-up + AMT2's COCO steps, no MoCo (--init coco, coco++; coco_baseline: true)
     RUN_DIR/cells-moco/model.safetensors    MoCo on cells only      (--init cells-moco, coco++; cells_moco: true)
 
 Each part keeps its own ``state.pt``; ``--resume`` continues where a killed run stopped.
@@ -33,7 +33,7 @@ from cupre.train.amt2 import run_amt2
 from cupre.train.checkpoint import seed_everything
 from cupre.train.coco import run_coco_warmup, start_from_torchvision_coco
 from cupre.train.inits import PRODUCTS
-from cupre.train.moco import build_moco, run_moco_stage
+from cupre.train.moco import build_objective, run_moco_stage
 from cupre.train.run import Run
 from cupre.train.stage import RunContext, Settings, stage_seed
 from cupre.train.weights import save_model
@@ -52,6 +52,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     coco = MergedDataset([open_dataset(p) for p in cfg.coco])
     unlabeled = UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude)
+    check_exclusion(cfg, unlabeled)
     Run(out, tensorboard=False).save_config(cfg.to_dict())  # only once the inputs are known to be readable
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
     amt2 = cfg.amt2.replace(moco=moco_cfg)
@@ -60,7 +61,8 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
                         checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device))
     if distributed.is_main():
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
-              f"{len(unlabeled)} unlabeled cell images ({len(cfg.exclude)} held-out files excluded), "
+              f"{len(unlabeled)} unlabeled cell images ({unlabeled.excluded} of them held out: validation and test "
+              f"images), "
               f"{amt2.rounds} AMT2 rounds of {moco_cfg.optim.iterations} MoCo + {amt2.coco.iterations} COCO "
               f"iterations, device {device}, {settings.precision}, {torch.get_num_threads()} threads")
 
@@ -97,6 +99,20 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     return out
 
 
+def check_exclusion(cfg: PretrainConfig, unlabeled: UnlabeledImages) -> None:
+    """Stop when held-out images were named but none was removed from the unlabeled
+    sources although some of them lie there: the paths do not match (a copy, a link
+    outside), and validation images would reach MoCo."""
+    if not cfg.exclude or unlabeled.excluded:
+        return
+    sources = [Path(p).resolve() for p in cfg.unlabeled]
+    inside = [f for f in cfg.exclude if any(s == Path(f).resolve().parent or s in Path(f).resolve().parents
+                                            for s in sources)]
+    if inside:
+        raise CupreError(f"pretrain: {inside[0]} is held out (validation/test) and lies under an unlabeled source, "
+                         "but the exclusion removed no image; check that the paths match")
+
+
 def moco_covering(cfg: MocoConfig, n_images: int) -> MocoConfig:
     """``cfg`` with enough iterations per MoCo step to see every unlabeled image once."""
     per_step = cfg.optim.batch_size * distributed.world_size()
@@ -119,11 +135,12 @@ def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, catego
         return
     seed_everything(stage_seed(settings.seed, "cells-moco/init"))
     model = build_detector(det_cfg).to(settings.device)
-    moco = build_moco(model, moco_cfg).to(settings.device)
+    moco = build_objective(model, moco_cfg).to(settings.device)
     ctx = RunContext.open(run, settings, extra_state=lambda: {"moco": moco.state_dict()})
     if ctx.resume is not None:
         moco.load_state_dict(ctx.resume["moco"])
-    run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, ctx=ctx)
+    run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, ctx=ctx,
+                   object_size=det_cfg.object_size)
     save_model(run.path(MODEL_FILE), model, det_cfg, categories, stage="cells-moco")
 
 
