@@ -161,3 +161,22 @@ def test_linked_folders_are_walked_once_and_hidden_entries_skipped(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(top / ".dot.png")
     assert walk_images(top) == [top / "sample1" / "images" / "a.png"]
     assert walk_images(top, recursive=False) == []
+
+
+def test_pretraining_counts_its_exclusion_and_stops_when_it_removes_nothing(tmp_path):
+    from cupre.config import PretrainConfig
+    from cupre.train.pretrain import check_exclusion
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((16, 16), 100, np.uint8)).save(folder / f"{name}.png")
+    cfg = PretrainConfig.from_dict({"coco": ["c.json"], "unlabeled": [str(folder)], "exclude": [str(folder / "b.png")]})
+    images = UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude)
+    assert images.excluded == 1 and len(images) == 2
+    check_exclusion(cfg, images)  # it removed the held-out image: fine
+    cfg.exclude = [str(folder / "b.tif")]  # a held-out image named under the source that matches no file there
+    with pytest.raises(CupreError, match="removed no image"):
+        check_exclusion(cfg, UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude))
+    cfg.exclude = [str(tmp_path / "elsewhere" / "x.png")]  # held out, but not among these sources: nothing to do
+    check_exclusion(cfg, UnlabeledImages(cfg.unlabeled, exclude=cfg.exclude))
