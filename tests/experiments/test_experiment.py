@@ -250,7 +250,7 @@ def test_paper_config_parses_and_builds():
 
 
 def test_bbbc038_configs_point_at_the_shared_data(shared_data):
-    for name, methods in (("bbbc038-fewshot", 7), ("bbbc038-cpu", 3)):
+    for name, methods in (("bbbc038-fewshot", 7), ("bbbc038-cpu", 3), ("bbbc038-transfer-cpu", 3)):
         cfg = load_experiment(CONFIGS / f"{name}.yaml")
         assert Path(cfg.data[0].labeled).resolve() == (shared_data / "bbbc038" / "stage1_train").resolve()
         assert all(Path(p).exists() for p in cfg.pretrain.coco + cfg.pretrain.unlabeled)
