@@ -148,14 +148,15 @@ def main() -> None:
     optim = OptimConfig(iterations=args.iterations, batch_size=2, optimizer="adamw", lr=1e-3, weight_decay=1e-4,
                         warmup_iterations=20, crop_size=256, scale_jitter=1.25)
     print(f"# detection probe: backbone frozen, fresh FPN + heads, {args.iterations} iterations (batch 2, AdamW "
-          f"lr {optim.lr}) on {len(train)} images, scored on {len(val)} validation images at their labels' scale")
+          f"lr {optim.lr}) on {len(train)} images, scored on {len(val)} validation images at their labels' scale "
+          "(AP x100, LIVECell protocol)")
     print(f"# {cpu_name()}, {threads} threads, fp32, seed {args.seed}")
     print("| backbone | AP_bbox | AP_segm | AP50_bbox | seconds |")
     print("|---|---|---|---|---|")
     for label, state in rows:
         t0 = time.perf_counter()
         m = probe(state, cfg, train, val, gt, optim=optim, seed=args.seed)
-        print(f"| {label} | {m['bbox']['AP']:.1f} | {m['segm']['AP']:.1f} | {m['bbox']['AP50']:.1f} | "
+        print(f"| {label} | {100 * m['bbox']['AP']:.1f} | {100 * m['segm']['AP']:.1f} | {100 * m['bbox']['AP50']:.1f} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
 
 

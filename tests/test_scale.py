@@ -101,6 +101,10 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
 
     results = predict_dataset(detector, OneImage(), device=torch.device("cpu"))
     assert detector.seen == [DIAMETER, DIAMETER // 2, TARGET]
+    detector.seen.clear()  # the benchmarks' other two ways: one native look, and the labels' own size
+    predict_dataset(detector, OneImage(), device=torch.device("cpu"), probe_factors=(1.0,))
+    predict_dataset(detector, OneImage(), device=torch.device("cpu"), scale="labels")
+    assert detector.seen == [DIAMETER, TARGET, TARGET]
     assert results[0]["bbox"] == pytest.approx([10, 10, 12, 12])  # reported in the image's own pixels
 
     # prediction: the same rule, whether the size is estimated or given by the user

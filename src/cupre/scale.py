@@ -193,14 +193,15 @@ def at_object_scale(
 
 
 @torch.no_grad()
-def detect(model, images: Sequence[torch.Tensor], *,
-           object_sizes: Sequence[float | None] | None = None) -> tuple[list[dict], list[float]]:
+def detect(model, images: Sequence[torch.Tensor], *, object_sizes: Sequence[float | None] | None = None,
+           probe_factors: Sequence[float] = PROBE_FACTORS) -> tuple[list[dict], list[float]]:
     """Detections on ``images`` at the model's object scale (eval mode).
 
     Args:
         model: a :class:`cupre.models.detector.CupreDetector` in eval mode.
         images: float ``3xHxW`` tensors in [0, 1].
         object_sizes: the typical object size of each image when known (None: estimate).
+        probe_factors: the first looks (``(1.0,)``: one native look, the rule before three).
 
     Returns:
         (detections in original pixels, the factor each image ran at).
@@ -208,4 +209,5 @@ def detect(model, images: Sequence[torch.Tensor], *,
     def run(batch: list[torch.Tensor], scales: list[float] | None) -> list[dict]:
         return model(batch) if scales is None else model(batch, scales=scales)
 
-    return at_object_scale(run, images, getattr(model, "object_size", None), object_sizes=object_sizes)
+    return at_object_scale(run, images, getattr(model, "object_size", None), object_sizes=object_sizes,
+                           probe_factors=probe_factors)

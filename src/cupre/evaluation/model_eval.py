@@ -1,25 +1,30 @@
 """Run a detector over an annotated dataset at its object scale, as ``cupre predict`` does.
 
 The scale rule is :func:`cupre.scale.detect`: a model with an ``object_size`` estimates
-each image's factor from its own native-pixel detections (never from the annotations),
-so validation and test figures are what a user without labels gets.
+each image's factor from its own looks at the image (never from the annotations), so
+validation and test figures are what a user without labels gets.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
 from cupre.masks import crop_rle, masks_to_results
-from cupre.scale import detect
+from cupre.scale import PROBE_FACTORS, detect, typical_size
 
 
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, batch_size: int = 2,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, scale: str = "estimate",
+                    probe_factors: Sequence[float] = PROBE_FACTORS) -> list[dict]:
     """COCO results (bbox + RLE segmentation + score) for every image of ``dataset``.
 
-    Predicted label ``l`` is written as ``dataset.categories[l - 1]["id"]``.
+    Predicted label ``l`` is written as ``dataset.categories[l - 1]["id"]``. ``scale``:
+    ``estimate`` (the model's own looks at ``probe_factors``, as ``cupre predict``) or
+    ``labels`` (each image at its annotations' object size: the oracle, for benchmarks).
     """
     was_training = model.training
     model.eval()
@@ -29,7 +34,8 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, ba
                       disable=not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [image.to(device) for image, _ in items]
-        outputs, _ = detect(model, images)
+        sizes = [typical_size(target["boxes"]) for _, target in items] if scale == "labels" else None
+        outputs, _ = detect(model, images, object_sizes=sizes, probe_factors=probe_factors)
         for (image, target), out in zip(items, outputs):
             labels = out["labels"].clamp(1, len(cat_ids)).cpu()
             box_local = "mask_crops" in out
