@@ -86,8 +86,9 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     model([crop], [{k: out[k] for k in ("boxes", "labels", "masks")}])
     assert fed == [(64, 64)]  # the detector does not resize what training feeds it
 
-    # evaluation: the model's own looks at 1x, 0.5x and 2x find the object at each (equal score:
-    # the native look counts), it measures 12 px, so the final pass is the look at 2x (24 px)
+    # evaluation: the model's own looks at 1x and 2x find the object at each (equal score: the native
+    # look counts; a 32 px image is too small for a look at 0.5x), it measures 12 px, so the final
+    # pass is the look at 2x (24 px)
     detector = ThresholdDetector(TARGET)
 
     class OneImage(torch.utils.data.Dataset):
@@ -100,7 +101,7 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
             return image, target
 
     results = predict_dataset(detector, OneImage(), device=torch.device("cpu"))
-    assert detector.seen == [DIAMETER, DIAMETER // 2, TARGET]
+    assert detector.seen == [DIAMETER, TARGET]
     detector.seen.clear()  # the benchmarks' other two ways: one native look, and the labels' own size
     predict_dataset(detector, OneImage(), device=torch.device("cpu"), probe_factors=(1.0,))
     predict_dataset(detector, OneImage(), device=torch.device("cpu"), scale="labels")
@@ -112,7 +113,7 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     detector.seen.clear()
     run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "auto", options=PredictOptions(device="cpu"),
                 progress=False)
-    assert detector.seen == [DIAMETER, DIAMETER // 2, TARGET]
+    assert detector.seen == [DIAMETER, TARGET]
     detector.seen.clear()
     run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", progress=False,
                 options=PredictOptions(device="cpu", object_size=DIAMETER))
@@ -132,12 +133,12 @@ class SizeSelectiveDetector(ThresholdDetector):
 
 
 def test_an_image_of_large_objects_is_found_by_the_look_at_half_size():
-    image, _ = disc_image(size=96, diameter=2 * TARGET)  # 48 px: nothing confident at native pixels
+    image, _ = disc_image(size=160, diameter=2 * TARGET)  # 48 px: nothing confident at native pixels
     detector = SizeSelectiveDetector(TARGET)
     outputs, factors = detect(detector, [image])
     assert detector.seen == [2 * TARGET, TARGET, 4 * TARGET]  # the looks at 1x, 0.5x, 2x; the final pass is 0.5x's
     assert factors == [0.5] and float(outputs[0]["scores"][0]) == 1.0
-    assert outputs[0]["boxes"][0].tolist() == pytest.approx([24, 24, 72, 72])  # in the image's own pixels
+    assert outputs[0]["boxes"][0].tolist() == pytest.approx([56, 56, 104, 104])  # in the image's own pixels
 
 
 def test_looks_above_native_see_the_central_window_only():
@@ -153,6 +154,9 @@ def test_looks_above_native_see_the_central_window_only():
     calls.clear()
     at_object_scale(run, [torch.zeros(3, 600, 800)], 20.0, crop=None)  # whole-slide images: no look at 2x
     assert [c[1] for c in calls] == [None, [0.5]]
+    calls.clear()
+    at_object_scale(run, [torch.zeros(3, 100, 100)], 20.0)  # a look at 0.5x would feed 50 px: left out
+    assert [c[1] for c in calls] == [None, [2.0]]
 
 
 def test_model_files_store_the_object_size(tmp_path):

@@ -41,6 +41,8 @@ MIN_SCORE = 0.5  # detections that count for the estimate
 PROBE_FACTORS = (1.0, 0.5, 2.0)  # the first looks; on equal score mass the earliest wins
 PROBE_WINDOW = 512  # px: the score mass is summed over the image's central window of this side at most,
 # and looks above 1x see only that window (the look at 2x costs at most 4x a 512 px window)
+MIN_LOOK_SIDE = 64  # px: a look other than native is left out where it would feed the model a smaller side
+# (the deepest maps of a tinier input hold one value per channel, which GroupNorm refuses)
 
 
 def typical_size(boxes: torch.Tensor | np.ndarray) -> float | None:
@@ -90,6 +92,11 @@ def score_mass(boxes: torch.Tensor, scores: torch.Tensor, window: Tuple[int, int
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     inside = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= min_score)
     return float(scores[inside].sum())
+
+
+def look_fits(window: Tuple[int, int, int, int], factor: float, min_side: int = MIN_LOOK_SIDE) -> bool:
+    """Whether ``window`` (``y0, x0, y1, x1``) at ``factor`` keeps a side of ``min_side`` px."""
+    return min(window[2] - window[0], window[3] - window[1]) * factor >= min_side
 
 
 def reusable_look(factor: float, looks: List[float], tolerance: float = SNAP) -> int:
@@ -156,7 +163,8 @@ def at_object_scale(
     looks: list[dict[float, Any]] = [{} for _ in images]  # factor -> output covering the whole image
     best: list[tuple[float, Any, Any]] = [(-1.0, None, None)] * len(images)  # (mass, boxes, scores)
     for p in probe_factors:
-        ids = [i for i in range(len(images)) if p <= 1.0 or whole[i] or crop is not None]
+        ids = [i for i in range(len(images)) if (p <= 1.0 or whole[i] or crop is not None)
+               and (p == 1.0 or look_fits(windows[i] if p > 1.0 else (0, 0, *size(images[i])), p))]
         cut = [p > 1.0 and not whole[i] for i in ids]
         batch = [crop(images[i], windows[i]) if c else images[i] for i, c in zip(ids, cut)]
         if not batch:

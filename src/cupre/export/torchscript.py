@@ -45,8 +45,8 @@ from cupre.errors import CupreError
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.heads.chunks import CHUNK, deconv_as_convs
 from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
-from cupre.scale import (MIN_SCORE, PROBE_FACTORS, PROBE_WINDOW, central_window, median_side, reusable_look,
-                         scale_factor, score_mass, snap)
+from cupre.scale import (MIN_LOOK_SIDE, MIN_SCORE, PROBE_FACTORS, PROBE_WINDOW, central_window, look_fits,
+                         median_side, reusable_look, scale_factor, score_mass, snap)
 
 
 class Body(nn.Module):
@@ -88,6 +88,7 @@ class ScriptedSegmenter(nn.Module):
         self.min_score, self.pixel_offset = float(MIN_SCORE), float(PIXEL_OFFSET)
         self.probe_factors: List[float] = [float(f) for f in PROBE_FACTORS]
         self.probe_window = int(PROBE_WINDOW)
+        self.min_look_side = int(MIN_LOOK_SIDE)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD, dtype=torch.float32), persistent=False)
 
@@ -133,6 +134,8 @@ class ScriptedSegmenter(nn.Module):
         best_boxes = torch.zeros((0, 4), device=image.device)
         for p in self.probe_factors:
             cut = p > 1.0 and not whole
+            if p != 1.0 and not look_fits(window if p > 1.0 else (0, 0, height, width), p, self.min_look_side):
+                continue
             part = image[:, y0:y1, x0:x1] if cut else image
             boxes, scores, probs = self.detect(part, p)
             counted = self.nonempty(probs, boxes, int(part.shape[-2]), int(part.shape[-1])) & (scores >= self.min_score)
