@@ -39,11 +39,10 @@ from cupre.data.splits import load_split
 from cupre.data.transforms import DetectionTrainTransform
 from cupre.devices import cpu_has_bf16, set_threads
 from cupre.evaluation.livecell import evaluate
+from cupre.evaluation.model_eval import predict_dataset
 from cupre.experiments.overlays import choose_images
-from cupre.masks import crop_rle, masks_to_results
 from cupre.modelfile import load_model_file
 from cupre.models.detector import build_detector
-from cupre.scale import scale_factor, typical_size
 from cupre.train.inits import PRODUCTS
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
@@ -70,23 +69,9 @@ def backbone_sources(folders: list[Path]) -> tuple[list[tuple[str, dict | None]]
     return [("fresh", None), *rows], cfg
 
 
-@torch.no_grad()
 def score(model, dataset, gt) -> dict:
     """Validation AP with every image at its labels' object scale (one pass each)."""
-    model.eval()
-    results = []
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        factor = scale_factor(model.object_size, typical_size(target["boxes"]))
-        out = model([image], scales=[factor])[0]
-        found = masks_to_results(image_id=target["image_id"], boxes=out["boxes"].float(),
-                                 scores=out["scores"].float(), labels=out["labels"].clamp(1, 1),
-                                 masks=None if "mask_crops" in out else out["masks"], category_ids=[1])
-        if "mask_crops" in out:
-            height, width = image.shape[-2:]
-            for res, crop, origin in zip(found, out["mask_crops"], out["mask_origins"].tolist()):
-                res["segmentation"] = crop_rle(crop.numpy(), origin, height, width)
-        results += found
+    results = predict_dataset(model, dataset, device=torch.device("cpu"), progress=False, scale="labels")
     return evaluate(gt, results, protocol="livecell")
 
 

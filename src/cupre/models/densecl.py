@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cupre.losses.contrastive import info_nce
-from cupre.models.moco import MoCo, concat_all_gather
+from cupre.models.moco import MoCo, enqueue
 
 
 def dense_head(in_channels: int, hidden_dim: int, dim: int) -> nn.Sequential:
@@ -72,21 +72,6 @@ class DenseCL(MoCo):
         self.dense_ptr.zero_()
         self.dense_len.zero_()
 
-    def _maps(self, body: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-        feats = body((images - self.pixel_mean) / self.pixel_std)
-        return list(feats.values()) if isinstance(feats, dict) else list(feats)
-
-    @torch.no_grad()
-    def _enqueue_dense(self, level: int, keys: torch.Tensor) -> None:
-        keys = concat_all_gather(keys)
-        size, n = self.dense_queue.shape[1], keys.shape[0]
-        idx = (self.dense_ptr[level] + torch.arange(n, device=keys.device)) % size
-        if n > size:
-            keys, idx = keys[-size:], idx[-size:]
-        self.dense_queue[level].index_copy_(0, idx, keys.to(self.dense_queue.dtype))
-        self.dense_ptr[level] = (self.dense_ptr[level] + n) % size
-        self.dense_len[level] = (self.dense_len[level] + n).clamp(max=size)
-
     def _dense_loss(self, level: int, fq: torch.Tensor, fk: torch.Tensor, qd: torch.Tensor, kd: torch.Tensor):
         """One level's dense InfoNCE: ``fq``/``fk`` backbone maps ``BxCxS`` (for the
         correspondence), ``qd``/``kd`` normalised dense embeddings ``BxDxS``."""
@@ -105,18 +90,18 @@ class DenseCL(MoCo):
         logits = torch.cat([pos, others, q @ queue.T], dim=1) / self.temperature
         loss = F.cross_entropy(logits, torch.zeros(b * s, dtype=torch.long, device=q.device))
         acc = (logits.detach().argmax(dim=1) == 0).float().mean()
-        self._enqueue_dense(level, pooled)
+        enqueue(self.dense_queue[level], self.dense_ptr[level], self.dense_len[level], pooled)
         return loss, acc
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"moco/loss": (1 - w) * global InfoNCE, "dense/loss": w * mean dense InfoNCE,
         "moco/acc", "dense/acc"}``; updates the key encoder, then the queues."""
         maps_q = self._maps(self.backbone, im_q)
-        q = F.normalize(self.projection(torch.flatten(F.adaptive_avg_pool2d(maps_q[-1], 1), 1)), dim=1)  # NxC
+        q = self._pooled(self.projection, maps_q)  # NxC
         with torch.no_grad():
             self._momentum_update()
             maps_k = self._maps(self.key_backbone, im_k)
-            k = F.normalize(self.key_projection(torch.flatten(F.adaptive_avg_pool2d(maps_k[-1], 1), 1)), dim=1)
+            k = self._pooled(self.key_projection, maps_k)
         negatives = self.queue[: int(self.queue_len)].clone().detach()
         global_loss, logits = info_nce(q, k, negatives, self.temperature)
         acc = (logits.detach().argmax(dim=1) == torch.arange(q.shape[0], device=q.device)).float().mean()

@@ -41,6 +41,20 @@ def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, length: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write ``keys`` (``NxC``, gathered over ranks) into the ring buffer ``queue`` (``KxC``)
+    at ``ptr``, wrapping around; ``length`` counts its real keys (at most ``K``)."""
+    keys = concat_all_gather(keys)  # (N*world)xC
+    size, n = queue.shape[0], keys.shape[0]
+    idx = (ptr + torch.arange(n, device=keys.device)) % size
+    if n > size:  # only the newest K keys fit
+        keys, idx = keys[-size:], idx[-size:]
+    queue.index_copy_(0, idx, keys.to(queue.dtype))
+    ptr.copy_((ptr + n) % size)
+    length.copy_((length + n).clamp(max=size))
+
+
 def projection_head(in_channels: int, hidden_dim: int, dim: int) -> nn.Sequential:
     """MoCo v2's MLP head: Linear-ReLU-Linear, ``Nxin_channels`` -> ``Nxdim``."""
     return nn.Sequential(nn.Linear(in_channels, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim))
@@ -125,26 +139,25 @@ class MoCo(nn.Module):
         for k, q in zip(self._key_parameters(), self.query_parameters()):
             k.mul_(self.momentum).add_(q.detach(), alpha=1.0 - self.momentum)
 
+    def _maps(self, body: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+        """``Bx3xHxW`` images in [0, 1] -> the body's feature maps, shallow to deep."""
+        feats = body((images - self.pixel_mean) / self.pixel_std)
+        return list(feats.values()) if isinstance(feats, dict) else list(feats)
+
+    @staticmethod
+    def _pooled(head: nn.Module, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The deepest map, globally pooled and projected: ``BxC`` L2-normalised embeddings."""
+        pooled = torch.flatten(F.adaptive_avg_pool2d(maps[-1], 1), 1)  # BxC_in
+        return F.normalize(head(pooled), dim=1)  # BxC
+
     def _embed(self, body: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``Bx3xHxW`` images in [0, 1] -> ``BxC`` L2-normalised embeddings."""
-        x = (images - self.pixel_mean) / self.pixel_std
-        feats = body(x)
-        last = list(feats.values())[-1] if isinstance(feats, dict) else feats[-1]  # BxC_inxhxw
-        pooled = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)  # BxC_in
-        return F.normalize(head(pooled), dim=1)  # BxC
+        return self._pooled(head, self._maps(body, images))
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
         """Write ``keys`` (``NxC``, gathered over ranks) at the pointer, wrapping around."""
-        keys = concat_all_gather(keys)  # (N*world)xC
-        size = self.queue.shape[0]
-        n = keys.shape[0]
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
-        if n > size:  # only the newest K keys fit
-            keys, idx = keys[-size:], idx[-size:]
-        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
-        self.queue_ptr.copy_((self.queue_ptr + n) % size)
-        self.queue_len.copy_((self.queue_len + n).clamp(max=size))
+        enqueue(self.queue, self.queue_ptr, self.queue_len, keys)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> dict[str, torch.Tensor]:
         """One MoCo step's loss.

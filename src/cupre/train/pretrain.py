@@ -106,8 +106,7 @@ def check_exclusion(cfg: PretrainConfig, unlabeled: UnlabeledImages) -> None:
     if not cfg.exclude or unlabeled.excluded:
         return
     sources = [Path(p).resolve() for p in cfg.unlabeled]
-    inside = [f for f in cfg.exclude if any(s == Path(f).resolve().parent or s in Path(f).resolve().parents
-                                            for s in sources)]
+    inside = [f for f in cfg.exclude if any(s in Path(f).resolve().parents for s in sources)]
     if inside:
         raise CupreError(f"pretrain: {inside[0]} is held out (validation/test) and lies under an unlabeled source, "
                          "but the exclusion removed no image; check that the paths match")
