@@ -8,8 +8,9 @@ real COCO images). Then, timed, one command::
 
     cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu
 
-and afterwards (not timed) the model's masks on the 99 test images are scored against
-their ground truth with ``cupre evaluate`` (LIVECell protocol). Inputs are symbolic links
+and afterwards (not timed) the masks of the fine-tuned model and of the self-trained one
+(``cupre train`` self-trains on the unlabeled images by default) on the 99 test images
+are scored against their ground truth with ``cupre evaluate`` (LIVECell protocol). Inputs are symbolic links
 into the shared data; nothing is copied. Prints the wall time, the AP and where the
 overlays are. A second run with the same ``--work`` continues where the first stopped.
 
@@ -87,18 +88,22 @@ def main() -> None:
           "--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json"),
           "-o", str(run), "--preset", "cpu", *threads)
     minutes = (time.perf_counter() - start) / 60
-    model = run / "finetune" / "model.safetensors"
-    masks = work / "test-masks"
-    if not (masks / "images.json").is_file():
-        cupre("predict", str(model), str(work / "test"), "-o", str(masks), *threads)
     cupre("convert", str(work / "test"), "-o", str(work / "test.json"))
-    cupre("evaluate", "--gt", str(work / "test.json"), "--dt", str(masks / "results_coco.json"),
-          "--out", str(work / "test_metrics.json"))
-    metrics = json.loads((work / "test_metrics.json").read_text())
+    models = {"fine-tuned": run / "finetune" / "model.safetensors"}
+    if (run / "finetune" / "selftrain" / "model.safetensors").is_file():
+        models["after self-training"] = run / "finetune" / "selftrain" / "model.safetensors"
+    scores = []
+    for name, model in models.items():
+        masks = work / ("test-masks" if name == "fine-tuned" else "test-masks-selftrained")
+        if not (masks / "images.json").is_file():
+            cupre("predict", str(model), str(work / "test"), "-o", str(masks), *threads)
+        out = masks.with_name(masks.name + "-metrics.json")
+        cupre("evaluate", "--gt", str(work / "test.json"), "--dt", str(masks / "results_coco.json"), "--out", str(out))
+        metrics = json.loads(out.read_text())
+        scores.append(f"{name}: test AP_bbox {100 * metrics['bbox']['AP']:.1f}, AP_segm {100 * metrics['segm']['AP']:.1f}")
     print(f"cupre train: {minutes:.1f} min wall (this call; a continued run counts only what it ran) | "
-          f"test AP_bbox {100 * metrics['bbox']['AP']:.1f}, AP_segm {100 * metrics['segm']['AP']:.1f} "
-          f"on {len(test)} images | overlays: {masks}/*_overlay.png and {run}/masks/*_overlay.png")
-
+          + " | ".join(scores) + f" (on {len(test)} images) | overlays: {work}/test-masks*/*_overlay.png, "
+          f"{run}/masks/*_overlay.png, pseudo-labels: {run}/finetune/selftrain/round*/pseudo_labels.png")
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,15 @@ def test_an_unwritable_folder_is_one_line_and_nothing_is_created(tmp_path):
             tmp.write_bytes(b"half")
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no 0-byte or half file behind
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_outputs_follow_the_umask_like_any_new_file(tmp_path, mask):
+    before = os.umask(mask)
+    try:
+        write_text_atomic(tmp_path / "out.txt", "x")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~mask

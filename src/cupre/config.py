@@ -256,6 +256,28 @@ class PretrainConfig(ConfigBase):
     checkpoint_every: Count = 200
 
 
+class SelfTrainConfig(ConfigBase):
+    """Self-training after fine-tuning (:mod:`cupre.experiments.selftrain`): the kept model
+    pseudo-labels the unlabeled images (:mod:`cupre.train.pseudo`) and a student, from the
+    same initialisation, trains on the labels plus them; a round is kept only when
+    validation improves (without validation: the preset's rounds, unchecked)."""
+
+    rounds: NonNegative = 1  # 0: no self-training
+    keep_score: Fraction = 0.7  # kept: the mean score over the views reaches this ...
+    agree_iou: Fraction = 0.5  # ... and every flipped view has a mask overlapping it this much
+    uncertain_score: Fraction = 0.3  # not kept but scoring this: ignored by the losses (neither object nor background)
+    views: StrTuple = ("hflip", "vflip")  # test-time augmentations the masks must agree across
+    pseudo_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of pseudo-labelled images among the samples
+    max_images: Annotated[int, Field(ge=1)] | None = None  # pseudo-label at most this many (seeded choice); None: all
+    strong: bool = True  # strong photometric augmentation on the pseudo-labelled images
+    transductive: bool = False  # test images may be pseudo-labelled (never their labels): a user's images to segment
+    # chosen on validation (docs/benchmarks.md): a student from the teacher, taught by the pseudo-labelled
+    # images' objects only, +2.1 AP_bbox; STAC's (from the initialisation, their background learned) -3.3
+    student_from: typing.Literal["init", "teacher"] = "teacher"  # the student starts from the teacher, or as it did
+    background: typing.Literal["learned", "ignored"] = "ignored"  # pseudo-labelled crops teach only their objects
+    without_validation: bool = False  # self-train even where no validation set can check a round
+
+
 class FinetuneConfig(ConfigBase):
     """``cupre finetune``: few-shot fine-tuning of the whole model from a named initialisation."""
 
@@ -284,3 +306,6 @@ class FinetuneConfig(ConfigBase):
     precision: Precision = "auto"
     num_workers: NonNegative = 0  # data-loader processes (0: in the training process; decoded images are cached)
     checkpoint_every: Count = 50  # also the usable model of a run without validation
+    unlabeled: list[str] = Field(default_factory=list)  # images to self-train on (`self_train`); none: no self-training
+    self_train: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
+    pseudo_labels: str | None = None  # a student's pseudo-labels (COCO JSON, uncertain objects as crowd), mixed in

@@ -1,5 +1,7 @@
 """Files in and out: JSON read with one-line errors, and atomic writes (temp file, fsync,
-rename), so that a killed run or a full disk never leaves a half-written output."""
+rename), so that a killed run or a full disk never leaves a half-written output. Written
+files get the mode any new file gets under the umask (a colleague can read them where
+the umask lets them)."""
 
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600: the output gets a new file's usual mode
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -60,6 +63,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

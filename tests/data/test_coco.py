@@ -107,6 +107,8 @@ def test_getitem_drops_crowd_and_builds_targets(coco_file: Path) -> None:
     assert target["masks"].shape == (3, H, W) and target["labels"].tolist() == [1, 2, 1]
     assert target["boxes"][1].tolist() == [1.0, 10.0, 6.0, 15.0]  # XYXY, exclusive max
     assert target["image_id"] == 10 and target["file"].endswith("a.png")
+    assert target["ignore_masks"].shape == (1, H, W)  # the crowd region: neither object nor background
+    assert np.array_equal(target["ignore_masks"][0].numpy().astype(bool), EXPECTED["crowd"])
 
 
 def test_image_without_annotations_has_empty_targets(coco_file: Path) -> None:

@@ -133,3 +133,41 @@ def test_intensity_changes_only_the_image():
         assert float(out_image.min()) >= 0.0 and float(out_image.max()) <= 1.0
         assert torch.equal(out["masks"], target["masks"])
         assert np.array_equal(out["boxes"].numpy(), target["boxes"].numpy())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ignore_regions_follow_the_image_as_its_objects_do(seed):
+    """An ignore mask moves exactly as the same mask would as an object; it leaves as a box."""
+    image, target = coded_sample()
+    as_object = dict(target)
+    ignore = dict(target, masks=target["masks"][:2], labels=target["labels"][:2], boxes=target["boxes"][:2],
+                  ignore_masks=target["masks"][2:])
+    transform = DetectionTrainTransform(crop_size=32, intensity=False, min_area=4)
+    torch.manual_seed(seed)
+    _, want = transform(image, as_object)
+    torch.manual_seed(seed)
+    _, got = transform(image, ignore)
+    kept = want["labels"] == 3  # the third instance, where the crop keeps it
+    assert torch.equal(got["ignore_boxes"], want["boxes"][kept])
+    assert torch.equal(got["masks"], want["masks"][~kept]) and "ignore_masks" not in got
+
+
+def test_strong_augmentation_changes_the_image_and_not_the_masks():
+    image, target = coded_sample()
+    weak = DetectionTrainTransform(flips=False, rot90=False, intensity=False)
+    strong = DetectionTrainTransform(flips=False, rot90=False, intensity=False, strong=True)
+    torch.manual_seed(0)
+    outs = [strong(image, target) for _ in range(4)]
+    assert any(not torch.allclose(o[0], weak(image, target)[0]) for o in outs)
+    assert all(torch.equal(o[1]["masks"], target["masks"]) for o in outs)
+    assert all(float(o[0].min()) >= 0 and float(o[0].max()) <= 1 for o in outs)
+
+
+def test_without_background_the_crop_is_ignored_around_its_objects_unless_it_has_none():
+    image, target = coded_sample()
+    only_objects = DetectionTrainTransform(flips=False, rot90=False, intensity=False, background=False)
+    _, out = only_objects(image, target)
+    assert out["ignore_boxes"].tolist() == [[0.0, 0.0, 40.0, 48.0]] and len(out["boxes"]) == 3
+    empty = dict(target, masks=target["masks"][:0], labels=target["labels"][:0], boxes=target["boxes"][:0])
+    _, out = only_objects(image, empty)
+    assert out["ignore_boxes"].shape == (0, 4)  # nothing to learn but background: it is kept

@@ -34,7 +34,8 @@ def tiny_workflow(root: Path) -> Path:
                               "moco": {"optim": {**_optim(2, 4), "crop_size": 32}, "dim": 16, "hidden_dim": 32,
                                        "queue_size": 16}},
                      "num_workers": 0},
-        "finetune": {"optim": _optim(3, 2), "eval_every": 2, "num_workers": 0},
+        "finetune": {"optim": _optim(3, 2), "eval_every": 2, "num_workers": 0,
+                     "self_train": {"without_validation": True}},  # 4 labels: no validation part
         "timing": {"machine": "test", "warmup": 1.0, "finetune": 1.0},
         "device": "cpu",
     }
@@ -71,6 +72,27 @@ def test_one_command_makes_a_model_and_masks_for_the_unlabeled_images(few):
     assert tifffile.imread(labels[0]).shape == (64, 64)
     info = json.loads((run / "masks" / "images.json").read_text())
     assert len(info["images"]) == 3 and not info["failed"]
+    summary = json.loads((run / "finetune" / "selftrain" / "summary.json").read_text())  # self-training by default
+    assert (run / "finetune" / "selftrain" / "model.safetensors").is_file() and not summary["checked_on_validation"]
+    pseudo = json.loads((run / "finetune" / "selftrain" / "round1" / "pseudo_labels.json").read_text())
+    assert len(pseudo["images"]) == 3  # the unlabeled images, never the labeled ones
+
+
+def test_self_training_runs_by_default_unless_skipped_or_over_the_time_limit(data):
+    from cupre.experiments.workflow import self_train_plan
+
+    cfg = load_workflow(tiny_workflow(data), labels="x", unlabeled=[str(data / "unlabeled" / "images")])
+    plan = {"pretrain": 600.0, "finetune": 600.0, "self-training": 900.0}
+    assert self_train_plan(cfg, plan, has_val=True)[0]
+    assert self_train_plan(cfg, plan, has_val=False)[0]  # the tiny preset says: even unchecked
+    unchecked = cfg.finetune.replace(self_train=cfg.finetune.self_train.replace(without_validation=False))
+    on, why = self_train_plan(cfg.replace(finetune=unchecked), plan, has_val=False)
+    assert not on and "validation" in why
+    assert not self_train_plan(cfg.replace(self_train=False), plan, has_val=True)[0]
+    assert not self_train_plan(cfg.replace(unlabeled=[]), plan, has_val=True)[0]
+    on, why = self_train_plan(cfg.replace(self_train_within_minutes=30.0), plan, has_val=True)
+    assert not on and "35 min" in why and "30 min" in why
+    assert self_train_plan(cfg.replace(self_train_within_minutes=40.0), plan, has_val=True)[0]
 
 
 def test_few_labels_hold_nothing_out_and_the_run_says_so(few, capsys):

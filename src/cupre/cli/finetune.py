@@ -8,6 +8,7 @@ from pathlib import Path
 import cupre.train.finetune as _lib
 from cupre.config import FinetuneConfig, load_yaml
 from cupre.errors import CupreError
+from cupre.experiments.selftrain import run_selftrain
 from cupre.train import distributed
 from cupre.train.finetune import run_finetune
 
@@ -38,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"{d.optim.warmup_iterations} warm-up steps, {d.optim.schedule} decay)")
     p.add_argument("--seed", type=int, help=f"seed of the split and of training (default {d.seed})")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... (default {d.device})")
+    p.add_argument("--unlabeled", nargs="+", metavar="DIR", help="then self-train: the model pseudo-labels these "
+                   "images (folders or files) and a student trains on labels + pseudo-labels; a round is kept only "
+                   f"when validation improves ({d.self_train.rounds} round by default; `self_train` keys in --config)")
     p.add_argument("-o", "--out", required=True, help="output run folder")
     p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
 
@@ -67,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
         flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "from_model": args.from_model,
                 "train": args.train, "split": args.split, "fraction": args.fraction, "val": args.val,
                 "val_split": args.val_split, "test": args.test, "test_split": args.test_split, "seed": args.seed,
-                "device": args.device, "precision": args.precision}
+                "device": args.device, "precision": args.precision, "unlabeled": args.unlabeled}
         data.update({k: v for k, v in flat.items() if v is not None})
         optim = dict(data.get("optim", {}))
         for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):
@@ -77,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
         cfg = FinetuneConfig.from_dict(data, where=args.config or "finetune")
     if not cfg.train:
         raise CupreError("finetune: --train DATA is required")
+    if cfg.unlabeled:
+        model = run_selftrain(cfg, out, out / "selftrain")
+        if distributed.is_main():
+            print(f"model (after self-training): {model}")
+        return 0
     last = run_finetune(cfg, out)
     if not distributed.is_main():
         return 0

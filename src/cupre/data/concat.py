@@ -48,3 +48,42 @@ class MergedDataset(Dataset):
         target = dict(target)
         target["labels"] = self._maps[which][target["labels"]]
         return image, target
+
+
+class MixedDataset(Dataset):
+    """Annotated images and pseudo-labelled ones, in a set proportion.
+
+    The ``labeled`` images are repeated so that ``pseudo_fraction`` of the items are
+    pseudo-labelled: a random batch holds that share in expectation. Each target says
+    where it came from (``pseudo``: bool), for :class:`BySource`.
+    """
+
+    def __init__(self, labeled: Dataset, pseudo: Dataset, *, pseudo_fraction: float) -> None:
+        if not 0 < pseudo_fraction < 1:
+            raise ValueError(f"pseudo_fraction must be in (0, 1), got {pseudo_fraction}")
+        if len(labeled) == 0 or len(pseudo) == 0:  # type: ignore[arg-type]
+            raise ValueError("both the labeled and the pseudo-labelled images are needed")
+        self.labeled, self.pseudo = labeled, pseudo
+        self.n_pseudo = len(pseudo)  # type: ignore[arg-type]
+        self.n_labeled = max(len(labeled), round(self.n_pseudo * (1 - pseudo_fraction) / pseudo_fraction))  # type: ignore[arg-type]
+        self.categories = getattr(labeled, "categories", None)
+
+    def __len__(self) -> int:
+        return self.n_labeled + self.n_pseudo
+
+    def __getitem__(self, index: int):
+        if index < self.n_labeled:
+            image, target = self.labeled[index % len(self.labeled)]  # type: ignore[arg-type]
+            return image, {**target, "pseudo": False}
+        image, target = self.pseudo[index - self.n_labeled]
+        return image, {**target, "pseudo": True}
+
+
+class BySource:
+    """A training transform per source of a :class:`MixedDataset` item."""
+
+    def __init__(self, *, labeled, pseudo) -> None:
+        self.labeled, self.pseudo = labeled, pseudo
+
+    def __call__(self, image, target):
+        return (self.pseudo if target.get("pseudo") else self.labeled)(image, target)

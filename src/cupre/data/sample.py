@@ -10,12 +10,16 @@ Indexing a dataset gives ``(image, target)``:
     - ``labels``: int64 ``N``, contiguous 1..C (0 is background; ``dataset.categories[l-1]``
       is the category of label ``l``);
     - ``masks``: uint8 ``NxHxW``;
+    - ``ignore_masks``: uint8 ``KxHxW``, the crowd regions (``K`` may be 0): neither
+      objects nor background in training (:mod:`cupre.models.heads.ignore`);
     - ``image_id``: int (the COCO image id; 1..N in sorted file order for other formats);
     - ``file``: str, the source image file;
     - ``cell_type``: str or None, where the format or a summary file knows it.
 
-Crowd regions (``iscrowd=1``) are never training targets; :meth:`read_raw` keeps them,
-flagged, for conversion and for evaluation ignore regions.
+Crowd regions (``iscrowd=1``) are never training targets: they become ``ignore_masks``,
+regions that training counts neither as objects nor as background (pseudo-labels mark
+the teacher's unsure objects so). :meth:`read_raw` keeps them, flagged, for conversion
+and for evaluation ignore regions.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ class InstanceDataset(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(masks_to_boxes(masks)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "masks": torch.from_numpy(masks.astype(np.uint8)),
+            "ignore_masks": torch.from_numpy(raw.masks[raw.iscrowd].astype(np.uint8)),
             "image_id": rec.image_id,
             "file": str(rec.file),
             "cell_type": rec.cell_type,

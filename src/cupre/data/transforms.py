@@ -181,6 +181,12 @@ class DetectionTrainTransform:
         flips: random horizontal and vertical flips.
         rot90: random rotations by multiples of 90 degrees.
         intensity: mild random brightness/contrast.
+        strong: a student's strong augmentation on top (self-training; Unbiased
+            Teacher's photometric part): stronger brightness/contrast, Gaussian blur
+            and noise, each applied with probability 0.5.
+        background: False to make the whole crop an ignore region where it holds an
+            instance: only the instances teach (pseudo-labels, whose missed objects would
+            otherwise teach background); a crop without any keeps its background.
         min_area: minimum mask area (pixels) of a kept instance.
     """
 
@@ -193,12 +199,14 @@ class DetectionTrainTransform:
         flips: bool = True,
         rot90: bool = True,
         intensity: bool = True,
+        strong: bool = False,
+        background: bool = True,
         min_area: int = 4,
     ) -> None:
         if scale_jitter < 1.0:
             raise ValueError(f"scale_jitter must be >= 1, got {scale_jitter}")
         self.crop_size, self.object_size, self.scale_jitter = crop_size, object_size, scale_jitter
-        self.min_area = min_area
+        self.min_area, self.background = min_area, background
         steps: list[v2.Transform] = []
         if flips:
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
@@ -206,6 +214,10 @@ class DetectionTrainTransform:
             steps.append(RandomRot90())
         if intensity:
             steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
+        if strong:
+            steps += [v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.5),
+                      v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5),
+                      v2.RandomApply([v2.GaussianNoise(sigma=0.03, clip=True)], p=0.5)]
         self.transform = v2.Compose(steps) if steps else None
 
     def factor(self, boxes: torch.Tensor) -> float:
@@ -234,22 +246,31 @@ class DetectionTrainTransform:
 
         Returns:
             ``(image, target)``: plain tensors, ``boxes`` float32 ``Mx4`` XYXY,
-            ``labels`` int64 ``M``, ``masks`` uint8 ``MxH'xW'`` with ``M <= N``.
+            ``labels`` int64 ``M``, ``masks`` uint8 ``MxH'xW'`` with ``M <= N``, and
+            ``ignore_boxes`` float32 ``Jx4``: the boxes of the ``ignore_masks`` (crowd /
+            unsure regions) that the crop keeps, in place of those masks.
         """
         img = tv_tensors.Image(image)
-        masks = tv_tensors.Mask(target["masks"])
+        n = len(target["masks"])
+        ignore = target.get("ignore_masks")
+        both = target["masks"] if ignore is None or not len(ignore) else torch.cat([target["masks"], ignore])
+        masks = tv_tensors.Mask(both)  # objects, then ignore regions: one geometry for all
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
         img, boxes, masks = self.rescale(img, boxes, masks, self.factor(target["boxes"]))
         if self.transform is not None:
             img, boxes, masks = self.transform(img, boxes, masks)
         img = img.as_subclass(torch.Tensor).clamp(0.0, 1.0)
         masks = masks.as_subclass(torch.Tensor)
-        keep = masks.flatten(1).sum(dim=1) >= self.min_area  # N
-        masks = masks[keep]
-        out = dict(target)
-        out["masks"] = masks.to(torch.uint8)
-        out["labels"] = target["labels"][keep]
-        out["boxes"] = masks_to_boxes_exclusive(masks)
+        keep = masks.flatten(1).sum(dim=1) >= self.min_area  # N + K
+        out = {k: v for k, v in target.items() if k != "ignore_masks"}
+        out["masks"] = masks[:n][keep[:n]].to(torch.uint8)
+        out["labels"] = target["labels"][keep[:n]]
+        out["boxes"] = masks_to_boxes_exclusive(out["masks"])
+        out["ignore_boxes"] = masks_to_boxes_exclusive(masks[n:][keep[n:]])
+        if not self.background and len(out["boxes"]):  # a crop without objects keeps its background: a
+            height, width = img.shape[-2:]                 # batch of nothing to learn has no defined loss
+            whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
+            out["ignore_boxes"] = torch.cat([out["ignore_boxes"], whole])
         return img, out
 
 

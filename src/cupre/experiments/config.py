@@ -25,7 +25,12 @@ from cupre.config import (
 from cupre.errors import CupreError
 from cupre.train.inits import INITS
 
-Method = Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"]
+SELF_TRAIN = "+st"  # method suffix: the method's cell, then self-training on the train part's unlabeled images
+
+
+def base_method(method: str) -> str:
+    """The initialisation a method starts from (``cupre+st`` -> ``cupre``)."""
+    return method.removesuffix(SELF_TRAIN)
 
 
 PART_NAMES = ("train", "val", "test")
@@ -78,7 +83,7 @@ class ExperimentConfig(ConfigBase):
     data: list[DataConfig] = Field(default_factory=list)
     fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[Method] = Field(default_factory=lambda: list(INITS))
+    methods: list[str] = Field(default_factory=lambda: list(INITS))  # initialisations, each optionally `+st`
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)  # shared by every cell
     eval_every: Count = 500  # validation every this many fine-tuning iterations (and at the end)
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
@@ -153,6 +158,10 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
 
     if not cfg.data:
         raise bad("no labeled dataset given (key `data` with `labeled: PATH`)")
+    unknown = [m for m in cfg.methods if base_method(m) not in INITS]
+    if unknown:
+        raise bad(f"methods: {unknown[0]!r} is not one of {', '.join(INITS)} (each optionally with {SELF_TRAIN}: "
+                  "self-training after it)")
     if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
         raise bad(f"`methods` must list distinct initialisations from {', '.join(INITS)}")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):

@@ -14,9 +14,11 @@ from cupre.config import FinetuneConfig, PretrainConfig, load_yaml
 from cupre.errors import CupreError
 from cupre.experiments.config import (
     PART_NAMES,
+    SELF_TRAIN,
     DataConfig,
     ExperimentConfig,
     SyntheticConfig,
+    base_method,
     dataset_name,
 )
 from cupre.fileio import write_text_atomic
@@ -69,6 +71,13 @@ class Cell:
     def finished(self) -> bool:
         return (self.folder / "val_metrics.json").is_file() and (self.folder / MODEL_FILE).is_file()
 
+    @property
+    def teacher(self) -> "Cell | None":
+        """For a self-training cell (``cupre+st``), the cell it starts from (``cupre``)."""
+        if not self.method.endswith(SELF_TRAIN):
+            return None
+        return Cell(target=self.target, method=base_method(self.method), fraction=self.fraction, seed=self.seed)
+
 
 def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
                     targets: list[Target], *, seed: int | None = None) -> PretrainConfig | None:
@@ -78,6 +87,7 @@ def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
     The validation and test images of every labeled set are kept out of MoCo, but for a
     transductive target's test images, which join the unlabeled images instead.
     """
+    methods = [base_method(m) for m in methods]
     if all(m == "scratch" for m in methods):
         return None
     pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
@@ -197,11 +207,17 @@ def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: b
 
 
 def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> FinetuneConfig:
-    """The fine-tuning config of one cell: the shared schedule plus the cell's data and seed."""
+    """The fine-tuning config of one cell: the shared schedule plus the cell's data and seed
+    (a self-training cell: its teacher's, with the labeled dataset's images as the
+    unlabeled ones; what is labeled, validation or test among them is never used)."""
     detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
     data = cfg.finetune.to_dict()
+    init = base_method(cell.method)
+    if cell.teacher is not None:
+        data.update(unlabeled=[cell.target.labeled],
+                    self_train={**data["self_train"], "transductive": cell.target.transductive})
     data.update(
-        init=cell.method, pretrain_dir=None if cell.method == "scratch" else str(pretrain_dir),
+        init=init, pretrain_dir=None if init == "scratch" else str(pretrain_dir),
         train=cell.target.labeled, split=str(cell.split_file), fraction=None, val=cell.target.val,
         val_split=str(cell.target.val_split) if cell.target.val_split else None,
         test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,
@@ -226,5 +242,10 @@ def check_same_config(cell: Cell, ft: FinetuneConfig) -> None:
 
 
 def plan_cells(cfg: ExperimentConfig, targets: list[Target], methods: list[str]) -> list[Cell]:
+    """Every cell of ``methods``, the teacher cells of self-training methods included,
+    teachers first."""
+    teachers = [base_method(m) for m in methods if m.endswith(SELF_TRAIN) and base_method(m) not in methods]
+    ordered = [m for m in [*teachers, *methods] if not m.endswith(SELF_TRAIN)]
+    ordered += [m for m in methods if m.endswith(SELF_TRAIN)]
     return [Cell(target=t, method=m, fraction=f, seed=s)
-            for t in targets for m in methods for f in t.fractions for s in cfg.seeds]
+            for t in targets for m in ordered for f in t.fractions for s in cfg.seeds]

@@ -23,6 +23,7 @@ from cupre.masks import segmentation_to_rle
 
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 255)
+UNSURE_COLOR = (255, 200, 0)
 LABEL_HEIGHT = 16
 
 
@@ -135,6 +136,34 @@ def render_overlays(val: str | Path, val_split: str | Path | None, predictions: 
     for i, panels in enumerate(rows):
         for j, panel in enumerate(panels):
             sheet.paste(panel, (j * panel_size, i * (panel_size + LABEL_HEIGHT)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
+
+
+def render_pseudo_labels(pseudo_labels: str | Path, path: Path, *, n_images: int = 4, panel_size: int = 320) -> Path:
+    """A row of ``n_images`` pseudo-labelled images (spread over the file's images): the
+    kept objects outlined in magenta, the uncertain ones (ignored in training) in amber."""
+    from cupre.data.coco import CocoDataset
+
+    ds = CocoDataset(pseudo_labels)
+    raw_by_id = {r.image_id: i for i, r in enumerate(ds.records)}
+    ids = sorted(raw_by_id)
+    step = max(1, len(ids) // max(1, n_images))
+    panels = []
+    for image_id in ids[::step][:n_images]:
+        index = raw_by_id[image_id]
+        image, _ = ds[index]
+        rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        raw = ds.read_raw(index)
+        thick = max(1, round(max(rgb.shape[:2]) / panel_size))
+        kept, unsure = raw.masks[~raw.iscrowd], raw.masks[raw.iscrowd]
+        drawn = outline(outline(rgb, unsure, UNSURE_COLOR, thick), kept, PRED_COLOR, thick)
+        panels.append(_panel(drawn, f"{len(kept)} kept, {len(unsure)} uncertain", panel_size))
+    sheet = Image.new("RGB", (max(1, len(panels)) * panel_size, panel_size + LABEL_HEIGHT), (255, 255, 255))
+    for j, panel in enumerate(panels):
+        sheet.paste(panel, (j * panel_size, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")

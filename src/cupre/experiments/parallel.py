@@ -21,16 +21,27 @@ from typing import Callable
 from cupre.errors import CupreError
 
 
-def _cell_process(cfg, folder: Path, threads: int, report) -> None:
+def run_cell(cfg, folder: Path, teacher: Path | None) -> None:
+    """One cell: a fine-tuning run, or self-training from the ``teacher`` cell's model."""
+    if teacher is None:
+        from cupre.train.finetune import run_finetune
+
+        run_finetune(cfg, folder)
+    else:
+        from cupre.experiments.selftrain import run_selftrain
+
+        run_selftrain(cfg, teacher, folder)
+
+
+def _cell_process(cfg, folder: Path, teacher: Path | None, threads: int, report) -> None:
     """Child process: one cell; sends None, or the error (a traceback for a bug), before it exits."""
     from cupre.devices import set_threads
     from cupre.train import loop
-    from cupre.train.finetune import run_finetune
 
     set_threads(threads)
     loop.SHOW_PROGRESS = False
     try:
-        run_finetune(cfg, folder)
+        run_cell(cfg, folder, teacher)
         report.send(None)
     except CupreError as exc:
         report.send(str(exc))
@@ -40,9 +51,10 @@ def _cell_process(cfg, folder: Path, threads: int, report) -> None:
         report.send(traceback.format_exc())
 
 
-def run_cells(jobs: list[tuple[object, object, Path]], *, parallel: int, threads: int,
+def run_cells(jobs: list[tuple[object, object, Path, Path | None]], *, parallel: int, threads: int,
               on_done: Callable[[object], None]) -> None:
-    """Run ``jobs`` (``(key, FinetuneConfig, folder)``) at most ``parallel`` at a time, each
+    """Run ``jobs`` (``(key, FinetuneConfig, folder, teacher folder or None)``: :func:`run_cell`)
+    at most ``parallel`` at a time, each
     process on ``threads`` intra-op threads; ``on_done(key)`` here after each.
 
     Raises:
@@ -54,9 +66,9 @@ def run_cells(jobs: list[tuple[object, object, Path]], *, parallel: int, threads
     try:
         while pending or running:
             while pending and len(running) < parallel:
-                key, cfg, folder = pending.pop(0)
+                key, cfg, folder, teacher = pending.pop(0)
                 receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_cell_process, args=(cfg, folder, threads, send))
+                process = context.Process(target=_cell_process, args=(cfg, folder, teacher, threads, send))
                 process.start()
                 send.close()
                 running[process.sentinel] = (key, folder, process, receive)

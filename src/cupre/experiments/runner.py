@@ -12,6 +12,7 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/splits/{train,val,test}.json         the seeded partition of the labeled dataset
     OUT/splits/f<fraction>-s<seed>.json      the few-shot split of the train part
     OUT/cells/<method>/f<fraction>/s<seed>/  a `cupre finetune` run (val as it goes, test once: the chosen model)
+    OUT/cells/<method>+st/f<fraction>/s<seed>/  self-training from the <method> cell (cupre.experiments.selftrain)
     OUT/results.csv                          every evaluation row, rebuilt from the cells
     OUT/table2.md                            Table II (iteration chosen on validation only)
     OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig, check_inputs_exist, dataset_name, in_folder
+from cupre.experiments.config import ExperimentConfig, base_method, check_inputs_exist, dataset_name, in_folder
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -39,7 +40,7 @@ from cupre.experiments.grid import (
     pretrain_dirs,
     write_synthetic_data,
 )
-from cupre.experiments.parallel import run_cells
+from cupre.experiments.parallel import run_cell, run_cells
 from cupre.fileio import write_text_atomic
 from cupre.train.inits import pretrain_done
 from cupre.train.run import Run
@@ -59,7 +60,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
 
     from cupre.experiments.table import collect_results, write_results_csv
     from cupre.train import distributed
-    from cupre.train.finetune import run_finetune
     from cupre.train.pretrain import run_pretrain
 
     out = Path(out)
@@ -67,7 +67,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
     unknown = [m for m in methods if m not in cfg.methods]
     if unknown:
         raise CupreError(f"--only-method {unknown[0]}: not among the config's methods ({', '.join(cfg.methods)})")
-    check_inputs_exist(cfg, pretraining=any(m != "scratch" for m in methods))
+    check_inputs_exist(cfg, pretraining=any(base_method(m) != "scratch" for m in methods))
     if not dry_run:
         Run(out, tensorboard=False).save_config(cfg.to_dict())
         for kind, synth in (("objects", cfg.synthetic_objects), ("cells", cfg.synthetic_cells)):
@@ -79,7 +79,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
     dirs = pretrain_dirs(cfg, out)
     pres = {folder: pretrain_config(cfg, methods, out, targets, seed=seed if cfg.pretrain_per_seed else None)
             for seed, folder in dirs.items()}
-    todo = {folder: pre for folder, pre in pres.items() if pre is not None and not pretrain_done(folder, methods)}
+    bases = sorted({base_method(m) for m in methods})
+    todo = {folder: pre for folder, pre in pres.items() if pre is not None and not pretrain_done(folder, bases)}
     pre_state = ("not needed" if all(p is None for p in pres.values()) else "done" if not todo
                  else f"to run ({len(todo)} of {len(pres)})" if cfg.pretrain_per_seed else "to run")
     print(f"experiment: pre-training {pre_state}; {len(cells)} cells, {sum(c.finished for c in cells)} finished")
@@ -93,7 +94,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         run_pretrain(pre, folder)
         print(f"experiment: pre-training {folder.relative_to(out)} done after {time.time() - t0:.0f} s")
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
-    jobs = []
+    waves: list[list] = [[], []]  # fine-tuning cells, then the self-training cells that start from them
     for i, cell in enumerate(cells, start=1):
         ft = cell_config(cfg, cell, dirs[cell.seed])
         check_same_config(cell, ft)
@@ -101,7 +102,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         if cell.finished:
             print(f"{label}: finished before")
         else:
-            jobs.append(((label, cell.folder), ft, cell.folder))
+            teacher = cell.teacher.folder if cell.teacher else None
+            waves[teacher is not None].append(((label, cell.folder), ft, cell.folder, teacher))
 
     def done(key: tuple[str, Path]) -> None:
         label, folder = key
@@ -109,15 +111,17 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         if distributed.is_main():
             write_results_csv(collect_results([(c.key, c.folder) for c in everything]), out / "results.csv")
 
-    parallel = min(cfg.parallel, len(jobs)) if distributed.world_size() == 1 else 1
-    if parallel > 1:
-        threads = max(1, torch.get_num_threads() // parallel)
-        print(f"experiment: {len(jobs)} cells to run, {parallel} at a time on {threads} thread(s) each", flush=True)
-        run_cells(jobs, parallel=parallel, threads=threads, on_done=done)
-    else:
-        for key, ft, folder in jobs:
-            run_finetune(ft, folder)
-            done(key)
+    for jobs in waves:
+        parallel = min(cfg.parallel, len(jobs)) if distributed.world_size() == 1 else 1
+        if parallel > 1:
+            threads = max(1, torch.get_num_threads() // parallel)
+            print(f"experiment: {len(jobs)} cells to run, {parallel} at a time on {threads} thread(s) each",
+                  flush=True)
+            run_cells(jobs, parallel=parallel, threads=threads, on_done=done)
+        else:
+            for key, ft, folder, teacher in jobs:
+                run_cell(ft, folder, teacher)
+                done(key)
     if not distributed.is_main():
         return ""
     return report(cfg, out, everything)

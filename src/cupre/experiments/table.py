@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from cupre.experiments.config import SELF_TRAIN, base_method
 from cupre.fileio import write_text_atomic
 from cupre.modelfile import MODEL_FILE
 
@@ -166,6 +167,11 @@ def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: 
                 parts += ["", f"Paired difference against {ref} ({split}): per seed, the method's figure minus "
                           f"{ref}'s of the same seed, mean ± std over seeds.\n", head, rule]
                 parts += [_paired_row(m, ref, fs, cells, split) for m in others]
+        learners = [m for m in ms if m.endswith(SELF_TRAIN) and base_method(m) in ms]
+        if learners:
+            parts += ["", f"Paired difference against the model each self-training started from ({split}).\n",
+                      head, rule]
+            parts += [_paired_row(m, base_method(m), fs, cells, split) for m in learners]
         parts += ["", "Chosen iteration per seed.\n", "| method | " + " | ".join(f"{100 * f:g}%" for f in fs) + " |",
                   "|---" * (1 + len(fs)) + "|"]
         for m in ms:

@@ -12,7 +12,13 @@ have, everything the paper does before you get masks:
    ``min_val_images`` of them, a validation part (``val_fraction``) is held out: it
    chooses the kept model and never reaches MoCo. With fewer, the preset's schedule runs
    to its end and the run says that nothing checked it (``--val`` gives a separate set).
-4. **Masks** for every unlabeled image (``cupre predict``: label TIFF, CSV, overlay).
+4. **Self-training** (:mod:`cupre.experiments.selftrain`): the fine-tuned model
+   pseudo-labels your unlabeled images and a student trains on your labels plus them;
+   a round is kept only when validation improves. It runs when there is a validation set
+   and the whole estimate stays within the preset's ``self_train_within_minutes``
+   (``--no-self-train`` skips it).
+5. **Masks** for every unlabeled image (``cupre predict``: label TIFF, CSV, overlay),
+   by the final model.
 
 ::
 
@@ -20,7 +26,8 @@ have, everything the paper does before you get masks:
     RUN/data/objects/           synthetic natural objects (when no --coco is given)
     RUN/splits/{train,val}.json the annotated images used to train / to validate
     RUN/pretrain/               a `cupre pretrain` run (COCO stage + AMT2)
-    RUN/finetune/               a `cupre finetune` run: model.safetensors is your model
+    RUN/finetune/               a `cupre finetune` run: model.safetensors is the fine-tuned model
+    RUN/finetune/selftrain/     self-training: its model.safetensors is your model
     RUN/masks/                  a `cupre predict` run over the unlabeled images
 
 The preset (``--preset cpu``, ``gpu``; ``auto``: ``gpu`` when CUDA is there) sizes
@@ -42,7 +49,6 @@ from cupre.config import ConfigBase, Count, FinetuneConfig, Precision, PretrainC
 from cupre.errors import CupreError
 from cupre.experiments.config import SyntheticConfig
 from cupre.experiments.grid import write_split, write_synthetic_data
-from cupre.modelfile import MODEL_FILE
 from cupre.train.inits import pretrain_done
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
@@ -74,6 +80,8 @@ class WorkflowConfig(ConfigBase):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     predict: bool = True  # masks for the unlabeled images at the end
+    self_train: bool = True  # self-training on the unlabeled images after fine-tuning (finetune.self_train: how)
+    self_train_within_minutes: float | None = None  # ... only when the whole estimate stays within this (None: always)
     timing: Timing = Field(default_factory=Timing)
     seed: int = 0
     device: str = "auto"
@@ -147,13 +155,14 @@ def pretrain_config(cfg: WorkflowConfig, out: Path, held_out: list[str]) -> Pret
                                 seed=cfg.seed, device=cfg.device, precision=cfg.precision)
 
 
-def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool) -> FinetuneConfig:
-    """Fine-tuning from the CUPre weights on the training part of the labels."""
+def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool, self_train: bool = False) -> FinetuneConfig:
+    """Fine-tuning from the CUPre weights on the training part of the labels (then
+    self-training on the unlabeled images when ``self_train``)."""
     detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
     data = cfg.finetune.to_dict()
     data.update(init="cupre", pretrain_dir=str(out / "pretrain"), train=cfg.labels,
                 split=str(out / "splits" / "train.json"), seed=cfg.seed, device=cfg.device,
-                precision=cfg.precision, detector=detector)
+                precision=cfg.precision, detector=detector, unlabeled=list(cfg.unlabeled) if self_train else [])
     if cfg.val:
         data.update(val=cfg.val, val_split=None)
     elif has_val:
@@ -163,16 +172,37 @@ def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool) -> FinetuneCo
 
 def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfig, *, n_unlabeled: int,
                      n_val: int) -> dict[str, float]:
-    """Seconds per stage from the preset's measured seconds per step."""
-    t, amt2 = cfg.timing, pre.amt2
+    """Seconds per stage from the preset's measured seconds per step (self-training: every
+    round run, each a pass per view over the unlabeled images and a fine-tuning)."""
+    t, amt2, st = cfg.timing, pre.amt2, ft.self_train
     moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
     evaluations = (math.ceil(ft.optim.iterations / ft.eval_every) + 1) if n_val else 0
+    finetune = ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate
+    pseudo = min(n_unlabeled, st.max_images or n_unlabeled)
     return {
         "pretrain": pre.warmup.iterations * t.warmup
         + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco),
-        "finetune": ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate,
+        "finetune": finetune,
+        "self-training": st.rounds * (pseudo * t.predict * (1 + len(st.views)) + finetune) if n_unlabeled else 0.0,
         "predict": (n_unlabeled * t.predict) if cfg.predict else 0.0,
     }
+
+
+def self_train_plan(cfg: WorkflowConfig, plan: dict[str, float], *, has_val: bool) -> tuple[bool, str]:
+    """Whether self-training runs, and the line that says why (or why not)."""
+    if not cfg.unlabeled:
+        return False, "train: no unlabeled images, so no self-training"
+    if not cfg.self_train or cfg.finetune.self_train.rounds == 0:
+        return False, "train: self-training off (--no-self-train)"
+    if not has_val and not cfg.finetune.self_train.without_validation:
+        return False, ("train: no self-training: without a validation set nothing would check that it helps "
+                       "(give --val, or 10 or more annotated images)")
+    limit = cfg.self_train_within_minutes
+    if limit is not None and sum(plan.values()) > 60 * limit:
+        return False, (f"train: self-training skipped: with it the run would take {format_minutes(sum(plan.values()))}"
+                       f", over the preset's {limit:g} min (self_train_within_minutes)")
+    return True, (f"train: self-training on the unlabeled images, {cfg.finetune.self_train.rounds} round(s), each "
+                  "kept only if validation improves")
 
 
 INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "seed")
@@ -201,7 +231,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     from cupre.data.unlabeled import UnlabeledImages
     from cupre.inference.ledger import FOLDER as LEDGER
     from cupre.inference.predict import PredictOptions, run_predict
-    from cupre.train.finetune import run_finetune
+    from cupre.experiments.selftrain import run_selftrain
     from cupre.train.pretrain import run_pretrain
     from cupre.train.run import Run
 
@@ -213,10 +243,14 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
         write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")
     train_ids, val_ids, held = hold_out(cfg, out)
     pre = pretrain_config(cfg, out, held)
-    ft = finetune_config(cfg, out, has_val=bool(val_ids))
+    ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=True)
     n_unlabeled = len(UnlabeledImages(cfg.unlabeled)) if cfg.unlabeled else 0
     n_val = len(held)  # the validation images, held out of the labels or --val's
     plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val)
+    self_train, why = self_train_plan(cfg, plan, has_val=bool(n_val))
+    if not self_train:
+        plan["self-training"] = 0.0
+        ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=False)
     print(f"train: {len(train_ids)} annotated images to train on, {n_val} to validate, {n_unlabeled} unlabeled; "
           f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}")
     if not n_val:
@@ -226,6 +260,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     print(f"train: estimated {format_minutes(sum(plan.values()))} ("
           + ", ".join(f"{k} {format_minutes(v)}" for k, v in plan.items())
           + f"; measured per step on {cfg.timing.machine or 'an unnamed machine'})", flush=True)
+    print(why, flush=True)
     started = time.time()
     if not pretrain_done(out / "pretrain", ["cupre"]):
         run_pretrain(pre, out / "pretrain")
@@ -233,8 +268,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     finetune_dir = out / "finetune"
     if (finetune_dir / "state.pt").is_file() and not (finetune_dir / "val_metrics.json").is_file():
         print("train: continuing the stopped fine-tuning from its last checkpoint")
-    run_finetune(ft, finetune_dir)  # resumes from state.pt; a finished run is kept as it is
-    model_file = finetune_dir / MODEL_FILE
+    model_file = run_selftrain(ft, finetune_dir, finetune_dir / "selftrain")  # resumes from state.pt; finished runs are kept as they are
     print(f"train: model {model_file} after {format_minutes(time.time() - started)}", flush=True)
     masks = out / "masks"
     if cfg.predict and cfg.unlabeled and not (masks / "images.json").is_file():

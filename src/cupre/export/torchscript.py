@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import resize_boxes
 
 from cupre.data.imageio import Normalization
@@ -274,6 +275,7 @@ def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: 
     for module in net.modules():  # the channels-last pre-hooks: a memory layout, not values
         module._forward_pre_hooks.clear()
     rpn, heads = net.head.rpn, net.head.roi_heads
+    rpn.__class__ = RegionProposalNetwork  # its subclass only changes training labels (ignore regions)
     rpn.box_coder = det_utils.BoxCoder(tuple(rpn.box_coder.weights), bbox_xform_clip=rpn.box_coder.bbox_xform_clip)
     rpn.proposal_matcher = det_utils.Matcher(rpn.proposal_matcher.high_threshold, rpn.proposal_matcher.low_threshold,
                                              allow_low_quality_matches=rpn.proposal_matcher.allow_low_quality_matches)

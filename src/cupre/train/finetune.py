@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cupre.config import FinetuneConfig
+from cupre.data.concat import BySource, MixedDataset
 from cupre.data.convert import dataset_to_coco
 from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
@@ -58,6 +59,12 @@ def choose_images(cfg: FinetuneConfig, dataset) -> list[int]:
     return [r.image_id for r in dataset.records]
 
 
+def training_images(cfg: FinetuneConfig):
+    """The annotated images ``cfg`` fine-tunes on (a subset of ``cfg.train``)."""
+    dataset = open_dataset(cfg.train, class_agnostic=True)
+    return dataset.subset(choose_images(cfg, dataset))
+
+
 def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     """Fine-tune, evaluate, and write ``model.safetensors``, ``split.json``, ``val_metrics.json``.
 
@@ -75,8 +82,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         product_files(cfg.init, cfg.pretrain_dir)
     train_all = open_dataset(cfg.train, class_agnostic=True)
     ids = choose_images(cfg, train_all)
-    val = _held_out(cfg.val, cfg.val_split)
-    test = _held_out(cfg.test, cfg.test_split)
+    val = held_out(cfg.val, cfg.val_split)
+    test = held_out(cfg.test, cfg.test_split)
     device = pick_device(cfg.device)
     distributed.init(device)
     run = Run(out)
@@ -102,6 +109,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
         run.drop_after(int(ctx.resume.get("iteration", 0)), ["val", "test"])
+    train, transform = training_data(cfg, train, det_cfg.object_size)
     regularizer = build_l2sp(model, start, cfg) if cfg.from_model is None and get_init(cfg.init).l2sp else None
     evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
                           val=val, test=test, select_by=cfg.select_by)
@@ -119,8 +127,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         groups=param_groups(model.parts(), weight_decay=cfg.optim.weight_decay),
         cfg=cfg.optim,
         dataset=train,
-        transform=DetectionTrainTransform(crop_size=cfg.optim.crop_size, object_size=det_cfg.object_size,
-                                          scale_jitter=cfg.optim.scale_jitter),
+        transform=transform,
         collate_fn=collate,
         ctx=ctx,
         on_step=on_step,
@@ -144,6 +151,21 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
 
 
 CELL = [{"id": 1, "name": "cell"}]
+
+
+def training_data(cfg: FinetuneConfig, train, object_size: float | None):
+    """The images to train on and their transform: the annotated ones, mixed with the
+    pseudo-labelled ones of ``cfg.pseudo_labels`` (a self-training student) when given."""
+    def transform(strong: bool = False, background: bool = True) -> DetectionTrainTransform:
+        return DetectionTrainTransform(crop_size=cfg.optim.crop_size, object_size=object_size,
+                                       scale_jitter=cfg.optim.scale_jitter, strong=strong, background=background)
+
+    if cfg.pseudo_labels is None:
+        return train, transform()
+    st = cfg.self_train
+    pseudo = open_dataset(cfg.pseudo_labels, format="coco", class_agnostic=True)
+    mixed = MixedDataset(train, pseudo, pseudo_fraction=st.pseudo_fraction)
+    return mixed, BySource(labeled=transform(), pseudo=transform(st.strong, st.background == "learned"))
 
 
 def build_l2sp(model: torch.nn.Module, start: dict[str, dict[str, torch.Tensor]], cfg: FinetuneConfig) -> L2SP:
@@ -218,7 +240,7 @@ class Evaluator:
         self.run.save_json(self.latest["val"], "predictions_val.json")
 
 
-def _held_out(path: str | None, split: str | None):
+def held_out(path: str | None, split: str | None):
     """A validation or test set: a dataset, optionally restricted to a split file's images."""
     if path is None:
         return None

@@ -169,13 +169,16 @@ def run_stage(
     )
 
 
+TARGET_KEYS = ("boxes", "labels", "masks", "ignore_boxes")  # what the detector reads of a target
+
+
 def detection_step(model: torch.nn.Module, device: torch.device):
     """``step_fn`` for a detector: images + targets -> the detector's named losses."""
 
     def step(batch) -> dict[str, torch.Tensor]:
         images, targets = batch
         images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks")} for t in targets]
+        targets = [{k: t[k].to(device, non_blocking=True) for k in TARGET_KEYS if k in t} for t in targets]
         return dict(model(images, targets))
 
     return step

@@ -33,6 +33,7 @@ from torchvision.ops import boxes as box_ops
 from cupre.config import DetectorConfig
 from cupre.models.heads.boxes import Fp32BoxCoder
 from cupre.models.heads.chunks import CHUNK, pooled_map
+from cupre.models.heads.ignore import ignore_background
 from cupre.models.heads.maskrcnn import add_mask_probs
 
 POSITIVE_FRACTION = 0.25
@@ -262,7 +263,8 @@ class CascadeRoIHeads(nn.Module):
         return [box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(per_image, image_shapes)]
 
     def _label_and_sample(self, k: int, proposals: list[Tensor], targets):
-        """Append GT boxes, match with stage ``k``'s IoU, sample a balanced batch per image.
+        """Append GT boxes, match with stage ``k``'s IoU, sample a balanced batch per image
+        (never a background inside the target's ``ignore_boxes``).
 
         Returns:
             Per image: sampled boxes (n x 4), matched GT index (n), labels (n, 0 for
@@ -281,6 +283,7 @@ class CascadeRoIHeads(nn.Module):
                 lab = target["labels"][idxs.clamp(min=0)].to(torch.int64)
                 lab[idxs < 0] = 0
                 idxs = idxs.clamp(min=0)
+            lab = ignore_background(lab, props, target.get("ignore_boxes"))
             boxes.append(props)
             matched.append(idxs)
             labels.append(lab)

@@ -5,7 +5,8 @@ and initialises them for training from scratch:
 
 * RPN: one anchor size per pyramid level (P2..P6) x ``aspect_ratios``, a one-conv
   ``RPNHead`` (normal, std 0.01); low-quality anchor matches only where anchors overlap
-  the box (:class:`~cupre.models.heads.boxes.OverlapMatcher`).
+  the box (:class:`~cupre.models.heads.boxes.OverlapMatcher`); anchors inside a target's
+  ``ignore_boxes`` are never background (:mod:`cupre.models.heads.ignore`).
 * Box branch: 7x7 RoIAlign over P2..P5; with GroupNorm the "4conv1fc" head
   (``FastRCNNConvFCHead``: 4 GN convs + one fc), otherwise torchvision's ``TwoMLPHead``;
   representation size ``4 x fpn_channels`` (1,024 for 256 channels).
@@ -40,6 +41,7 @@ from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.models.heads.boxes import fp32_coder, overlap_matcher
 from cupre.models.heads.chunks import CHUNK, mask_logits, pooled_map
+from cupre.models.heads.ignore import IgnoringRoIHeads, IgnoringRPN
 from cupre.models.neck import FEATURE_NAMES
 
 NUM_PYRAMID_LEVELS = 5  # P2..P5 and the max-pooled P6
@@ -63,7 +65,7 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
         sizes=tuple((size,) for size in cfg.anchor_sizes),
         aspect_ratios=(tuple(cfg.aspect_ratios),) * NUM_PYRAMID_LEVELS,
     )
-    rpn = RegionProposalNetwork(
+    rpn = IgnoringRPN(
         anchor_generator=anchors,
         head=RPNHead(in_channels, anchors.num_anchors_per_location()[0], conv_depth=1),
         fg_iou_thresh=0.7,
@@ -79,8 +81,9 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
     return rpn
 
 
-class ChunkedRoIHeads(RoIHeads):
-    """torchvision's ``RoIHeads`` (training unchanged); at test time the box and mask
+class ChunkedRoIHeads(IgnoringRoIHeads):
+    """torchvision's ``RoIHeads`` (in training, ignore regions respected:
+    :mod:`cupre.models.heads.ignore`); at test time the box and mask
     branches run ``chunk_size`` RoIs at a time, as two steps.
 
     ``forward`` in eval is ``detect_boxes`` then ``add_masks``; a caller that knows which
