@@ -8,9 +8,9 @@ real COCO images). Then, timed, one command::
 
     cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu
 
-and afterwards (not timed) the masks of the fine-tuned model and of the self-trained one
-(``cupre train`` self-trains on the unlabeled images by default) on the 99 test images
-are scored against their ground truth with ``cupre evaluate`` (LIVECell protocol). Inputs are symbolic links
+and afterwards (not timed) the model's masks on the 99 test images (and the self-trained
+model's, where ``--self-train`` made one) are scored against their ground truth with
+``cupre evaluate`` (LIVECell protocol). Inputs are symbolic links
 into the shared data; nothing is copied. Prints the wall time, the AP and where the
 overlays are. A second run with the same ``--work`` continues where the first stopped.
 

@@ -37,6 +37,7 @@ def tiny_workflow(root: Path) -> Path:
         "finetune": {"optim": _optim(3, 2), "eval_every": 2, "num_workers": 0,
                      "self_train": {"without_validation": True}},  # 4 labels: no validation part
         "timing": {"machine": "test", "warmup": 1.0, "finetune": 1.0},
+        "self_train": True,
         "device": "cpu",
     }
     path = root / "workflow.yaml"
@@ -78,13 +79,14 @@ def test_one_command_makes_a_model_and_masks_for_the_unlabeled_images(few):
     assert len(pseudo["images"]) == 3  # the unlabeled images, never the labeled ones
 
 
-def test_self_training_runs_by_default_unless_skipped_or_over_the_time_limit(data):
+def test_self_training_runs_when_asked_checked_and_within_the_time_limit(data):
     from cupre.experiments.workflow import self_train_plan
 
     cfg = load_workflow(tiny_workflow(data), labels="x", unlabeled=[str(data / "unlabeled" / "images")])
     plan = {"pretrain": 600.0, "finetune": 600.0, "self-training": 900.0}
     assert self_train_plan(cfg, plan, has_val=True)[0]
     assert self_train_plan(cfg, plan, has_val=False)[0]  # the tiny preset says: even unchecked
+    assert not load_workflow(preset_path("cpu"), labels="x", unlabeled=["y"]).self_train  # opt-in: --self-train
     unchecked = cfg.finetune.replace(self_train=cfg.finetune.self_train.replace(without_validation=False))
     on, why = self_train_plan(cfg.replace(finetune=unchecked), plan, has_val=False)
     assert not on and "validation" in why

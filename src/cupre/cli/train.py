@@ -27,16 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="your own YAML of workflow keys instead of a preset (see configs/train-cpu.yaml)")
     p.add_argument("--seed", type=int, default=None, help="seed of the splits and of training (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default auto)")
-    p.add_argument("--no-self-train", action="store_true", help="skip self-training (by default the fine-tuned "
-                   "model pseudo-labels the --unlabeled images and a student learns from them, kept only if "
-                   "validation improves)")
+    p.add_argument("--self-train", action="store_true", help="then self-train: the fine-tuned model pseudo-labels "
+                   "the --unlabeled images and a student learns from them, kept only if validation improves (needs a "
+                   "validation set)")
 
 
 def main(args: argparse.Namespace) -> int:
     source = args.config or preset_path(args.preset)
     cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
                         seed=args.seed, device=args.device, precision=args.precision,
-                        self_train=False if args.no_self_train else None)
+                        self_train=True if args.self_train else None)
     model = run_workflow(cfg, args.out)
     print(f"your model: {model}  (masks for new images: cupre predict {model} IMAGES... -o OUT)")
     return 0
