@@ -49,10 +49,10 @@ from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
 from cupre.experiments.overlays import render_pseudo_labels
 from cupre.fileio import atomic_path, write_json_atomic
-from cupre.modelfile import MODEL_FILE, build_from_file
-from cupre.models.detector import weights_for_inference
+from cupre.inference.predict import load_model
+from cupre.modelfile import MODEL_FILE
 from cupre.train import loop
-from cupre.train.finetune import held_out, run_finetune, training_images
+from cupre.train.finetune import held_out, run_finetune, selected, training_images
 from cupre.train.pseudo import Thresholds, counts, pseudo_label, write_pseudo_labels
 from cupre.train.run import Run
 
@@ -76,8 +76,7 @@ def run_selftrain(cfg: FinetuneConfig, teacher_dir: str | Path, out: str | Path)
         return out / MODEL_FILE
     Run(out, tensorboard=False).save_config(cfg.to_dict())
     images = pseudo_label_images(cfg)
-    kind, figure = cfg.select_by.split("_", 1)
-    score = teacher[kind][figure] if teacher else None
+    score = selected(teacher, cfg.select_by) if teacher else None
     kept_dir, rounds = teacher_dir, []
     print(f"self-training: {len(images)} unlabeled images; the fine-tuned model's validation "
           f"{cfg.select_by} {fmt(score)}", flush=True)
@@ -95,7 +94,7 @@ def run_selftrain(cfg: FinetuneConfig, teacher_dir: str | Path, out: str | Path)
             print(f"self-training round {r}: the teacher kept no object; the rounds stop")
             break
         best = run_finetune(student_config(cfg, pseudo_file, kept_dir), folder / "student")
-        student_score = best[kind][figure] if best else None
+        student_score = selected(best, cfg.select_by) if best else None
         better = score is None or (student_score is not None and student_score > score)
         rounds.append({"round": r, **found, f"val_{cfg.select_by}": student_score,
                        f"teacher_val_{cfg.select_by}": score, "student_kept": better})
@@ -162,9 +161,9 @@ def pseudo_label_images(cfg: FinetuneConfig) -> UnlabeledImages:
 def label_images(model_file: Path, images: UnlabeledImages, cfg: FinetuneConfig) -> dict:
     """The pseudo-labels of ``images`` by the model in ``model_file``."""
     device = pick_device(cfg.device)
-    model, _, _ = build_from_file(model_file)
-    model.precision = resolve_precision(cfg.precision, device)
-    model = weights_for_inference(model.to(device).eval(), model.precision)
+    precision = resolve_precision(cfg.precision, device)
+    model, _ = load_model(model_file, device=device, precision=precision)
+    model.precision = precision
     st = cfg.self_train
     thresholds = Thresholds(keep_score=st.keep_score, agree_iou=st.agree_iou, uncertain_score=st.uncertain_score)
     return pseudo_label(model, images, device=device, thresholds=thresholds, views=st.views,

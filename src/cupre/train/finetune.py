@@ -80,8 +80,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     # everything that can be wrong with the inputs is found before the run folder is made
     if cfg.from_model is None:
         product_files(cfg.init, cfg.pretrain_dir)
-    train_all = open_dataset(cfg.train, class_agnostic=True)
-    ids = choose_images(cfg, train_all)
+    train = training_images(cfg)
+    ids = [r.image_id for r in train.records]
     val = held_out(cfg.val, cfg.val_split)
     test = held_out(cfg.test, cfg.test_split)
     device = pick_device(cfg.device)
@@ -89,8 +89,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     run = Run(out)
     run.save_config(cfg.to_dict())
     run.save_json({"dataset": str(cfg.train), "image_ids": ids,
-                   "files": [str(r.file) for r in train_all.subset(ids).records]}, "split.json")
-    train = train_all.subset(ids)
+                   "files": [str(r.file) for r in train.records]}, "split.json")
 
     seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
     stage = f"finetune:{'from-model' if cfg.from_model else cfg.init}"  # recorded in the model file
@@ -183,8 +182,13 @@ def best_entry(history: list[dict], select_by: str) -> dict:
     """The evaluation with the highest ``select_by`` (``segm_AP``/``bbox_AP``), earliest on ties."""
     if not history:
         return {}
+    return max(history, key=lambda h: (selected(h, select_by), -h["iteration"]))
+
+
+def selected(entry: dict, select_by: str) -> float:
+    """An evaluation's ``select_by`` figure (``segm_AP`` -> ``entry["segm"]["AP"]``)."""
     kind, figure = select_by.split("_", 1)
-    return max(history, key=lambda h: (h[kind][figure], -h["iteration"]))
+    return entry[kind][figure]
 
 
 def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: int, model, det_cfg) -> None:

@@ -122,9 +122,8 @@ def pseudo_label(model: torch.nn.Module, images, *, device: torch.device, thresh
             scores = out["scores"].float().cpu().numpy()
             has_mask = np.array([bool(c.any()) for c in out["mask_crops"]], dtype=bool).reshape(-1)
             candidates = np.flatnonzero((scores >= thresholds.uncertain_score) & has_mask)
-            candidate_masks = {key: out[key][candidates] for key in ("mask_origins",)}
-            candidate_masks["mask_crops"] = [out["mask_crops"][j] for j in candidates]
-            plain = encode(candidate_masks, height, width)
+            plain = encode({"mask_origins": out["mask_origins"][candidates],
+                            "mask_crops": [out["mask_crops"][j] for j in candidates]}, height, width)
             others = []
             for v in views:
                 seen = unflip(flipped[v][k], v, height, width)
