@@ -20,7 +20,7 @@ from cupre.data.splits import load_split
 from cupre.devices import set_threads
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
-from cupre.modelfile import build_from_file
+from cupre.models.loading import build_from_file
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from cupre.data.formats import open_dataset
 from cupre.data.splits import load_split
 from cupre.data.unlabeled import UnlabeledImages
 from cupre.devices import cpu_has_bf16, set_threads
-from cupre.modelfile import build_from_file
+from cupre.models.loading import build_from_file
 from cupre.train.pseudo import Thresholds, pseudo_label
 
 SCORES = (0.5, 0.6, 0.7, 0.8, 0.9)

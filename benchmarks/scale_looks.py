@@ -30,7 +30,7 @@ from cupre.data.splits import load_split
 from cupre.devices import cpu_has_bf16, set_threads
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
-from cupre.modelfile import build_from_file
+from cupre.models.loading import build_from_file
 
 WAYS = {"native": ("estimate", (1.0,)), "three looks": ("estimate", (1.0, 0.5, 2.0)), "labels": ("labels", (1.0,))}
 

@@ -15,6 +15,7 @@ into the shared data; nothing is copied. Prints the wall time, the AP and where 
 overlays are. A second run with the same ``--work`` continues where the first stopped.
 
 Usage: python benchmarks/train_bbbc038.py [--data ../shared/data] [--work runs/train-bbbc038] [--labeled 5]
+       [--threads 2] [--precision fp32] [--config MY_WORKFLOW.yaml]
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/train-bbbc038", help="where the inputs and the run go")
     parser.add_argument("--labeled", type=int, default=5, help="annotated images to train on")
     parser.add_argument("--threads", default=None, help="passed to cupre (default: every core)")
+    parser.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"), help="passed to cupre")
+    parser.add_argument("--config", default=None, help="a workflow YAML instead of --preset cpu")
     args = parser.parse_args()
     data, work = Path(args.data), Path(args.work)
     records = open_dataset(data / "bbbc038" / "stage1_train", class_agnostic=True).records
@@ -82,11 +85,13 @@ def main() -> None:
     print(f"{len(labeled)} annotated images ({', '.join(kinds)}), {len(unlabeled)} unlabeled, "
           f"{len(test)} held-out test images")
     threads = ["--threads", args.threads] if args.threads else []
+    precision = ["--precision", args.precision] if args.precision else []
+    preset = ["--config", args.config] if args.config else ["--preset", "cpu"]
     run = work / "run"
     start = time.perf_counter()
     cupre("train", "--labels", str(work / "labeled"), "--unlabeled", str(work / "unlabeled"),
           "--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json"),
-          "-o", str(run), "--preset", "cpu", *threads)
+          "-o", str(run), *preset, *threads, *precision)
     minutes = (time.perf_counter() - start) / 60
     cupre("convert", str(work / "test"), "-o", str(work / "test.json"))
     models = {"fine-tuned": run / "finetune" / "model.safetensors"}
@@ -96,7 +101,7 @@ def main() -> None:
     for name, model in models.items():
         masks = work / ("test-masks" if name == "fine-tuned" else "test-masks-selftrained")
         if not (masks / "images.json").is_file():
-            cupre("predict", str(model), str(work / "test"), "-o", str(masks), *threads)
+            cupre("predict", str(model), str(work / "test"), "-o", str(masks), *threads, *precision)
         out = masks.with_name(masks.name + "-metrics.json")
         cupre("evaluate", "--gt", str(work / "test.json"), "--dt", str(masks / "results_coco.json"), "--out", str(out))
         metrics = json.loads(out.read_text())

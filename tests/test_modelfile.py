@@ -11,12 +11,12 @@ from cupre.cli import main as cli
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.modelfile import (
-    build_from_file,
     convert_legacy,
     load_model_file,
     write_model_file,
 )
 from cupre.models.detector import build_detector
+from cupre.models.loading import build_from_file
 from tests.helpers import TINY_DETECTOR
 
 CELL = [{"id": 1, "name": "cell"}]
@@ -96,3 +96,41 @@ def test_a_legacy_pickle_converts_without_unpickling_code(tmp_path):
     again, loaded_cfg, ckpt = build_from_file(tmp_path / "model.safetensors")
     assert loaded_cfg == cfg and ckpt["stage"] == "finetune"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def _with_metadata(path, tmp_path, name: str, **changes):
+    """A copy of the model file ``path`` whose metadata entries ``changes`` replace (the
+    tensors and their digest untouched: a file that passes every check but its metadata)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata, state = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    metadata.update({k: json.dumps(v) for k, v in changes.items()})
+    save_file(state, str(tmp_path / name), metadata=metadata)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(("changes", "said"), [
+    ({"detector": ["not", "a", "mapping"]}, "the detector config is a list, not a mapping"),
+    ({"categories": "cells"}, "categories must be a list of {'id': int, 'name': str}"),
+    ({"categories": [{"id": "1", "name": "cell"}]}, "categories must be a list"),
+    ({"facts": [1, 2]}, "facts must be a mapping"),
+    ({"detector": {**TINY_DETECTOR, "fpn_channels": 10**9}}, "detector config).fpn_channels: input should be less"),
+    ({"detector": {**TINY_DETECTOR, "detections_per_img": 10**9}}, "detections_per_img: input should be less"),
+    ({"detector": {**TINY_DETECTOR, "backbone": 12}}, "detector config).backbone"),
+])
+def test_model_metadata_is_checked_like_a_config(tmp_path, capsys, changes, said):
+    model, cfg = tiny()
+    path = write_model_file(tmp_path / "m.safetensors", model, cfg, CELL)
+    bad = _with_metadata(path, tmp_path, "bad.safetensors", **changes)
+    with pytest.raises(CupreError, match="bad.safetensors") as caught:
+        load_model_file(bad)
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+    from PIL import Image
+
+    Image.new("L", (32, 32)).save(tmp_path / "img.png")
+    assert cli(["predict", str(bad), str(tmp_path / "img.png"), "-o", str(tmp_path / "out")]) == 2
+    assert said in capsys.readouterr().err

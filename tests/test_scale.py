@@ -160,7 +160,7 @@ def test_looks_above_native_see_the_central_window_only():
 
 
 def test_model_files_store_the_object_size(tmp_path):
-    from cupre.modelfile import build_from_file
+    from cupre.models.loading import build_from_file
     from cupre.train.weights import save_model
 
     cfg = DetectorConfig.from_dict({"backbone": "resnet18", "fpn_channels": 32, "object_size": 20})

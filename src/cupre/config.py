@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from cupre.errors import CupreError
 
@@ -29,6 +29,17 @@ NonNegative = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# Physical bounds: a config (or a model file's metadata) cannot ask for unbounded work or memory.
+Channels = Annotated[int, Field(ge=1, le=4096)]  # FPN, MoCo head widths
+Detections = Annotated[int, Field(ge=1, le=100_000)]  # proposals, sampled RoIs, detections per image
+Iterations = Annotated[int, Field(ge=1, le=100_000_000)]
+BatchSize = Annotated[int, Field(ge=1, le=4096)]
+Pixels = Annotated[int, Field(ge=1, le=65_536)]  # crop sizes
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+# The initialisations of fine-tuning, the paper's methods: named once here; what each loads is
+# cupre.train.inits.INIT_TABLE, and the runner, the CLI help and the plots read these names.
+INIT_NAMES = ("scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++")
+InitName = typing.Literal[INIT_NAMES]  # type: ignore[valid-type]
 # bf16 autocast or fp32; auto: bf16 where the GPU or CPU computes it natively (cupre.devices)
 Precision = typing.Literal["auto", "bf16", "fp32"]
 
@@ -110,6 +121,8 @@ def _one_line(cls: type[BaseModel], exc: ValidationError, where: str) -> str:
         valid = ", ".join(sorted(model.model_fields)) if model is not None else "?"
         at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parent)
         return f"{where}{at}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}"
+    if first["type"] == "value_error":  # a rule of cupre's own, already a sentence
+        return f"{where}{dotted}: {first.get('ctx', {}).get('error', first['msg'])}"
     if first["type"] == "literal_error":
         return f"{where}{dotted}: {first['input']!r} is not one of {first['ctx']['expected']}"
     return f"{where}{dotted}: {first['msg'].lower()}, got {first['input']!r}"
@@ -121,7 +134,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CupreError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CupreError(f"{path}: not a YAML text file (not UTF-8 text)") from None
+    except RecursionError:
+        raise CupreError(f"{path}: not a config (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -150,20 +167,21 @@ class DetectorConfig(ConfigBase):
     arch: typing.Literal["maskrcnn", "cascade"] = "maskrcnn"
     backbone: str = "resnet50"  # any timm ResNet/ResNeSt: resnet18, resnet50, resnest14d, resnest50d, resnest200e
     norm: typing.Literal["gn", "frozen_bn", "bn", "syncbn"] = "gn"
-    num_classes: Count = 1  # foreground classes (background excluded)
-    fpn_channels: Count = 256
-    object_size: Positive | None = None  # typical object diameter (px) the model works at; None: native pixels
+    num_classes: Annotated[int, Field(ge=1, le=10_000)] = 1  # foreground classes (background excluded)
+    fpn_channels: Channels = 256
+    object_size: Annotated[float, Field(gt=0, le=4096)] | None = None  # typical object diameter (px) the model
+    # works at; None: native pixels
     anchor_sizes: IntTuple = (8, 16, 32, 64, 128)  # one size per FPN level P2..P6
     aspect_ratios: FloatTuple = (0.5, 1.0, 2.0)
-    rpn_pre_nms_top_n_train: Count = 2000
-    rpn_post_nms_top_n_train: Count = 2000
-    rpn_pre_nms_top_n_test: Count = 3000
-    rpn_post_nms_top_n_test: Count = 2000
-    rpn_batch_size_per_image: Count = 256
-    box_batch_size_per_image: Count = 512
+    rpn_pre_nms_top_n_train: Detections = 2000
+    rpn_post_nms_top_n_train: Detections = 2000
+    rpn_pre_nms_top_n_test: Detections = 3000
+    rpn_post_nms_top_n_test: Detections = 2000
+    rpn_batch_size_per_image: Detections = 256
+    box_batch_size_per_image: Detections = 512
     box_score_thresh: Fraction = 0.01
     box_nms_thresh: Fraction = 0.5
-    detections_per_img: Count = 2000
+    detections_per_img: Annotated[int, Field(ge=1, le=10_000)] = 2000  # LIVECell counts up to 2,000
     cascade_ious: FloatTuple = (0.5, 0.6, 0.7)
     mask_threshold: Fraction = 0.5
 
@@ -171,17 +189,17 @@ class DetectorConfig(ConfigBase):
 class OptimConfig(ConfigBase):
     """One training stage: optimiser, schedule and batches (iteration-based)."""
 
-    iterations: Count = 1000
-    batch_size: Count = 4
+    iterations: Iterations = 1000
+    batch_size: BatchSize = 4
     optimizer: typing.Literal["sgd", "adamw"] = "sgd"
-    lr: Positive = 0.02
+    lr: LearningRate = 0.02
     momentum: Fraction = 0.9
     weight_decay: NonNegativeFloat = 1e-4
     warmup_iterations: NonNegative = 100  # linear warm-up of the learning rate
     schedule: typing.Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: FloatTuple = (0.75, 0.9)  # "step" schedule: fractions of iterations, x0.1 each
     grad_clip: NonNegativeFloat = 10.0  # max gradient norm; 0 disables
-    crop_size: Count | None = 512  # random crop for training (None: whole images)
+    crop_size: Pixels | None = 512  # random crop for training (None: whole images)
     scale_jitter: Annotated[float, Field(ge=1)] = 1.0  # training rescale factor drawn log-uniformly in [1/j, j] (1: none)
 
 
@@ -193,9 +211,9 @@ class MocoConfig(ConfigBase):
             iterations=1000, batch_size=32, lr=0.03, weight_decay=1e-4, warmup_iterations=50, crop_size=224
         )
     )
-    dim: Count = 128
-    hidden_dim: Count = 2048
-    queue_size: Count = 65536
+    dim: Channels = 128
+    hidden_dim: Annotated[int, Field(ge=1, le=65_536)] = 2048
+    queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 65536
     momentum: Fraction = 0.999
     momentum_schedule: typing.Literal["constant", "cosine"] = "constant"  # cosine: from `momentum` to 1 (BYOL)
     objective: typing.Literal["moco", "densecl"] = "moco"  # densecl: MoCo's global loss mixed with a dense one
@@ -226,8 +244,17 @@ class Amt2Config(ConfigBase):
     rounds: Count = 10
     moco: MocoConfig = Field(default_factory=MocoConfig)
     coco: OptimConfig = Field(default_factory=lambda: OptimConfig(iterations=1000))
-    l2sp: L2SPConfig = Field(default_factory=L2SPConfig)
+    l2sp: L2SPConfig = Field(default_factory=L2SPConfig)  # on the backbone, as the paper's step (b): `parts` is
+    # fine-tuning's setting (cupre++), refused here rather than ignored
     freeze_backbone: bool = False  # freeze the backbone during the COCO step instead of L2-SP
+
+    @field_validator("l2sp")
+    @classmethod
+    def _backbone_only(cls, value: L2SPConfig) -> L2SPConfig:
+        if tuple(value.parts) != ("backbone",):
+            raise ValueError("AMT2's L2-SP regularises the backbone (w0: the backbone after MoCo); "
+                             "l2sp.parts is a fine-tuning setting")
+        return value
 
 
 class PretrainConfig(ConfigBase):
@@ -254,6 +281,7 @@ class PretrainConfig(ConfigBase):
     precision: Precision = "auto"
     num_workers: NonNegative = 2
     checkpoint_every: Count = 200
+    keep_checkpoints: bool = False  # keep each part's state.pt (weights + optimiser) once its model is written
 
 
 class SelfTrainConfig(ConfigBase):
@@ -282,7 +310,7 @@ class SelfTrainConfig(ConfigBase):
 class FinetuneConfig(ConfigBase):
     """``cupre finetune``: few-shot fine-tuning of the whole model from a named initialisation."""
 
-    init: typing.Literal["scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++"] = "cupre"
+    init: InitName = "cupre"
     pretrain_dir: str | None = None  # the pretrain run folder (all inits but scratch)
     from_model: str | None = None  # or: continue a trained cell model (model file or run folder); init is not used
     detector: dict[str, Any] = Field(default_factory=dict)  # DetectorConfig keys overriding the init's
@@ -307,6 +335,7 @@ class FinetuneConfig(ConfigBase):
     precision: Precision = "auto"
     num_workers: NonNegative = 0  # data-loader processes (0: in the training process; decoded images are cached)
     checkpoint_every: Count = 50  # also the usable model of a run without validation
+    keep_checkpoints: bool = False  # keep state.pt (weights + optimiser) once the run has finished
     unlabeled: list[str] = Field(default_factory=list)  # images to self-train on (`self_train`); none: no self-training
     self_train: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
     pseudo_labels: str | None = None  # a student's pseudo-labels (COCO JSON, uncertain objects as crowd), mixed in

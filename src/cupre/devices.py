@@ -13,11 +13,45 @@ import torch
 from cupre.errors import CupreError
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device(name: str) -> torch.device | None:
+    """The device ``name`` stands for, refused in one line when this machine cannot run a
+    model on it (None for ``auto``).
+
+    Raises:
+        CupreError: not a device name, a GPU this machine does not have, or a device kind
+            that holds no data (``meta``).
+    """
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise CupreError(f"device {name!r} is not a device; use {DEVICE_FORMS}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+            raise CupreError(f"device {name!r}: PyTorch sees no CUDA GPU on this machine (torch {torch.__version__}, "
+                             f"built {build}); use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CupreError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise CupreError(f"device {name!r}: no Apple GPU (MPS) on this machine; use --device cpu (or auto)")
+    elif device.type != "cpu":
+        raise CupreError(f"device {name!r}: cupre runs models on {DEVICE_FORMS}, not on {device.type}")
+    return device
+
+
 def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA (this rank's GPU under torchrun) when available, else CPU."""
+    """``auto``: CUDA (this rank's GPU under torchrun) when available, else CPU; any other
+    name checked by :func:`check_device`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = check_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":

@@ -6,6 +6,8 @@ training facts (stage, iteration ...), plus a SHA-256 digest of the tensors. Loa
 never executes anything from the file: safetensors checks the header and the byte
 ranges, the digest catches altered tensor bytes, and the tensors are checked against
 the config before they reach the model. Every problem is one line naming the file.
+Building a detector from such a file is :func:`cupre.models.loading.build_from_file`;
+this module knows tensors, metadata and digests only.
 
 Files of cupre < 0.2 were pickles (``model.pt``); pickles can run code when loaded, so
 they are refused. :func:`convert_legacy` turns one into a model file: it reads it with
@@ -112,14 +114,28 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
     if digest.hexdigest() != metadata.get("digest"):
         raise CupreError(f"{path}: the tensors do not match the digest stored with them (altered or damaged file)")
     try:
-        detector = json.loads(metadata["detector"])
-        out = {"model": state, "detector": detector, "categories": json.loads(metadata["categories"]),
-               **json.loads(metadata.get("facts", "{}"))}
-    except (KeyError, json.JSONDecodeError) as exc:
+        detector, categories, facts = (json.loads(metadata["detector"]), json.loads(metadata["categories"]),
+                                       json.loads(metadata.get("facts", "{}")))
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CupreError(f"{path}: damaged model metadata ({exc.__class__.__name__}: {exc})") from None
+    check_metadata(path, detector, categories, facts)
     for key in LEGACY_DETECTOR_KEYS:
         detector.pop(key, None)
-    return out
+    DetectorConfig.from_dict(detector, where=f"{path} (detector config)")  # types and bounds, as in a config
+    return {"model": state, "detector": detector, "categories": categories, **facts}
+
+
+def check_metadata(path: Path, detector: Any, categories: Any, facts: Any) -> None:
+    """A model file's metadata is input like any other: each part of the shape cupre writes."""
+    if not isinstance(detector, dict):
+        raise CupreError(f"{path}: damaged model metadata (the detector config is a {type(detector).__name__}, "
+                         "not a mapping)")
+    if not isinstance(categories, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name", ""), str)
+            for c in categories):
+        raise CupreError(f"{path}: damaged model metadata (categories must be a list of {{'id': int, 'name': str}})")
+    if not isinstance(facts, dict) or set(facts) & {"model", "detector", "categories"}:
+        raise CupreError(f"{path}: damaged model metadata (facts must be a mapping of other keys)")
 
 
 def check_state(path: str | Path, model: torch.nn.Module, state: dict[str, torch.Tensor], *, prefix: str = "") -> None:
@@ -149,25 +165,6 @@ def resolve_model_file(model: str | Path) -> Path:
     return path
 
 
-def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None,
-                    weights_dtype: torch.dtype | None = None):
-    """Rebuild the detector stored in ``path`` (config overrides allowed; ``weights_dtype``
-    as in :func:`load_model_file`).
-
-    Returns:
-        (model, its DetectorConfig, the file's content as from :func:`load_model_file`).
-    """
-    from cupre.models.detector import build_detector
-
-    ckpt = load_model_file(path, weights_dtype=weights_dtype)
-    cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=f"{path} (detector config)")
-    with torch.device("meta"):  # no random weights made only to be overwritten: one copy in memory
-        model = build_detector(cfg)
-    check_state(path, model, ckpt["model"])
-    model.load_state_dict(ckpt["model"], assign=True)
-    return model, cfg, ckpt
-
-
 def convert_legacy(old: str | Path, new: str | Path, *, trust: bool = False) -> Path:
     """Convert a pickled model file of cupre < 0.2 into a safetensors model file.
 
@@ -181,8 +178,12 @@ def convert_legacy(old: str | Path, new: str | Path, *, trust: bool = False) -> 
         if not trust:
             raise CupreError(f"{old}: cannot be read as plain tensors ({exc.__class__.__name__}); "
                              "pass --trust only if you made this file yourself") from None
-        ckpt = torch.load(old, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "cupre-detector":
+        try:
+            ckpt = torch.load(old, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a zip or pickle that is not a torch file
+            raise CupreError(f"{old}: not a torch model file ({exc.__class__.__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "cupre-detector" or not isinstance(ckpt.get("detector"), dict):
         raise CupreError(f"{old}: not a cupre model file (no detector weights in it)")
     detector = {k: v for k, v in ckpt["detector"].items() if k not in LEGACY_DETECTOR_KEYS}
     cfg = DetectorConfig.from_dict(detector, where=f"{old} (detector config)")

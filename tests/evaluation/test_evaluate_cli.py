@@ -143,3 +143,47 @@ def test_convert_skips_a_cut_rle_instead_of_inventing_an_object(tmp_path):
         dataset = CocoDataset(gt)
     _, target = dataset[0]
     assert len(target["masks"]) == 1 and int(target["masks"][0].sum()) == 400  # only the good object
+
+
+def _predict_run(folder, gt, image_ids: list[int], names: list[str]):
+    """Results in a `cupre predict` folder: the ground truth's own masks for ``image_ids``,
+    numbered 1..n as predict numbers its inputs, with the images.json it writes."""
+    folder.mkdir()
+    results, entries = [], []
+    for new_id, (old_id, name) in enumerate(zip(image_ids, names), start=1):
+        results += [{**r, "image_id": new_id} for r in gt_as_results(gt) if r["image_id"] == old_id]
+        entries.append({"id": new_id, "file": f"/data/{name}", "page": None, "name": name.rsplit(".", 1)[0],
+                        "height": 64, "width": 64, "objects": 1})
+    (folder / "results_coco.json").write_text(json.dumps(results))
+    (folder / "images.json").write_text(json.dumps({"images": entries, "categories": [], "failed": []}))
+
+
+def test_evaluate_pairs_a_predict_run_with_the_ground_truth_by_image_name(files, tmp_path, capsys):
+    """Predictions for the 2nd image only, numbered 1 by predict: paired by name, not by id."""
+    gt = make_gt(seed=3, n_images=3, n_objects=25)
+    gt_path = tmp_path / "gt3.json"
+    gt_path.write_text(json.dumps(gt))
+    run = tmp_path / "pred"
+    _predict_run(run, gt, [2, 3], ["im2.png", "other.png"])
+    with pytest.warns(Warning) as record:
+        assert main(["evaluate", "--gt", str(gt_path), "--dt", str(run), "--out", str(tmp_path / "m.json")]) == 0
+    said = " ".join(str(w.message) for w in record)
+    assert "1 image(s) not in the ground truth, left out: other" in said
+    assert "2 image(s) without results (count as all missed): im1, im3" in said
+    ap = json.loads((tmp_path / "m.json").read_text())["segm"]["AP"]
+    # every object of im2 found exactly, none of im1 and im3: AP is (about) im2's share of the objects
+    share = sum(a["image_id"] == 2 for a in gt["annotations"]) / len(gt["annotations"])
+    assert ap == pytest.approx(share, abs=0.02)
+    # by id the same results would have been scored against im1: AP near 0
+    (run / "images.json").unlink()
+    assert main(["evaluate", "--gt", str(gt_path), "--dt", str(run), "--out", str(tmp_path / "byid.json")]) == 0
+    assert json.loads((tmp_path / "byid.json").read_text())["segm"]["AP"] < 0.05
+
+
+def test_evaluate_refuses_results_of_other_images(files, tmp_path, capsys):
+    gt, gt_path, _ = files
+    run = tmp_path / "pred"
+    _predict_run(run, gt, [1, 2], ["x.png", "y.png"])
+    assert main(["evaluate", "--gt", str(gt_path), "--dt", str(run / "results_coco.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none of its 2 image(s) (x, y) is in the ground truth (im1, im2)" in err and "\n" not in err

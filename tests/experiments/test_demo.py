@@ -3,19 +3,22 @@ and the shipped pretrain config."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
+
 from cupre.config import PretrainConfig, load_yaml
-from cupre.experiments.demo import PRESET, demo_config, run_demo
+from cupre.experiments.config import load_experiment
+from cupre.experiments.demo import PRESET, PRESETS, SYNTHETIC, demo_config, run_demo
 from cupre.train.pretrain import resolve_paths
 from tests.helpers import REPO
 
 ROOT = REPO
 
 
-def tiny_demo():
-    cfg = demo_config(device="cpu")
-    cfg.synthetic_objects.images, cfg.synthetic_cells.images = 6, 12
+def tiny(cfg):
+    cfg.synthetic_objects.images = 6
     cfg.pretrain.warmup.iterations = 3
     cfg.pretrain.amt2.moco.optim.iterations = 2
     cfg.pretrain.amt2.coco.iterations = 2
@@ -25,8 +28,42 @@ def tiny_demo():
     return cfg
 
 
+def tiny_demo(**kwargs):
+    cfg = tiny(demo_config(synthetic=True, device="cpu", **kwargs))
+    cfg.synthetic_cells.images = 12
+    return cfg
+
+
+def test_the_real_nuclei_demo_scores_held_out_images_and_writes_its_report(tmp_path, capsys, monkeypatch):
+    """`cupre demo` through the command line, its schedule cut to a few steps: the embedded
+    nuclei (5 annotated, 3 validation, 9 test images); MoCo sees the annotated and
+    unlabeled images only; the report holds the table and the overlays."""
+    import base64
+    import re
+
+    import cupre.experiments.demo as demo
+    from cupre.cli import main
+
+    shipped = demo.demo_config
+    monkeypatch.setattr(demo, "demo_config", lambda **kw: tiny(shipped(**kw)))
+    assert main(["demo", "-o", str(tmp_path), "--device", "cpu"]) == 0
+    table = (tmp_path / "table2.md").read_text()
+    assert "test part = a separate set" in table and all(f"| {m} " in table for m in ("scratch", "coco", "cupre"))
+    assert json.loads((tmp_path / "splits" / "f1-s0.json").read_text())["image_ids"] == [1, 2, 3, 4, 5]
+    pretrain = yaml.safe_load((tmp_path / "pretrain" / "config.yaml").read_text())
+    held_out = {p.name for part in ("validation", "test") for p in (PRESETS / "nuclei" / part).glob("*.png")
+                if not p.stem.endswith("_masks")}
+    assert {Path(f).name for f in pretrain["exclude"]} == held_out and len(held_out) == 12
+    page = (tmp_path / "report.html").read_text()
+    assert "Where the time went" in page and "pre-training (pretrain)" in page and "cupre f1 s0: training" in page
+    [png] = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)  # the overlays; one point: no curve
+    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "report.html" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("state.pt"))  # finished parts keep their models, not their training states
+
+
 def test_demo_runs_every_stage_and_prints_the_table(tmp_path, capsys):
-    table = run_demo(tmp_path, cfg=tiny_demo())
+    table = run_demo(tmp_path, cfg=tiny_demo(keep_checkpoints=True))
     assert all(f"| {m} " in table for m in ("scratch", "coco", "cupre"))
     for method in ("scratch", "coco", "cupre"):
         assert (tmp_path / "cells" / method / "f0.1" / "s0" / "model.safetensors").is_file()
@@ -35,16 +72,31 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     for part in ("warmup/model.safetensors", "coco/model.safetensors", "amt2/model.safetensors"):
         assert (tmp_path / "pretrain" / part).is_file()
     assert (tmp_path / "data" / "cells" / "annotations.json").is_file()
+    states = {p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("state.pt")}
+    assert {"pretrain/warmup", "pretrain/amt2", "pretrain/coco", "cells/cupre/f0.1/s0"} <= states  # kept
     # a second run reuses every finished part
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.safetensors")}
-    assert run_demo(tmp_path, cfg=tiny_demo()) == table
+    assert run_demo(tmp_path, cfg=tiny_demo(keep_checkpoints=True)) == table
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("model.safetensors")} == before
 
 
-def test_demo_preset_is_shipped_in_the_package_and_in_configs():
+def test_demo_presets_are_shipped_in_the_package_and_in_configs():
     assert PRESET.is_file() and (ROOT / "configs" / "demo.yaml").resolve() == PRESET
-    cfg = demo_config()
+    assert SYNTHETIC.is_file() and (ROOT / "configs" / "demo-synthetic.yaml").resolve() == SYNTHETIC
+    cfg = demo_config(synthetic=True)
     assert cfg.data[0].labeled == "{out}/data/cells/annotations.json" and cfg.methods == ["scratch", "coco", "cupre"]
+    real = load_experiment(ROOT / "configs" / "demo.yaml")  # a linked preset reads its data beside its target
+    assert real.data[0].labeled == str(PRESETS / "nuclei" / "annotated")
+
+
+def test_the_embedded_nuclei_are_small_licensed_and_of_every_kind():
+    files = [p for p in (PRESETS / "nuclei").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 3_000_000
+    assert "CC0" in (PRESETS / "nuclei" / "README.md").read_text()
+    for part, count in (("annotated", 5), ("unlabeled", 12), ("validation", 3), ("test", 9)):
+        images = [p for p in (PRESETS / "nuclei" / part).glob("*.png") if not p.stem.endswith("_masks")]
+        assert len(images) == count and {p.name.split("_")[0] for p in images} == {"fluo", "colour", "bright"}
+        assert all((p.parent / f"{p.stem}_masks.png").is_file() == (part != "unlabeled") for p in images)
 
 
 def test_shipped_pretrain_config_parses():

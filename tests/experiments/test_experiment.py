@@ -229,7 +229,9 @@ def test_outline_and_image_choice():
             self.image_id, self.cell_type = i, t
 
     recs = [Rec(1, "a"), Rec(2, "a"), Rec(3, "b"), Rec(4, "a"), Rec(5, "c")]
-    assert choose_images(recs, 4) == [1, 3, 5, 2]
+    assert choose_images(recs, 4) == [1, 3, 5, 4]  # each type first, then spread within a type
+    untyped = [Rec(i, None) for i in range(1, 10)]  # a folder sorted by name: bright_*, colour_*, fluo_*
+    assert choose_images(untyped, 3) == [1, 9, 5]
 
 
 def test_paper_config_parses_and_builds():
@@ -383,3 +385,19 @@ def test_a_self_training_method_starts_from_its_teachers_cell(tmp_path):
     table = (out / "table2.md").read_text()
     assert "| cupre+st |" in table and "| cupre+st − cupre |" in table
     assert {r["method"] for r in read_results_csv(out / "results.csv")} == {"cupre", "cupre+st"}
+
+
+def test_figures_without_a_second_point_or_seed_are_not_drawn(tmp_path):
+    """One fraction: no AP-vs-fraction curve; one seed: no ablation bars (no spread);
+    one validation pass per cell: no AP-vs-iteration curve."""
+    from cupre.experiments.plots import make_figures
+    from cupre.experiments.table import METRICS
+
+    def rows(seeds, iterations):
+        return [{"dataset": "d", "method": m, "fraction": 0.1, "seed": s, "iteration": it, "split": "val",
+                 **{k: 0.1 * (1 + s) + 0.01 * it for k in METRICS}}
+                for m in ("coco", "cupre-nol2sp") for s in seeds for it in iterations]
+
+    assert make_figures(rows([0], [10]), tmp_path / "a", methods=["coco", "cupre-nol2sp"]) == []
+    written = make_figures(rows([0, 1], [10, 20]), tmp_path / "b", methods=["coco", "cupre-nol2sp"])
+    assert sorted(p.name for p in written) == ["fig3_ap_vs_iterations.png", "fig6_ablations.png"]

@@ -21,6 +21,7 @@ from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.data.imageio import read_image
 from cupre.errors import CupreError
+from cupre.inference import writers
 from cupre.inference.inputs import expand_inputs
 from cupre.inference.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
@@ -116,8 +117,9 @@ def test_predict_real_images_writes_consistent_outputs(shared_data, tmp_path):
         stem = out / entry["name"]
         label = tifffile.imread(f"{stem}_masks.tif")
         assert label.dtype == np.uint16 and label.shape == raw.shape[:2]
-        with Image.open(f"{stem}_overlay.png") as im:
-            assert im.size == (raw.shape[1], raw.shape[0]) and im.mode == "RGB"
+        with Image.open(f"{stem}_overlay.png") as im:  # small images enlarged by a whole factor
+            f = writers.overlay_factor(*raw.shape[:2])
+            assert im.size == (raw.shape[1] * f, raw.shape[0] * f) and im.mode == "RGB"
         with open(f"{stem}_objects.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         ids = np.unique(label[label > 0])
@@ -472,7 +474,7 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
     import gc
 
     from cupre.inference.predict import load_model
-    from cupre.modelfile import build_from_file
+    from cupre.models.loading import build_from_file
     from cupre.models.detector import build_detector, weights_for_inference
     from cupre.train.weights import save_model
 
@@ -493,3 +495,27 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
     assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
     net, _ = load_model(path, device=torch.device("cpu"), precision="fp32")
     assert mapped()
+
+
+def test_small_overlays_are_enlarged_and_ids_drawn_only_where_they_fit(tmp_path):
+    """A 100 px image is drawn at 700 px (factor 7); an id is written inside a large
+    object, not over a 3 px one."""
+    label = np.zeros((100, 100), np.uint16)
+    label[10:40, 10:40] = 1  # 30 px: 210 px drawn
+    label[70:73, 70:73] = 2  # 3 px: 21 px drawn, too small for its id at factor 1, fits at 7
+    label[90:91, 90:91] = 3  # 1 px: 7 px drawn, never an id
+    rows = [{"id": k, "centroid_x": float(np.nonzero(label == k)[1].mean()),
+             "centroid_y": float(np.nonzero(label == k)[0].mean()),
+             "bbox_x0": int(np.nonzero(label == k)[1].min()), "bbox_x1": int(np.nonzero(label == k)[1].max()) + 1,
+             "bbox_y0": int(np.nonzero(label == k)[0].min()), "bbox_y1": int(np.nonzero(label == k)[0].max()) + 1}
+            for k in (1, 2, 3)]
+    writers.write_overlay(tmp_path / "o.png", np.full((100, 100, 3), 80, np.uint8), label, rows)
+    with Image.open(tmp_path / "o.png") as im:
+        drawn = np.asarray(im)
+    assert writers.overlay_factor(100, 100) == 7 and drawn.shape == (700, 700, 3)
+    rgb = drawn.astype(int)  # id text is white (antialiased); outlines are coloured
+    white = (rgb.min(axis=2) > 180) & (rgb.max(axis=2) - rgb.min(axis=2) < 40)
+    assert white[70:280, 70:280].any() and white[490:511, 490:511].any() and not white[630:637, 630:637].any()
+    # the object itself is not filled: its inside keeps the image's grey away from the text
+    assert (drawn[100:120, 100:120] == 80).all()
+    assert not writers.id_fits(rows[2], "3") and writers.id_fits(rows[0], "1")

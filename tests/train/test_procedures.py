@@ -92,13 +92,37 @@ def test_l2sp_at_least_halves_the_backbone_drift(pretrained):
     assert with_l2sp[0]["drift_backbone"] <= 0.5 * without[0]["drift_backbone"]
 
 
-def test_l2sp_keeps_the_same_weight_decay_on_every_part():
-    from cupre.models.detector import build_detector
+def test_l2sp_leaves_the_optimisers_weight_decay_as_it_is(tmp_path):
+    """With L2-SP the optimiser's own weight decay acts exactly as without it: one AdamW
+    step with L2-SP equals the step without it followed by the decoupled pull alone."""
+    from cupre.losses.l2sp import L2SP, snapshot
+    from cupre.train.loop import train_loop
     from cupre.train.optim import param_groups
+    from cupre.train.run import Run
 
-    model = build_detector(PretrainConfig.from_dict({"detector": DETECTOR}).detector)
-    groups = param_groups(model.parts(), weight_decay=0.05)
-    assert {g["name"]: g["weight_decay"] for g in groups} == {"backbone": 0.05, "neck": 0.05, "head": 0.05}
+    def one_step(l2sp_weight):
+        torch.manual_seed(0)
+        part = torch.nn.Linear(4, 3)
+        start = snapshot(part)
+        with torch.no_grad():
+            part.weight.add_(0.5)  # away from w0, so that the pull has something to do
+        opt = torch.optim.AdamW(param_groups({"backbone": part}, weight_decay=0.3), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        reg = L2SP(part, start, alpha=0.9, weight=l2sp_weight) if l2sp_weight is not None else None
+        batches = iter([torch.ones(2, 4)] * 2)
+        train_loop(stage="s", step_fn=lambda x: {"loss": part(x).pow(2).sum()}, optimizer=opt, scheduler=sched,
+                   batches=batches, start=0, iterations=1, run=Run(tmp_path / str(l2sp_weight), tensorboard=False),
+                   save_fn=lambda i: None, checkpoint_every=10, regularizer=reg)
+        return part, start, opt
+
+    plain, _, plain_opt = one_step(None)
+    regularised, start, opt = one_step(2.0)
+    assert [g["weight_decay"] for g in opt.param_groups] == [g["weight_decay"] for g in plain_opt.param_groups] == [0.3]
+    with torch.no_grad():  # the decoupled pull, applied by hand to the plain step's weights
+        w = plain.weight
+        expected = w - 0.1 * 2.0 * (0.9 * (w - start["weight"]) + 0.1 * w)
+    assert torch.allclose(regularised.weight, expected, atol=1e-6)
+    assert not torch.allclose(regularised.weight, plain.weight)
 
 
 @pytest.mark.parametrize("settings", [{}, {"objective": "densecl", "dense_levels": [-2, -1], "views": "object-scale",
@@ -185,7 +209,7 @@ def _finetune_cfg(domains, pretrained, **over) -> FinetuneConfig:
 
 def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     from cupre.evaluation.model_eval import predict_dataset
-    from cupre.modelfile import build_from_file
+    from cupre.models.loading import build_from_file
 
     cells = str(domains / "cells" / "annotations.json")
     cfg = _finetune_cfg(domains, pretrained, init="cupre", eval_every=2, select_by="bbox_AP", test=cells)
@@ -331,3 +355,15 @@ def test_warmup_can_start_from_imagenet_weights_of_the_backbone(domains, tmp_pat
     with pytest.raises(CupreError, match="need a BatchNorm backbone"):
         run_pretrain(pretrain_cfg(domains, start="imagenet-warmup",
                                   start_weights=str(tmp_path / "imagenet.safetensors")), tmp_path / "gn")
+
+
+def test_the_initialisations_are_named_once():
+    from cupre.config import INIT_NAMES, FinetuneConfig
+    from cupre.errors import CupreError
+    from cupre.experiments.config import ExperimentConfig
+    from cupre.train.inits import INIT_TABLE, INITS
+
+    assert tuple(INIT_TABLE) == INITS == INIT_NAMES
+    assert ExperimentConfig().methods == list(INIT_NAMES)
+    with pytest.raises(CupreError, match="cupre-nol2sp"):  # the config's error lists the same names
+        FinetuneConfig.from_dict({"init": "imagenet"})

@@ -10,7 +10,10 @@ imported only when their command runs, so ``cupre --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import re
 import sys
 import warnings
 
@@ -34,6 +37,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # Commands that run a model: they take --threads and --precision (added here, applied in main).
 COMPUTE = ("train", "demo", "pretrain", "finetune", "experiment", "predict")
 
+# Commands that train: they take --keep-checkpoints.
+TRAINING = ("train", "demo", "pretrain", "finetune", "experiment")
+
+# Commands that write a run folder (-o): one at a time per folder (cupre.runlock).
+LOCKED = ("train", "demo", "pretrain", "finetune", "experiment", "predict")
+
 # What a stopped command offers; commands not named here write nothing half-made.
 ON_INTERRUPT = {
     "pretrain": "run it again with --resume and the same -o to continue where it stopped",
@@ -43,6 +52,26 @@ ON_INTERRUPT = {
     "demo": "run the same command again to continue: finished parts are kept",
     "train": "run the same command again to continue: finished stages are kept, a stopped one resumes",
 }
+
+
+def plain_text(doc: str | None) -> str | None:
+    """A module docstring as ``--help`` shows it: reStructuredText roles and literals
+    (``:mod:`x```, double backquotes, a paragraph's closing ``::``) and bold as plain text."""
+    if doc is None:
+        return None
+    doc = re.sub(r":(?:mod|func|class|meth|attr|data|obj):`~?([^`]+)`", r"\1", doc)
+    doc = re.sub(r"``([^`]+)``", r"\1", doc)
+    doc = re.sub(r"\*\*([^*]+)\*\*", r"\1", doc)
+    return re.sub(r"(\S)::$", r"\1:", re.sub(r"\s+::$", "", doc, flags=re.MULTILINE), flags=re.MULTILINE)
+
+
+def os_problem(exc: OSError) -> str:
+    """One line for an operating-system error: the file, the problem, and what to do about a full disk."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.ENOSPC:
+        text += " (free some space, then run the same command again: finished parts are kept)"
+    return " ".join(text.split())
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -56,12 +85,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text)
             continue
         module = importlib.import_module(module_name)
-        p = sub.add_parser(
-            name, help=help_text, description=module.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+        p = sub.add_parser(name, help=help_text, description=plain_text(module.DESCRIPTION),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         if name in COMPUTE:
-            add_compute_arguments(p)
+            add_compute_arguments(p, training=name in TRAINING)
         p.set_defaults(_module=module)
     return parser
 
@@ -81,13 +109,17 @@ def version_line() -> str:
     return f"cupre {__version__} (torch {installed('torch')}, torchvision {installed('torchvision')})"
 
 
-def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+def add_compute_arguments(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for the model (default: every core this process may use; "
                              "give each of several heavy processes its share)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                         help="bf16 autocast or fp32 (default auto: bf16 on GPUs and on CPUs with native bf16 "
                              "such as avx512_bf16 / AMX, fp32 elsewhere; overrides the config's `precision`)")
+    if training:
+        parser.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
+                            help="keep each finished part's state.pt (weights and optimiser state, about three "
+                                 "model files each); by default it goes once the part has written its model")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +136,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     warnings.simplefilter("default", CupreWarning)
+    # torch's notices about its own future (torch.jit.* "is deprecated") are for developers, not users
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|torchvision|timm)(\.|$)")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"cupre: warning: {msg}\n"
     try:
         if args.command in COMPUTE:
-            from cupre.devices import set_threads
+            from cupre.devices import check_device, set_threads
 
             set_threads(args.threads)
-        code = args._module.main(args)
+            if getattr(args, "device", None):
+                check_device(args.device)  # before anything is read or written
+        out = getattr(args._module, "output_folder", lambda a: getattr(a, "out", None))(args)
+        main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the folder for all
+        if args.command in LOCKED and out and main_rank and not getattr(args, "dry_run", False):
+            from cupre.runlock import run_lock
+
+            with run_lock(out, command=f"cupre {args.command}"):
+                code = args._module.main(args)
+        else:
+            code = args._module.main(args)
     except CupreError as exc:
         print(f"cupre: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder that cannot be made, a full disk: the file and the system's word for it
+        print(f"cupre: error: {os_problem(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cupre: interrupted ({ON_INTERRUPT.get(args.command, 'no output was left half-written')})",

@@ -16,7 +16,9 @@ DESCRIPTION = _lib.__doc__
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, type=Path, help="ground truth: COCO instances JSON or a dataset folder")
-    parser.add_argument("--dt", required=True, type=Path, help="results: COCO results JSON (list of detections)")
+    parser.add_argument("--dt", required=True, type=Path,
+                        help="results: COCO results JSON, or a cupre predict folder (its results_coco.json, paired "
+                             "with the ground truth by image name)")
     parser.add_argument(
         "--protocol", choices=sorted(PROTOCOLS), default="livecell", help="evaluation protocol (default: livecell)"
     )
@@ -30,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     gt = load_ground_truth(args.gt, strict=args.strict)
-    results = load_results(args.dt, gt, strict=args.strict)
+    dt = args.dt / "results_coco.json" if args.dt.is_dir() else args.dt
+    results = load_results(dt, gt, strict=args.strict)
     metrics = evaluate(gt, results, protocol=args.protocol, breakdown=not args.no_breakdown)
     print(format_table(metrics))
     if args.out is not None:

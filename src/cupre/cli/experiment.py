@@ -27,6 +27,8 @@ def main(args: argparse.Namespace) -> int:
         cfg.device = args.device
     if args.precision:
         cfg.precision = args.precision
+    if args.keep_checkpoints:
+        cfg.pretrain.keep_checkpoints = cfg.finetune.keep_checkpoints = True
     if args.parallel is not None:
         cfg = cfg.replace(parallel=args.parallel)  # validated as the config's `parallel`
     run_experiment(cfg, args.out, only_methods=args.only_method, dry_run=args.dry_run)

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 import cupre.train.finetune as _lib
-from cupre.config import FinetuneConfig, load_yaml
+from cupre.config import INIT_NAMES, FinetuneConfig, load_yaml
 from cupre.errors import CupreError
 from cupre.experiments.selftrain import run_selftrain
+from cupre.runlock import only_lock_in
 from cupre.train import distributed
 from cupre.train.finetune import run_finetune
 
@@ -19,8 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
     p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it; see "
                    "configs/finetune-cpu.yaml)")
-    p.add_argument("--init", help=f"scratch, coco, cells-moco, coco++, cupre, cupre-nol2sp or cupre++ "
-                   f"(default {d.init})")
+    p.add_argument("--init", help=f"{', '.join(INIT_NAMES[:-1])} or {INIT_NAMES[-1]} (default {d.init})")
     p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder (every --init but scratch)")
     p.add_argument("--from-model", help="or: continue a trained cell model (model file or run folder), e.g. "
                    "after correcting its masks; --init and --from are not used")
@@ -50,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                   if k not in ("out", "resume", "device", "precision", "threads", "_module", "command")
+                   if k not in ("out", "resume", "device", "precision", "threads", "keep_checkpoints", "_module",
+                                "command")
                    and v is not None]
         if ignored:
             raise CupreError(f"--resume continues with {out / 'config.yaml'}; {', '.join(ignored)} would be ignored "
@@ -62,8 +63,9 @@ def main(args: argparse.Namespace) -> int:
             cfg.device = args.device
         if args.precision:
             cfg.precision = args.precision
+        cfg.keep_checkpoints = cfg.keep_checkpoints or bool(args.keep_checkpoints)
     else:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and not only_lock_in(out):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         data = load_yaml(args.config) if args.config else {}
         if args.from_model and (args.init or args.pretrain_dir):
@@ -71,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
         flat = {"init": args.init, "pretrain_dir": args.pretrain_dir, "from_model": args.from_model,
                 "train": args.train, "split": args.split, "fraction": args.fraction, "val": args.val,
                 "val_split": args.val_split, "test": args.test, "test_split": args.test_split, "seed": args.seed,
-                "device": args.device, "precision": args.precision, "unlabeled": args.unlabeled}
+                "device": args.device, "precision": args.precision, "unlabeled": args.unlabeled,
+                "keep_checkpoints": args.keep_checkpoints}
         data.update({k: v for k, v in flat.items() if v is not None})
         optim = dict(data.get("optim", {}))
         for key, value in (("iterations", args.iterations), ("batch_size", args.batch_size), ("lr", args.lr)):

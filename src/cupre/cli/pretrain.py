@@ -8,6 +8,7 @@ from pathlib import Path
 import cupre.train.pretrain as _lib
 from cupre.config import PretrainConfig, load_yaml
 from cupre.errors import CupreError
+from cupre.runlock import only_lock_in
 from cupre.train import distributed
 from cupre.train.inits import PRODUCTS
 from cupre.train.pretrain import resolve_paths, run_pretrain
@@ -32,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
             raise CupreError(f"{out}: nothing to resume (no config.yaml)")
         data = load_yaml(out / "config.yaml")
     else:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and not only_lock_in(out):
             raise CupreError(f"{out}: folder exists and is not empty; use --resume or another -o")
         if not args.config:
             raise CupreError("pretrain: give a config YAML (e.g. configs/pretrain-coco-mini.yaml)")
@@ -42,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         data["device"] = args.device
     if args.precision:
         data["precision"] = args.precision
+    if args.keep_checkpoints:
+        data["keep_checkpoints"] = True
     cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))
     run_pretrain(cfg, out)
     if distributed.is_main():

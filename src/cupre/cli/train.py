@@ -37,6 +37,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
                         seed=args.seed, device=args.device, precision=args.precision,
                         self_train=True if args.self_train else None)
+    if args.keep_checkpoints:
+        cfg.pretrain.keep_checkpoints = cfg.finetune.keep_checkpoints = True
     model = run_workflow(cfg, args.out)
     print(f"your model: {model}  (masks for new images: cupre predict {model} IMAGES... -o OUT)")
     return 0

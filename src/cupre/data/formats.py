@@ -6,7 +6,7 @@ format             layout
 ``coco``           a ``.json`` COCO instances file (COCO, LIVECell, EVICAN)
 ``bbbc038``        a folder of ``<id>/images/<id>.png`` (+ ``<id>/masks/*.png``)
 ``ctc``            a folder of ``NN`` frame folders + ``NN_GT`` / ``NN_ST`` truth
-``label-images``   a folder of ``name.tif`` + ``name_masks.tif`` pairs
+``label-images``   a folder of ``name.tif`` + ``name_masks.tif`` (or ``name_mask.tif``) pairs
 =================  ==========================================================
 """
 
@@ -22,7 +22,8 @@ from cupre.errors import CupreError, file_error
 FORMATS = ("coco", "bbbc038", "ctc", "label-images")
 LOOKED_FOR = (
     "coco (a .json file), bbbc038 (<id>/images + <id>/masks folders), "
-    "ctc (NN + NN_GT or NN_ST folders), label-images (name.tif + name_masks.tif files)"
+    "ctc (NN + NN_GT or NN_ST folders), label-images (name.tif, .tiff, .png or .jpg beside a label image "
+    "name_masks.tif or name_mask.tif, .tiff or .png; Cellpose's name_cp_masks.png)"
 )
 
 

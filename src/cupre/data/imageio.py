@@ -8,6 +8,10 @@ stage of cupre (COCO warm-up, MoCo, fine-tuning, prediction) uses the same funct
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cupre.errors import file_error
+from cupre.errors import CupreWarning, file_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -35,14 +39,19 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     if is_zarr(path):
         array, axes = open_ome_zarr(path)
         try:
-            return _tiff_page(array, axes, page)
+            return finite(_tiff_page(array, axes, page), path)
         except ValueError as exc:
             raise file_error(path, str(exc)) from None
     if not path.is_file():
         raise file_error(path, "image file not found")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            arr = _read_tiff(path, page)
+            with tifffile_said() as said:
+                try:
+                    arr = _read_tiff(path, page)
+                except (OSError, ValueError, IndexError, KeyError, EOFError) as exc:
+                    raise file_error(path, f"cannot read image ({exc.__class__.__name__}: {exc}{said_text(said)})"
+                                     ) from None
         else:
             with Image.open(path) as im:
                 im.load()
@@ -55,7 +64,22 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
         raise file_error(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise file_error(path, f"unsupported image shape {arr.shape}")
-    return arr
+    return finite(arr, path)
+
+
+def finite(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """A float image whose NaN / inf pixels (a masked or failed acquisition) hold its lowest
+    finite value instead, with a warning; other images as they are."""
+    if arr.dtype.kind != "f":
+        return arr
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return arr
+    good = arr[~bad]
+    low = good.min() if good.size else 0.0
+    warnings.warn(f"{path}: {int(bad.sum())} of {arr.size} pixels are NaN or infinite; read as the image's lowest "
+                  f"value ({low:g})", CupreWarning, stacklevel=3)
+    return np.where(bad, low, arr).astype(arr.dtype, copy=False)
 
 
 def is_zarr(path: str | Path) -> bool:
@@ -228,13 +252,35 @@ def plane_layout(path: str | Path) -> PlaneLayout:
         return PlaneLayout()
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = series.axes, tuple(series.shape)
-    except (OSError, ValueError, IndexError) as exc:
-        raise file_error(path, f"cannot read TIFF ({exc})") from None
+    with tifffile_said() as said:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes, shape = series.axes, tuple(series.shape)
+        except (OSError, ValueError, IndexError) as exc:
+            raise file_error(path, f"cannot read TIFF ({exc}{said_text(said)})") from None
     return _layout(path, axes, shape)
+
+
+@contextlib.contextmanager
+def tifffile_said() -> Iterator[list[str]]:
+    """What tifffile logs while the block runs, collected instead of printed: it becomes
+    part of cupre's own line about the file (a library's log line is not a second one)."""
+    logger = logging.getLogger("tifffile")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(" ".join(record.getMessage().split()))  # type: ignore[method-assign]
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def said_text(said: list[str]) -> str:
+    return f"; tifffile: {'; '.join(dict.fromkeys(said))[:300]}" if said else ""
 
 
 def _layout(path: Path, axes: str, shape: tuple[int, ...]) -> PlaneLayout:

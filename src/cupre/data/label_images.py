@@ -1,7 +1,7 @@
 """Image + instance label image pairs (the Cellpose / StarDist convention).
 
 A folder holds ``name.tif`` (or ``.tiff``, ``.png``, ``.jpg``) next to
-``name_masks.tif`` (or ``.tiff``, ``.png``): an integer image (uint8, uint16 or uint32)
+``name_masks.tif`` or ``name_mask.tif`` (or ``.tiff``, ``.png``): an integer image (uint8, uint16 or uint32)
 in which every nonzero value is one instance and 0 is background. The Cellpose GUI's
 ``name_cp_masks.png`` (or ``.tif``) is read the same way (its ``name_seg.npy`` is a
 pickle and is never read); when an image has both, ``name_masks`` is used. Images
@@ -31,6 +31,7 @@ from cupre.data.sample import (
 from cupre.errors import file_error, warn_or_raise
 
 MASK_SUFFIX = "_masks"
+MASK_SUFFIXES = ("_masks", "_mask")  # the label image's name: the image's stem with one of these
 CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 PAIR_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -108,10 +109,11 @@ def find_label_pairs(root: Path, *, recursive: bool = False) -> tuple[list[tuple
     found: dict[Path, Path] = {}
     orphans = []
     labels = [p for p in root.glob(pattern)
-              if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and p.stem.endswith(MASK_SUFFIX)]
-    for label in sorted(labels, key=lambda p: (p.stem.endswith(CELLPOSE_SUFFIX), str(p))):  # name_masks first
+              if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES and p.stem.endswith(MASK_SUFFIXES)]
+    order = {s: i for i, s in enumerate(MASK_SUFFIXES)}
+    for label in sorted(labels, key=lambda p: (p.stem.endswith(CELLPOSE_SUFFIX), order[_suffix(p)], str(p))):
         stems = [label.stem[: -len(CELLPOSE_SUFFIX)]] if label.stem.endswith(CELLPOSE_SUFFIX) else []
-        stems.append(label.stem[: -len(MASK_SUFFIX)])  # also "x_cp" + "_masks"
+        stems.append(label.stem[: -len(_suffix(label))])  # also "x_cp" + "_masks"
         candidates = [label.with_name(stem + s) for stem in stems for s in PAIR_IMAGE_SUFFIXES]
         candidates += [label.with_name(stem + s.upper()) for stem in stems for s in PAIR_IMAGE_SUFFIXES]
         image = next((c for c in candidates if c.is_file()), None)
@@ -121,6 +123,10 @@ def find_label_pairs(root: Path, *, recursive: bool = False) -> tuple[list[tuple
             found.setdefault(image, label)
     pairs = sorted(found.items(), key=lambda p: str(p[0]))
     return pairs, sorted(orphans)
+
+
+def _suffix(label: Path) -> str:
+    return next(s for s in MASK_SUFFIXES if label.stem.endswith(s))
 
 
 class LabelImageDataset(InstanceDataset):
@@ -159,7 +165,7 @@ class LabelImageDataset(InstanceDataset):
         for label in orphans:
             warn_or_raise(label, "label image without a matching image file", strict=strict)
         if not pairs and not orphans:
-            raise file_error(root, f"no '*{MASK_SUFFIX}.(tif|tiff|png)' label images found")
+            raise file_error(root, "no label images found (name_masks.tif or name_mask.tif; .tiff, .png too)")
         records = []
         for image, label in pairs:
             pages = count_pages(label)

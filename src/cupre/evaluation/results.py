@@ -27,6 +27,7 @@ from faster_coco_eval.core import mask as mask_api
 from pycocotools import mask as pycoco_mask
 
 from cupre.errors import CupreError, CupreWarning, file_error
+from cupre.evaluation.pairing import pair_by_name, result_names
 from cupre.fileio import read_json
 from cupre.masks import compressed, rle_problem
 
@@ -38,7 +39,9 @@ class SegmentationProblem(CupreError):
 
 
 def load_results(path: str | Path, gt: dict, *, strict: bool = True) -> list[dict]:
-    """Read a COCO results JSON file and check it against the ground truth.
+    """Read a COCO results JSON file and check it against the ground truth; results of a
+    ``cupre predict`` run (``images.json`` beside them) are paired with it by image name
+    (:mod:`cupre.evaluation.pairing`).
 
     Args:
         path: JSON file holding a list of result dicts.
@@ -59,6 +62,9 @@ def load_results(path: str | Path, gt: dict, *, strict: bool = True) -> list[dic
     data = read_json(path, missing="results file not found")
     if not isinstance(data, list):
         raise file_error(path, f"a COCO results file is a JSON list of detections, found a {type(data).__name__}")
+    names = result_names(path)
+    if names is not None:
+        data = pair_by_name(data, names, gt, source=path)
     return check_results(data, gt, source=path, strict=strict)
 
 

@@ -67,7 +67,7 @@ class SyntheticConfig(ConfigBase):
 
 
 class OverlayConfig(ConfigBase):
-    """Fig. 8: predictions next to the ground truth on a few validation images."""
+    """Fig. 8: predictions next to the ground truth on a few test images (validation images without a test part)."""
 
     images: NonNegative = 4
     methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
@@ -95,7 +95,8 @@ class ExperimentConfig(ConfigBase):
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read an experiment YAML; relative paths in it resolve against its folder.
+    """Read an experiment YAML; relative paths in it resolve against its folder (a
+    symbolic link's: against its target's).
 
     Raises:
         CupreError: unknown keys (the valid ones listed), keys the runner sets itself,
@@ -112,7 +113,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     if isinstance(raw.get("data"), dict):
         raw["data"] = [raw["data"]]
     cfg = ExperimentConfig.from_dict(raw, where=str(path))
-    resolve_paths(cfg, path.parent)
+    resolve_paths(cfg, path.resolve().parent)  # a linked preset (configs/demo.yaml) reads beside its target
     validate(cfg, str(path))
     return cfg
 

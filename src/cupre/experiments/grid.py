@@ -24,7 +24,8 @@ from cupre.experiments.config import (
 from cupre.fileio import write_text_atomic
 from cupre.modelfile import MODEL_FILE
 
-IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "eval_batch_size", "pretrain_dir",
+IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                         "pretrain_dir",
                          "train", "split", "val", "val_split")
 
 

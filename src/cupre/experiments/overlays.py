@@ -1,9 +1,12 @@
-"""Fig. 8: predicted instance outlines next to the ground truth on validation images.
+"""Fig. 8: predicted instance outlines next to the ground truth on held-out images.
 
-One PNG grid: a row per chosen validation image, a column for the ground truth (green)
-and one per method (magenta, detections scoring at least ``score_thresh``). Predictions
-come from each cell's ``predictions_val.json`` (its last validation pass). Images are
-chosen round-robin over cell types, so each imaging kind shows up before any repeats.
+One PNG grid: a row per chosen image, a column for the ground truth (green) and one per
+method (magenta, detections scoring at least ``score_thresh``). Predictions come from each
+cell's ``predictions_test.json`` (the kept model on the test part) or, without a test
+part, ``predictions_val.json``. Images are chosen round-robin over cell types, so each
+imaging kind shows up before any repeats. Every image is scaled to the panel (small ones
+enlarged) before its outlines are drawn, so an outline is one sharp pixel line at any
+image size, and nothing is filled over the cells.
 """
 
 from __future__ import annotations
@@ -27,12 +30,26 @@ UNSURE_COLOR = (255, 200, 0)
 LABEL_HEIGHT = 16
 
 
+def spread(items: list) -> list:
+    """``items`` reordered so that any first k of them lie spread over the list: the ends,
+    then the middle, then the quarters (a folder sorted by name shows each of its kinds)."""
+    n = len(items)
+    order: list[int] = []
+    step = n - 1
+    while len(order) < n and step >= 1:
+        order += [i for i in range(0, n, step) if i not in order]
+        step //= 2
+    order += [i for i in range(n) if i not in order]
+    return [items[i] for i in order]
+
+
 def choose_images(records: list[ImageRecord], n: int) -> list[int]:
-    """Up to ``n`` image ids, round-robin over cell types (ids ascending within a type)."""
+    """Up to ``n`` image ids, round-robin over cell types, spread over each type's ids
+    (:func:`spread`)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for rec in sorted(records, key=lambda r: r.image_id):
         groups[str(rec.cell_type)].append(rec.image_id)
-    queues = [groups[k] for k in sorted(groups)]
+    queues = [spread(groups[k]) for k in sorted(groups)]
     chosen: list[int] = []
     while len(chosen) < n and any(queues):
         for q in queues:
@@ -83,6 +100,21 @@ def prediction_masks(results: list[dict], height: int, width: int, score_thresh:
     return np.moveaxis(mask_utils.decode(rles), -1, 0)
 
 
+def to_panel_scale(rgb: np.ndarray, size: int, *mask_sets: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``rgb`` resized (bilinear) so its longer side is ``size``, and each ``NxHxW`` mask
+    set resized with it (nearest), so that outlines are drawn at the panel's resolution."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if new == (w, h):
+        return rgb, list(mask_sets)
+    small = np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR))
+    scaled = [np.stack([np.asarray(Image.fromarray(np.asarray(m, np.uint8)).resize(new, Image.NEAREST))
+                        for m in masks]) if len(masks) else np.zeros((0, new[1], new[0]), np.uint8)
+              for masks in mask_sets]
+    return small, scaled
+
+
 def _panel(image: np.ndarray, title: str, size: int) -> Image.Image:
     h, w = image.shape[:2]
     scale = size / max(h, w)
@@ -93,14 +125,14 @@ def _panel(image: np.ndarray, title: str, size: int) -> Image.Image:
     return panel
 
 
-def render_overlays(val: str | Path, val_split: str | Path | None, predictions: dict[str, Path], path: Path, *,
+def render_overlays(data: str | Path, split: str | Path | None, predictions: dict[str, Path], path: Path, *,
                     n_images: int = 4, score_thresh: float = 0.5, panel_size: int = 320) -> Path:
-    """Write the Fig. 8 grid for ``n_images`` validation images.
+    """Write the Fig. 8 grid for ``n_images`` held-out images.
 
     Args:
-        val: the validation dataset (any supported format).
-        val_split: split JSON selecting its validation images (None: all of them).
-        predictions: method name -> a COCO results JSON on ``val`` (``predictions_val.json``).
+        data: the held-out dataset (any supported format).
+        split: split JSON selecting its held-out images (None: all of them).
+        predictions: method name -> a COCO results JSON on those images.
         path: the PNG to write.
         n_images: rows of the grid.
         score_thresh: smallest score drawn.
@@ -109,9 +141,9 @@ def render_overlays(val: str | Path, val_split: str | Path | None, predictions: 
     from cupre.data.formats import open_dataset
     from cupre.data.splits import load_split
 
-    ds = open_dataset(val, class_agnostic=True)
-    if val_split is not None:
-        ds = ds.subset(load_split(val_split)["image_ids"])
+    ds = open_dataset(data, class_agnostic=True)
+    if split is not None:
+        ds = ds.subset(load_split(split)["image_ids"])
     by_method = {}
     for method, file in predictions.items():
         grouped = defaultdict(list)
@@ -124,12 +156,11 @@ def render_overlays(val: str | Path, val_split: str | Path | None, predictions: 
         image, target = ds[index[image_id]]
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         h, w = rgb.shape[:2]
-        thick = max(1, round(max(h, w) / panel_size))
-        gt = target["masks"].numpy()
-        panels = [_panel(outline(rgb, gt, GT_COLOR, thick), f"ground truth ({len(gt)})", panel_size)]
-        for method, grouped in by_method.items():
-            masks = prediction_masks(grouped.get(image_id, []), h, w, score_thresh)
-            panels.append(_panel(outline(rgb, masks, PRED_COLOR, thick), f"{method} ({len(masks)})", panel_size))
+        found = [prediction_masks(grouped.get(image_id, []), h, w, score_thresh) for grouped in by_method.values()]
+        small, (gt, *found) = to_panel_scale(rgb, panel_size, target["masks"].numpy(), *found)
+        panels = [_panel(outline(small, gt, GT_COLOR), f"ground truth ({len(gt)})", panel_size)]
+        for method, masks in zip(by_method, found):
+            panels.append(_panel(outline(small, masks, PRED_COLOR), f"{method} ({len(masks)})", panel_size))
         rows.append(panels)
     cols = 1 + len(by_method)
     sheet = Image.new("RGB", (cols * panel_size, max(1, len(rows)) * (panel_size + LABEL_HEIGHT)), (255, 255, 255))
@@ -157,9 +188,8 @@ def render_pseudo_labels(pseudo_labels: str | Path, path: Path, *, n_images: int
         image, _ = ds[index]
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         raw = ds.read_raw(index)
-        thick = max(1, round(max(rgb.shape[:2]) / panel_size))
-        kept, unsure = raw.masks[~raw.iscrowd], raw.masks[raw.iscrowd]
-        drawn = outline(outline(rgb, unsure, UNSURE_COLOR, thick), kept, PRED_COLOR, thick)
+        small, (kept, unsure) = to_panel_scale(rgb, panel_size, raw.masks[~raw.iscrowd], raw.masks[raw.iscrowd])
+        drawn = outline(outline(small, unsure, UNSURE_COLOR), kept, PRED_COLOR)
         panels.append(_panel(drawn, f"{len(kept)} kept, {len(unsure)} uncertain", panel_size))
     sheet = Image.new("RGB", (max(1, len(panels)) * panel_size, panel_size + LABEL_HEIGHT), (255, 255, 255))
     for j, panel in enumerate(panels):

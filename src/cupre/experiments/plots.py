@@ -37,7 +37,8 @@ def method_colors(methods: list[str]) -> dict[str, Any]:
 
 def make_figures(rows: list[dict[str, Any]], out_dir: Path, *, methods: list[str],
                  select_by: str = "segm_AP") -> list[Path]:
-    """Write Fig. 3, 4 and (when its methods ran) 6 for every dataset in ``rows``."""
+    """Write Fig. 3, 4 and 6 for every dataset in ``rows``, each only where it has
+    something to show: a curve needs two points, error bars two seeds."""
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = sorted({r["dataset"] for r in rows})
     summary = summarize(rows, select_by)
@@ -49,14 +50,13 @@ def make_figures(rows: list[dict[str, Any]], out_dir: Path, *, methods: list[str
         ms = ordered((r["method"] for r in mine), methods)
         written.append(plot_ap_vs_iterations(mine, out_dir / f"fig3_ap_vs_iterations{suffix}.png", methods=ms))
         written.append(plot_ap_vs_fraction(cells, out_dir / f"fig4_ap_vs_fraction{suffix}.png", methods=ms))
-        path = plot_ablations(cells, out_dir / f"fig6_ablations{suffix}.png", methods=ms)
-        if path is not None:
-            written.append(path)
-    return written
+        written.append(plot_ablations(cells, out_dir / f"fig6_ablations{suffix}.png", methods=ms))
+    return [p for p in written if p is not None]
 
 
-def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: list[str]) -> Path:
-    """Fig. 3: validation AP vs iteration; rows bbox/segm, columns fractions."""
+def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: list[str]) -> Path | None:
+    """Fig. 3: validation AP vs iteration; rows bbox/segm, columns fractions (None, nothing
+    written, when no curve has two points)."""
     curves: dict[tuple[str, float, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["split"] != "val":
@@ -65,6 +65,8 @@ def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: li
             v = r.get(f"{t}_AP")
             if v is not None and v >= 0:
                 curves[r["method"], r["fraction"], t][r["iteration"]].append(100.0 * v)
+    if not any(len(points) >= 2 for points in curves.values()):
+        return None
     fractions = sorted({r["fraction"] for r in rows})
     colors = method_colors(methods)
     fig = Figure(figsize=(4.0 * max(1, len(fractions)), 6.0), layout="constrained")
@@ -92,8 +94,11 @@ def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: li
     return path
 
 
-def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, methods: list[str]) -> Path:
-    """Fig. 4: AP at the validation-chosen iteration vs label fraction (mean ± std)."""
+def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, methods: list[str]) -> Path | None:
+    """Fig. 4: AP at the validation-chosen iteration vs label fraction (mean ± std); None
+    (nothing written) with fewer than two fractions."""
+    if len({f for _, f in cells}) < 2:
+        return None
     colors = method_colors(methods)
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
@@ -117,9 +122,13 @@ def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, met
 
 
 def plot_ablations(cells: dict[tuple[str, float], dict], path: Path, *, methods: list[str]) -> Path | None:
-    """Fig. 6: the ablations as bars next to coco; None (nothing written) without them."""
+    """Fig. 6: the ablations as bars next to coco, with their spread over seeds; None
+    (nothing written) without them or with one seed (no spread to draw)."""
     present = [m for m in ("coco", *ABLATIONS) if m in methods and any(mm == m for mm, _ in cells)]
     if "coco" not in present or len(present) < 2:
+        return None
+    seeds = [s[2] for (m, _), c in cells.items() if m in present for s in [mean_std(c["val_segm_AP"])] if s]
+    if not seeds or max(seeds) < 2:
         return None
     colors = method_colors(methods)
     fractions = sorted({f for _, f in cells})

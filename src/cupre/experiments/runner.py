@@ -15,7 +15,8 @@ evaluates each on validation (and test) under the LIVECell protocol, and writes:
     OUT/cells/<method>+st/f<fraction>/s<seed>/  self-training from the <method> cell (cupre.experiments.selftrain)
     OUT/results.csv                          every evaluation row, rebuilt from the cells
     OUT/table2.md                            Table II (iteration chosen on validation only)
-    OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper
+    OUT/figures/*.png                        Fig. 3, 4, 6 and 8 of the paper (each where it has something to show)
+    OUT/report.html                          one page: the table, the figures, where the time went
 
 With several datasets under ``data:``, splits and cells get a ``<dataset>/`` level. Running
 the same command again continues: finished cells are skipped, an interrupted cell resumes
@@ -41,6 +42,7 @@ from cupre.experiments.grid import (
     write_synthetic_data,
 )
 from cupre.experiments.parallel import run_cell, run_cells
+from cupre.experiments.report import add_time, write_report
 from cupre.fileio import write_text_atomic
 from cupre.train.inits import pretrain_done
 from cupre.train.run import Run
@@ -91,7 +93,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
         return ""
     t0 = time.time()
     for folder, pre in todo.items():
+        started = time.time()
         run_pretrain(pre, folder)
+        add_time(out, str(folder.relative_to(out)), time.time() - started)
         print(f"experiment: pre-training {folder.relative_to(out)} done after {time.time() - t0:.0f} s")
     everything = plan_cells(cfg, targets, list(cfg.methods))  # results.csv covers the whole grid
     waves: list[list] = [[], []]  # fine-tuning cells, then the self-training cells that start from them
@@ -176,8 +180,18 @@ def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
                   and c.fraction == min(target.fractions) and c.seed == cfg.seeds[0]]
         if chosen and cfg.overlays.images > 0:
             suffix = "" if len(cfg.data) == 1 else f"_{target.name}"
-            render_overlays(target.val, target.val_split, {c.method: c.folder / "predictions_val.json" for c in chosen},
+            data, split, part = ((target.test, target.test_split, "test") if target.test
+                                 else (target.val, target.val_split, "val"))
+            render_overlays(data, split, {c.method: c.folder / f"predictions_{part}.json" for c in chosen},
                             out / "figures" / f"fig8_overlays{suffix}.png", n_images=cfg.overlays.images,
                             score_thresh=cfg.overlays.score_thresh)
+    import torch
+
+    names = ", ".join(dataset_name(d) for d in cfg.data)
+    finished = [(f"{c.method} f{c.fraction:g} s{c.seed}", c.folder) for c in cells if c.finished]
+    page = write_report(out, title=f"cupre experiment: {names}", table=text, cells=finished,
+                        settings=f"device {cfg.device}, precision {cfg.precision}, {torch.get_num_threads()} "
+                                 f"thread(s), torch {torch.__version__}")
     print(text)
+    print(f"\nreport: {page}")
     return text

@@ -42,11 +42,21 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
 
-from cupre.config import ConfigBase, Count, FinetuneConfig, Precision, PretrainConfig, load_yaml
+from cupre.config import (
+    ConfigBase,
+    Count,
+    FinetuneConfig,
+    Positive,
+    Precision,
+    PretrainConfig,
+    load_yaml,
+)
+from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
 from cupre.experiments.config import SyntheticConfig
 from cupre.experiments.grid import write_split, write_synthetic_data
@@ -83,7 +93,9 @@ class WorkflowConfig(ConfigBase):
     predict: bool = True  # masks for the unlabeled images at the end
     self_train: bool = False  # self-training on the unlabeled images after fine-tuning (finetune.self_train: how)
     self_train_within_minutes: float | None = None  # ... only when the whole estimate stays within this (None: always)
-    timing: Timing = Field(default_factory=Timing)
+    within_minutes: Positive | None = None  # a longer estimate shortens the schedule to fit (None: never shortened)
+    timing: Timing = Field(default_factory=Timing)  # seconds per step where training runs in bf16
+    timing_fp32: Timing = Field(default_factory=Timing)  # ... and in fp32 (a CPU without bf16 units); unset: `timing`
     seed: int = 0
     device: str = "auto"
     precision: Precision = "auto"
@@ -118,11 +130,20 @@ def check_inputs(cfg: WorkflowConfig) -> None:
     """One line for the first missing or empty input, before anything is written."""
     if not cfg.labels:
         raise CupreError("train: --labels DATA is required (your annotated images, any supported format)")
+    from cupre.data.formats import open_dataset
+    from cupre.data.unlabeled import walk_images
+
     for flag, paths in (("--labels", [cfg.labels]), ("--unlabeled", cfg.unlabeled), ("--coco", cfg.coco),
                         ("--val", [cfg.val] if cfg.val else [])):
         for p in paths:
             if not Path(p).exists():
                 raise CupreError(f"{p}: not found ({flag})")
+    for flag, path in (("--labels", cfg.labels), ("--val", cfg.val)):
+        if path and not open_dataset(path, class_agnostic=True).records:
+            raise CupreError(f"{path}: no annotated images found ({flag})")
+    for p in cfg.unlabeled:
+        if Path(p).is_dir() and not walk_images(Path(p)):
+            raise CupreError(f"{p}: no image files in this folder (--unlabeled)")
 
 
 def hold_out(cfg: WorkflowConfig, out: Path) -> tuple[list[int], list[int], list[str]]:
@@ -171,11 +192,16 @@ def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool, self_train: b
     return FinetuneConfig.from_dict(data, where="finetune")
 
 
+def step_times(cfg: WorkflowConfig, precision: str) -> Timing:
+    """The preset's seconds per step for training in ``precision`` (``bf16`` or ``fp32``)."""
+    return cfg.timing_fp32 if precision == "fp32" and cfg.timing_fp32.finetune > 0 else cfg.timing
+
+
 def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfig, *, n_unlabeled: int,
-                     n_val: int) -> dict[str, float]:
+                     n_val: int, timing: Timing | None = None) -> dict[str, float]:
     """Seconds per stage from the preset's measured seconds per step (self-training: every
     round run, each a pass per view over the unlabeled images and a fine-tuning)."""
-    t, amt2, st = cfg.timing, pre.amt2, ft.self_train
+    t, amt2, st = timing or cfg.timing, pre.amt2, ft.self_train
     moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
     evaluations = (math.ceil(ft.optim.iterations / ft.eval_every) + 1) if n_val else 0
     finetune = ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate
@@ -187,6 +213,36 @@ def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfi
         "self-training": st.rounds * (pseudo * t.predict * (1 + len(st.views)) + finetune) if n_unlabeled else 0.0,
         "predict": (n_unlabeled * t.predict) if cfg.predict else 0.0,
     }
+
+
+def fit_schedule(pre: PretrainConfig, ft: FinetuneConfig, seconds: Callable[[PretrainConfig, FinetuneConfig], float],
+                 minutes: float, *, floor: float = 0.25) -> tuple[PretrainConfig, FinetuneConfig, float]:
+    """The schedule shortened so that its estimate (``seconds``) fits in ``minutes``: the
+    warm-up, AMT2's COCO steps and the fine-tuning (with their warm-up and validation
+    interval) keep the same share of their iterations, the largest that fits, at least
+    ``floor``; MoCo (one pass over the unlabeled images at least) and the masks are
+    kept whole. Returns the configs and the share kept (1.0: nothing shortened)."""
+    budget = 60 * minutes
+    if seconds(pre, ft) <= budget:
+        return pre, ft, 1.0
+
+    def shortened(share: float) -> tuple[PretrainConfig, FinetuneConfig]:
+        def cut(n: int) -> int:
+            return max(1, round(n * share))
+
+        warm, coco, opt = pre.warmup, pre.amt2.coco, ft.optim
+        return (pre.replace(warmup=warm.replace(iterations=cut(warm.iterations),
+                                                warmup_iterations=min(warm.warmup_iterations, cut(warm.iterations))),
+                            amt2=pre.amt2.replace(coco=coco.replace(iterations=cut(coco.iterations)))),
+                ft.replace(optim=opt.replace(iterations=cut(opt.iterations),
+                                             warmup_iterations=min(opt.warmup_iterations, cut(opt.iterations))),
+                           eval_every=cut(ft.eval_every)))
+
+    low, high = floor, 1.0
+    for _ in range(20):  # the largest share whose estimate fits
+        mid = (low + high) / 2
+        low, high = (mid, high) if seconds(*shortened(mid)) <= budget else (low, mid)
+    return (*shortened(low), low)
 
 
 def self_train_plan(cfg: WorkflowConfig, plan: dict[str, float], *, has_val: bool) -> tuple[bool, str]:
@@ -230,9 +286,9 @@ def continued(cfg: WorkflowConfig, out: Path) -> WorkflowConfig:
 def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     """Run (or continue) the whole path into ``out``; returns the model file."""
     from cupre.data.unlabeled import UnlabeledImages
+    from cupre.experiments.selftrain import run_selftrain
     from cupre.inference.ledger import FOLDER as LEDGER
     from cupre.inference.predict import PredictOptions, run_predict
-    from cupre.experiments.selftrain import run_selftrain
     from cupre.train.pretrain import run_pretrain
     from cupre.train.run import Run
 
@@ -247,11 +303,29 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=True)
     n_unlabeled = len(UnlabeledImages(cfg.unlabeled)) if cfg.unlabeled else 0
     n_val = len(held)  # the validation images, held out of the labels or --val's
-    plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val)
+    precision = resolve_precision(cfg.precision, pick_device(cfg.device))
+    timing = step_times(cfg, precision)
+    plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
     self_train, why = self_train_plan(cfg, plan, has_val=bool(n_val))
     if not self_train:
         plan["self-training"] = 0.0
         ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=False)
+    if cfg.within_minutes is not None:
+        full = sum(plan.values())
+
+        def seconds(p: PretrainConfig, f: FinetuneConfig) -> float:
+            parts = estimate_seconds(cfg, p, f, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
+            return sum(parts.values()) - (0.0 if self_train else parts["self-training"])
+
+        pre, ft, share = fit_schedule(pre, ft, seconds, cfg.within_minutes)
+        if share < 1.0:
+            plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
+            if not self_train:
+                plan["self-training"] = 0.0
+            print(f"train: the preset's whole schedule would take {format_minutes(full)} on this machine "
+                  f"({precision}); warm-up, COCO steps and fine-tuning are shortened to {share:.0%} of their "
+                  f"iterations to fit its {cfg.within_minutes:g} min (within_minutes; a shorter schedule gives a "
+                  "weaker model: set within_minutes: null in --config for the whole one)")
     print(f"train: {len(train_ids)} annotated images to train on, {n_val} to validate, {n_unlabeled} unlabeled; "
           f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}")
     if not n_val:
@@ -260,7 +334,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
               "give --val DATA to have it checked")
     print(f"train: estimated {format_minutes(sum(plan.values()))} ("
           + ", ".join(f"{k} {format_minutes(v)}" for k, v in plan.items())
-          + f"; measured per step on {cfg.timing.machine or 'an unnamed machine'})", flush=True)
+          + f"; measured per step on {timing.machine or 'an unnamed machine'})", flush=True)
     print(why, flush=True)
     started = time.time()
     if not pretrain_done(out / "pretrain", ["cupre"]):

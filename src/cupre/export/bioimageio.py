@@ -106,6 +106,10 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     # what LabelImageModel.forward returns for the sample, with the object table for the cover
     plane, rows, _ = segment_array(module.net.eval(), raw, device=torch.device("cpu"), categories=kwargs["categories"],
                                    precision="fp32", **module.options)
+    if not plane.any():  # bioimage.io's own validation refuses an all-zero test output
+        raise CupreError(f"{model_file}: finds no cell in the sample image ({sample or 'the built-in sample'}) at "
+                         f"score threshold {score_threshold:g}, and a bioimage.io package needs a test output with "
+                         "objects: give --sample IMAGE (one of your images where it finds cells), or train it longer")
     label = plane.astype("int32")[None, None]
     name = name or f"cupre {kwargs['detector'].get('backbone', '')} cell segmentation".replace("  ", " ")
     with tempfile.TemporaryDirectory(prefix="cupre-export-") as folder:
@@ -159,5 +163,9 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
                     pytorch_version=spec.Version(torch.__version__.split("+")[0]))),
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_bioimageio_package(descr, output_path=out)
+        try:
+            save_bioimageio_package(descr, output_path=out)
+        except (ValueError, RuntimeError) as exc:  # bioimage.io's validation of the package
+            first = " ".join(str(exc).split())[:300]
+            raise CupreError(f"{out}: bioimage.io's validation refused the package ({first})") from None
     return out

@@ -115,10 +115,18 @@ def check_outputs(module: nn.Module, path: Path, image: Tensor) -> None:
     :data:`TOLERANCE`); raises CupreError naming the first that does not."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUTS), {"image": image.numpy()})
     with torch.no_grad():
         want = [t.numpy() for t in module(image)]
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(list(OUTPUTS), {"image": image.numpy()})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
+        found = len(want[0])
+        hint = (" The model finds no cell in the sample at this score threshold: give --sample IMAGE (one of your "
+                "images where it finds cells) or a lower --score-threshold." if found == 0 else " Please report this.")
+        raise CupreError(f"{path}: onnxruntime cannot run the exported network on a {image.shape[-2]} x "
+                         f"{image.shape[-1]} image ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}); "
+                         f"nothing written.{hint}") from None
     for name, g, w in zip(OUTPUTS, got, want):
         if g.shape != w.shape or not np.allclose(g, w, rtol=0, atol=TOLERANCE):
             raise CupreError(f"{path}: onnxruntime's {name} differ from PyTorch's on a "

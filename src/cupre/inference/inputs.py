@@ -4,12 +4,13 @@ page), their output paths, and the check that nothing existing is overwritten.""
 from __future__ import annotations
 
 import glob
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from cupre.data.imageio import IMAGE_SUFFIXES, is_zarr, plane_layout
 from cupre.data.unlabeled import is_label_file, walk_images
-from cupre.errors import CupreError, file_error
+from cupre.errors import CupreError, CupreWarning, file_error
 
 OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip",
                 "geojson": "_objects.geojson", "ome_zarr": ".ome.zarr"}
@@ -52,9 +53,12 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
             found.setdefault(path, path.name[: -len(".ome.zarr")] if path.name.lower().endswith(".ome.zarr")
                              else path.stem)
         elif path.is_dir():
-            for f in walk_images(path, recursive=True):
-                if not _under(f, exclude):
-                    found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
+            inside = [f for f in walk_images(path, recursive=True) if not _under(f, exclude)]
+            if not inside:
+                kind = "a folder named like an image file" if path.suffix.lower() in IMAGE_SUFFIXES else "a folder"
+                warnings.warn(f"{path}: {kind}, with no image files in it (skipped)", CupreWarning, stacklevel=2)
+            for f in inside:
+                found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
         elif path.is_file():
             found.setdefault(path, path.stem)
         elif _has_magic(str(item)):

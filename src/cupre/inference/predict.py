@@ -94,7 +94,7 @@ def load_model(model: str | Path, *, device: torch.device,
                precision: str = "fp32") -> tuple[torch.nn.Module, list[dict]]:
     """Build the detector of a model file for prediction at ``precision`` (eval mode, on
     ``device``, weights stored for inference: :func:`weights_for_inference`)."""
-    from cupre.modelfile import build_from_file
+    from cupre.models.loading import build_from_file
 
     weights_dtype = torch.bfloat16 if precision == "bf16" else None  # converted as read: no fp32 copy at once
     net, _, ckpt = build_from_file(resolve_model_file(model), weights_dtype=weights_dtype)
@@ -395,9 +395,18 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
             loaded.append((job, *_read(job)))
         except CupreError as exc:
             records.append((job.image_id, [], _image_entry(job, None, 0, str(exc))))
-    found, factors = predict_at_object_scale(
-        net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
-        overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
+    try:
+        found, factors = predict_at_object_scale(
+            net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
+            overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
+    except RuntimeError as exc:  # one image the model cannot take (1 px wide, say) must not end the run
+        if len(loaded) > 1:
+            return records + [r for job, _, _ in loaded
+                              for r in predict_batch(net, [job], out=out, categories=categories, options=options,
+                                                      device=device)]
+        job, raw, _ = loaded[0]
+        problem = f"{job.file}: the model cannot segment this {raw.shape[0]} x {raw.shape[1]} px image ({exc})"
+        return records + [(job.image_id, [], _image_entry(job, None, 0, " ".join(problem.split())))]
     for (job, raw, image), objs, factor in zip(loaded, found, factors):
         if factor in (MIN_FACTOR, MAX_FACTOR):
             warn_size(job, factor, getattr(net, "object_size", None), given=options.object_size is not None)

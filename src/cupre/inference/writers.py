@@ -134,13 +134,31 @@ def outlines(label: np.ndarray) -> np.ndarray:
     return edge & (label > 0)
 
 
+OVERLAY_MIN_SIDE = 768  # smaller images are drawn enlarged (by a whole factor) so outlines and ids stay legible
+ID_HEIGHT = 11  # pixels of an id drawn in PIL's default font
+
+
+def overlay_factor(height: int, width: int) -> int:
+    """The whole factor a small image is enlarged by in its overlay (1: drawn as it is)."""
+    return max(1, OVERLAY_MIN_SIDE // max(1, height, width))
+
+
 def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[dict]) -> None:
-    """Outlines and ids drawn over the normalised image.
+    """Outlines (no fill) and, where they fit inside their object, ids over the image;
+    an image under :data:`OVERLAY_MIN_SIDE` px is enlarged first, so a 256 px image
+    becomes 768 px with one-pixel outlines around its nuclei.
 
     Args:
         image: uint8 ``HxWx3`` (the normalised image the model saw).
         label: the label image; rows: its object table (for the id positions).
     """
+    f = overlay_factor(*label.shape)
+    if f > 1:
+        size = (label.shape[1] * f, label.shape[0] * f)
+        image = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(size, Image.BILINEAR))
+        label = np.repeat(np.repeat(label, f, axis=0), f, axis=1)
+        rows = [{**r, **{k: r[k] * f for k in ("centroid_x", "centroid_y", "bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1")
+                         if k in r}} for r in rows]
     canvas = np.array(image, dtype=np.uint8, copy=True)
     draw_outlines(canvas, label, palette(int(label.max()) if label.size else 0))
     write_ids(path, canvas, rows)
@@ -153,13 +171,23 @@ def draw_outlines(canvas: np.ndarray, label: np.ndarray, colours: np.ndarray) ->
     canvas[edge] = colours[label[edge]]
 
 
+def id_fits(row: dict, text: str) -> bool:
+    """Whether ``text`` fits inside the row's box (rows without a box: always drawn)."""
+    if "bbox_x0" not in row:
+        return True
+    return (row["bbox_x1"] - row["bbox_x0"] >= 6 * len(text) + 2) and (row["bbox_y1"] - row["bbox_y0"] >= ID_HEIGHT)
+
+
 def write_ids(path: Path, canvas: np.ndarray, rows: list[dict]) -> None:
-    """Write ``canvas`` as the overlay PNG with each row's id at its centroid."""
+    """Write ``canvas`` as the overlay PNG with each row's id at its centroid, where the id
+    fits inside the object (a crowd of small nuclei keeps its outlines readable)."""
     pil = Image.fromarray(canvas)
     draw = ImageDraw.Draw(pil)
     for row in rows:
-        xy = (row["centroid_x"], row["centroid_y"])
-        draw.text(xy, str(row["id"]), fill=(255, 255, 255), anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+        text = str(row["id"])
+        if id_fits(row, text):
+            draw.text((row["centroid_x"], row["centroid_y"]), text, fill=(255, 255, 255), anchor="mm",
+                      stroke_width=1, stroke_fill=(0, 0, 0))
     with atomic_path(path) as tmp:
         pil.save(tmp, format="PNG", compress_level=1)
 

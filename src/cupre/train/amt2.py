@@ -109,6 +109,7 @@ def run_amt2(
             finish(f"{name}/coco")
     run.save_json(drifts, "drift.json")
     save_model(run.path(MODEL_FILE), model, detector_cfg, coco.categories, stage=product)
+    ctx.finish()
 
 
 def coco_step(*, stage: str, model: torch.nn.Module, data, cfg: Amt2Config, regularizer: L2SP | None,

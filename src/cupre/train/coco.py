@@ -46,6 +46,7 @@ def run_coco_warmup(
         ctx=ctx,
     )
     save_model(product, model, detector_cfg, dataset.categories, stage="warmup")
+    ctx.finish()
 
 
 TORCHVISION_ARCHITECTURE = {"arch": "maskrcnn", "backbone": "resnet50", "norm": "frozen_bn", "fpn_channels": 256}

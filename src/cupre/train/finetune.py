@@ -102,7 +102,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     model.precision = resolve_precision(cfg.precision, device)  # training steps and validation alike
     ctx = RunContext.open(run, Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
                                         precision=model.precision,
-                                        checkpoint_every=cfg.checkpoint_every))
+                                        checkpoint_every=cfg.checkpoint_every,
+                                        keep_checkpoints=cfg.keep_checkpoints))
     history: list[dict] = ctx.resume.get("history", []) if ctx.resume else []
     ctx.extra_state = lambda: {"model": model.state_dict(), "history": history}
     if ctx.resume is not None:
@@ -145,6 +146,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     seconds["training"] = seconds["total"] - sum(evaluator.seconds.values())
     run.save_json({"history": history, "best": best, "select_by": cfg.select_by, "drift": drift,
                    "last": history[-1] if history else {}, "seconds": seconds}, "val_metrics.json")
+    ctx.finish()
     run.close()
     return best
 

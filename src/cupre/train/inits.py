@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from cupre.config import DetectorConfig
+from cupre.config import INIT_NAMES, DetectorConfig
 from cupre.errors import CupreError
-from cupre.modelfile import build_from_file, check_state, load_model_file, resolve_model_file
+from cupre.modelfile import check_state, load_model_file, resolve_model_file
+from cupre.models.loading import build_from_file
 
 # What `cupre pretrain` writes, by product name, and the setting that asks for it.
 PRODUCTS = {
@@ -69,7 +70,7 @@ INIT_TABLE = {i.name: i for i in (
     Init("cupre-nol2sp", model="cupre-nol2sp"),
     Init("cupre++", model="cupre", l2sp=True),
 )}
-INITS = tuple(INIT_TABLE)
+INITS = INIT_NAMES  # INIT_TABLE holds exactly these, in this order (tests/train/test_procedures.py)
 
 
 def get_init(name: str) -> Init:

@@ -58,11 +58,12 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     amt2 = cfg.amt2.replace(moco=moco_cfg)
     det_cfg = cfg.detector.replace(num_classes=len(coco.categories))
     settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
-                        checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device))
+                        checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device),
+                        keep_checkpoints=cfg.keep_checkpoints)
     if distributed.is_main():
+        left_out = f" ({unlabeled.excluded} validation and test images left out)" if unlabeled.excluded else ""
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
-              f"{len(unlabeled)} unlabeled cell images ({unlabeled.excluded} of them held out: validation and test "
-              f"images), "
+              f"{len(unlabeled)} unlabeled cell images{left_out}, "
               f"{amt2.rounds} AMT2 rounds of {moco_cfg.optim.iterations} MoCo + {amt2.coco.iterations} COCO "
               f"iterations, device {device}, {settings.precision}, {torch.get_num_threads()} threads")
 
@@ -141,6 +142,7 @@ def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, catego
     run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, ctx=ctx,
                    object_size=det_cfg.object_size)
     save_model(run.path(MODEL_FILE), model, det_cfg, categories, stage="cells-moco")
+    ctx.finish()
 
 
 def resolve_paths(data: dict, base: Path) -> dict:

@@ -59,6 +59,7 @@ class Settings:
     num_workers: int = 0
     checkpoint_every: int = 200
     precision: str = "fp32"
+    keep_checkpoints: bool = False
 
 
 @dataclass
@@ -74,6 +75,7 @@ class RunContext:
         num_workers: data-loader worker processes.
         checkpoint_every: iterations between checkpoints.
         precision: ``bf16`` (autocast) or ``fp32`` for the training steps.
+        keep_checkpoints: keep ``state.pt`` once the procedure has written its model.
     """
 
     run: Run
@@ -85,6 +87,7 @@ class RunContext:
     num_workers: int = 0
     checkpoint_every: int = 200
     precision: str = "fp32"
+    keep_checkpoints: bool = False
 
     @classmethod
     def open(cls, run: Run, settings: Settings,
@@ -93,7 +96,15 @@ class RunContext:
         state_file = StateFile(run.path("state.pt"))
         return cls(run=run, device=settings.device, seed=settings.seed, state_file=state_file,
                    resume=state_file.load(), extra_state=extra_state, num_workers=settings.num_workers,
-                   checkpoint_every=settings.checkpoint_every, precision=settings.precision)
+                   checkpoint_every=settings.checkpoint_every, precision=settings.precision,
+                   keep_checkpoints=settings.keep_checkpoints)
+
+    def finish(self) -> None:
+        """The procedure has written its model: its ``state.pt`` (weights and optimiser,
+        about three model files) goes, unless ``keep_checkpoints``. A finished procedure
+        is known by its model file, so nothing needs the state any more."""
+        if not self.keep_checkpoints and distributed.is_main():
+            self.state_file.path.unlink(missing_ok=True)
 
 
 def run_stage(

@@ -1,0 +1,140 @@
+"""The experiment's one-page report, ``OUT/report.html``: Table II, the figures, the time.
+
+The page holds everything in one file (figures embedded as PNG data), so it can be
+mailed or opened from any folder. Its sections: the machine and settings the figures
+came from, the table as ``table2.md`` has it, the overlays of held-out images per method
+(and the other figures that have something to show), and where the time went: each
+pre-training run and each fine-tuning cell (training, validation, test). Times come from
+``OUT/timing.json`` (pre-training, written by the runner) and each cell's
+``val_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+from pathlib import Path
+
+from cupre.fileio import read_json, write_json_atomic, write_text_atomic
+
+TIMING_FILE = "timing.json"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+         "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
+         ".note{color:#555}")
+
+
+def add_time(out: Path, key: str, seconds: float) -> None:
+    """Add ``seconds`` to ``key`` in ``OUT/timing.json`` (a resumed stage adds its part)."""
+    path = Path(out) / TIMING_FILE
+    times = read_json(path) if path.is_file() else {}
+    times[key] = float(times.get(key, 0.0)) + float(seconds)
+    write_json_atomic(path, times, indent=2)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown_to_html(text: str) -> str:
+    """The small markdown subset ``table2.md`` uses: ``#`` headings, pipe tables, ``-``
+    lists, paragraphs."""
+    parts: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(set(c) <= set("-: ") for c in cells):
+                    rows.append(cells)
+                i += 1
+            head, *body = rows
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
+            continue
+        if line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{html.escape(lines[i][2:])}</li>")
+                i += 1
+            parts.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        if line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")) + 1)
+            parts.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line:
+            parts.append(f"<p>{html.escape(line)}</p>")
+        i += 1
+    return "\n".join(parts)
+
+
+def time_rows(out: Path, cells: list[tuple[str, Path]]) -> list[tuple[str, float]]:
+    """``(what, seconds)``: each pre-training run, then each finished cell's parts."""
+    path = Path(out) / TIMING_FILE
+    rows = [(f"pre-training ({key})", float(v)) for key, v in (read_json(path) if path.is_file() else {}).items()]
+    for label, folder in cells:
+        metrics = Path(folder) / "val_metrics.json"
+        seconds = json.loads(metrics.read_text()).get("seconds", {}) if metrics.is_file() else {}
+        rows += [(f"{label}: {part}", float(v)) for part, v in seconds.items() if part != "total"]
+    return rows
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption class='note'>{html.escape(caption)}</figcaption></figure>")
+
+
+CAPTIONS = {
+    "fig8_overlays": "Held-out images: the ground truth (green) and each method's masks (magenta), each panel's "
+                     "count in brackets.",
+    "fig3_ap_vs_iterations": "Validation AP during fine-tuning.",
+    "fig4_ap_vs_fraction": "AP against the fraction of labeled images.",
+    "fig6_ablations": "The ablations next to coco.",
+}
+
+
+def write_report(out: Path, *, title: str, table: str, settings: str,
+                 cells: list[tuple[str, Path]], note: str = "") -> Path:
+    """Write ``OUT/report.html``; returns its path.
+
+    Args:
+        out: the experiment folder (its ``figures/`` are embedded).
+        title: the page's heading.
+        table: Table II as markdown (``table2.md``).
+        settings: one line on what ran (device, precision, threads).
+        cells: ``(label, folder)`` of each fine-tuning cell, for the time table.
+        note: a paragraph under the heading (what the figures can and cannot show).
+    """
+    out = Path(out)
+    figures = [p for name in CAPTIONS for p in sorted((out / "figures").glob(f"{name}*.png"))]
+    rows = time_rows(out, cells)
+    total = sum(s for _, s in rows)
+    timing = ("<table><tr><th>step</th><th>seconds</th><th>share</th></tr>"
+              + "".join(f"<tr><td>{html.escape(k)}</td><td>{s:.0f}</td><td>{100 * s / max(total, 1e-9):.0f}%</td></tr>"
+                        for k, s in rows)
+              + f"<tr><th>total (cells that ran side by side overlap)</th><th>{total:.0f}</th><th></th></tr></table>")
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p class='note'>{html.escape(note)}</p>" if note else "",
+            f"<p class='note'>{html.escape(settings)}; CPU: {html.escape(cpu_name())}</p>",
+            markdown_to_html(table),
+            *[_image(p, CAPTIONS[next(n for n in CAPTIONS if p.stem.startswith(n))]) for p in figures],
+            "<h3>Where the time went</h3>", timing]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    path = out / "report.html"
+    write_text_atomic(path, page)
+    return path

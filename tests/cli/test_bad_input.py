@@ -1,0 +1,253 @@
+"""Bad input through ``cupre.cli.main``: one line naming the flag or file and the problem,
+exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cupre.cli import main
+
+
+@pytest.mark.parametrize("command", ["predict", "finetune", "pretrain", "experiment", "train", "demo"])
+@pytest.mark.parametrize(("device", "said"), [
+    ("cuda", "PyTorch sees no CUDA GPU on this machine"),
+    ("cuda:7", "PyTorch sees no CUDA GPU on this machine"),
+    ("nonsense", "is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    ("meta", "not on meta"),
+])
+def test_a_device_the_machine_cannot_use_is_refused_up_front(command, device, said, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = {"predict": ["predict", "model.safetensors", "images"], "finetune": ["finetune", "--train", "x"],
+            "pretrain": ["pretrain", "x.yaml"], "experiment": ["experiment", "x.yaml"],
+            "train": ["train", "--labels", "x"], "demo": ["demo"]}[command]
+    out = tmp_path / "out"
+    assert main([*args, "-o", str(out), "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cupre: error: device {device!r}") and said in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_gpu_index_beyond_the_machines_gpus_is_named(capsys, monkeypatch):
+    from cupre.devices import check_device
+    from cupre.errors import CupreError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(CupreError, match=r"this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1"):
+        check_device("cuda:7")
+    assert check_device("cuda:1") == torch.device("cuda", 1) and check_device("auto") is None
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (bytes(range(256)) * 4, "not a YAML text file (not UTF-8 text)"),
+    (b"a: " + b"[" * 20000 + b"]" * 20000, "nested too deeply"),
+    (b"finetune:\n  optim: {lr: 1.0e308}\n", "lr: input should be less than or equal to 10"),
+    (b"pretrain:\n  detector: {fpn_channels: 1000000000}\n", "fpn_channels: input should be less than or equal to 4096"),
+    (b"pretrain:\n  detector: {detections_per_img: 1000000000}\n", "detections_per_img: input should be less"),
+])
+def test_a_config_that_is_binary_deep_or_absurd_is_one_line(tmp_path, capsys, content, said):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["experiment", str(config), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and "\n" not in err and str(config) in err
+    assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder would go")
+    assert main(["synth", "cells", "-o", str(blocker / "cells"), "--n", "1", "--size", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cupre: error: {blocker / 'cells'}") and "Not a directory" in err and "\n" not in err
+
+
+@pytest.fixture()
+def tiny_model(tmp_path):
+    """An untrained tiny detector (32-channel FPN, GroupNorm) as a model file, at native pixels."""
+    from cupre.config import DetectorConfig
+    from cupre.modelfile import write_model_file
+    from cupre.models.detector import build_detector
+    from tests.helpers import TINY_DETECTOR
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "object_size": None})
+    return write_model_file(tmp_path / "m.safetensors", build_detector(cfg), cfg, [{"id": 1, "name": "cell"}])
+
+
+def test_an_image_too_small_for_the_model_is_skipped_and_the_run_goes_on(tmp_path, tiny_model, capsys):
+    """A 1 x 1 px image among good ones: a 32-channel FPN with GroupNorm cannot take it;
+    it is skipped with one warning, the other image gets its masks."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(images / "a_dot.png")
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(images / "b.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_model), str(images), "-o", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "a_dot.png: the model cannot segment this 1 x 1 px image" in err and "Traceback" not in err
+    index = json.loads((out / "images.json").read_text())
+    assert [e.get("error") is None for e in index["images"]] == [False, True]
+    assert (out / "b_masks.tif").is_file() and not (out / "a_dot_masks.tif").exists()
+
+
+def test_nan_and_inf_pixels_are_named_and_read_as_the_lowest_value(tmp_path, tiny_model, capsys):
+    import numpy as np
+    import tifffile
+
+    from cupre.data.imageio import read_image
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32) + 1.0
+    image[:4] = np.nan
+    image[10, 10] = np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    with pytest.warns(Warning, match=r"nan.tif: 257 of 4096 pixels are NaN or infinite; read as the image's lowest"):
+        read = read_image(tmp_path / "nan.tif")
+    assert np.isfinite(read).all() and read[0, 0] == image[4:].min() and read[20, 20] == image[20, 20]
+    assert main(["predict", str(tiny_model), str(tmp_path / "nan.tif"), "-o", str(tmp_path / "out")]) == 0
+    assert "257 of 4096 pixels are NaN or infinite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "nan_masks.tif").is_file()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
+    from cupre.runlock import LOCK_FILE, run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out, command="cupre predict"):
+        assert main(["predict", "model.safetensors", str(tmp_path), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{out}: another cupre run is writing here (process {__import__('os').getpid()}" in err
+        assert "'cupre predict'" in err and "\n" not in err
+    assert not out.exists()  # the lock made the folder, nothing else was written: both gone
+    # a lock whose process has ended: taken over, then released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    out.mkdir()
+    (out / "kept.txt").write_text("a user's file")
+    (out / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": __import__("socket").gethostname()}))
+    with run_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]
+
+
+def test_a_folder_named_like_an_image_is_named_in_a_warning(tmp_path, tiny_model, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "x.png").mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "real.png")
+    assert main(["predict", str(tiny_model), str(tmp_path / "x.png"), str(tmp_path / "real.png"),
+                 "-o", str(tmp_path / "out")]) == 0
+    assert f"{tmp_path / 'x.png'}: a folder named like an image file, with no image files in it (skipped)" in \
+        capsys.readouterr().err
+
+
+def test_convert_model_trusting_a_zip_that_is_no_torch_file_is_one_line(tmp_path, capsys):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as z:
+        z.writestr("readme.txt", "not a model")
+    assert main(["convert-model", str(tmp_path / "model.pt"), "--trust"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cupre: error: {tmp_path / 'model.pt'}: not a torch model file") and "\n" not in err
+
+
+def _pairs(folder, suffix: str, n: int = 2) -> None:
+    import numpy as np
+    import tifffile
+
+    folder.mkdir()
+    for i in range(n):
+        label = np.zeros((48, 48), np.uint16)
+        label[5:15, 5:15], label[25:40, 20:35] = 1, 2
+        tifffile.imwrite(folder / f"img{i}.tif", (label * 90).astype(np.uint8))
+        tifffile.imwrite(folder / f"img{i}{suffix}.tif", label)
+
+
+def test_train_names_the_layouts_it_reads_before_writing_anything(tmp_path, capsys):
+    _pairs(tmp_path / "labels", "_lbl")
+    out = tmp_path / "run"
+    assert main(["train", "--labels", str(tmp_path / "labels"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no known dataset layout" in err and "name_masks.tif or name_mask.tif" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_label_images_named_mask_are_read_like_masks(tmp_path):
+    from cupre.data.formats import open_dataset
+    from cupre.data.unlabeled import walk_images
+
+    _pairs(tmp_path / "labels", "_mask")
+    ds = open_dataset(tmp_path / "labels")
+    assert ds.format_name == "label-images" and len(ds) == 2
+    _, target = ds[0]
+    assert len(target["masks"]) == 2
+    assert [p.name for p in walk_images(tmp_path / "labels")] == ["img0.tif", "img1.tif"]  # labels are no images
+
+
+def test_a_damaged_tiff_is_one_line_with_what_tifffile_said(tmp_path, tiny_model, capsys):
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "good.tif", np.zeros((64, 64), np.uint8))
+    data = (tmp_path / "good.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:64] + b"\xff" * 16)
+    assert main(["predict", str(tiny_model), str(tmp_path / "cut.tif"), str(tmp_path / "good.tif"),
+                 "-o", str(tmp_path / "out")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    about_cut = [line for line in lines if "cut.tif" in line]
+    assert len(about_cut) == 1 and about_cut[0].startswith("cupre: warning:")
+    assert all(line.startswith("cupre:") for line in lines), lines
+
+
+@pytest.fixture()
+def weak_model(tmp_path):
+    """A tiny model that finds nothing at score 0.5: every box scores as background."""
+    from cupre.config import DetectorConfig
+    from cupre.modelfile import write_model_file
+    from cupre.models.detector import build_detector
+    from tests.helpers import TINY_DETECTOR
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "object_size": 12})
+    net = build_detector(cfg)
+    with torch.no_grad():  # every box is background: a model as weak as one trained for a few steps
+        net.head.roi_heads.box_predictor.cls_score.weight.zero_()
+        net.head.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([20.0, -20.0]))
+    return write_model_file(tmp_path / "weak.safetensors", net, cfg, [{"id": 1, "name": "cell"}])
+
+
+def test_a_bioimageio_export_of_a_model_that_finds_nothing_says_why_in_one_line(tmp_path, weak_model, capsys):
+    pytest.importorskip("bioimageio.spec")
+    out = tmp_path / "model.zip"
+    assert main(["export", str(weak_model), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "finds no cell in the sample image (the built-in sample)" in err and "--sample IMAGE" in err
+    assert "\n" not in err and not out.exists()
+
+
+def test_an_onnx_export_of_a_model_that_finds_nothing_works_or_says_why(tmp_path, weak_model, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    code = main(["export", str(weak_model), "--format", "onnx", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 0 or (code == 2 and "\n" not in err and "--sample IMAGE" in err and not out.exists())
+
+
+def test_a_setting_amt2_would_ignore_is_refused(tmp_path, capsys):
+    config = tmp_path / "pre.yaml"
+    config.write_text("amt2: {l2sp: {parts: [neck]}}\n")
+    assert main(["pretrain", str(config), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "amt2.l2sp: AMT2's L2-SP regularises the backbone" in err and "\n" not in err
