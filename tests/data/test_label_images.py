@@ -79,7 +79,7 @@ def test_label_without_image_warns(folder: Path) -> None:
 
 
 def test_folder_without_pairs_is_error(tmp_path: Path) -> None:
-    with pytest.raises(CupreError, match="no '\\*_masks"):
+    with pytest.raises(CupreError, match=r"no label images found \(name_masks.tif or name_mask.tif"):
         LabelImageDataset(tmp_path)
     with pytest.raises(CupreError, match="label-image folder not found"):
         LabelImageDataset(tmp_path / "nope")

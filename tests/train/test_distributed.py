@@ -34,7 +34,8 @@ def test_two_process_pretrain_and_finetune(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "cupre.cli"]
-    done = subprocess.run(torchrun + ["pretrain", str(tmp_path / "pre.yaml"), "-o", str(tmp_path / "pre")],
+    done = subprocess.run(torchrun + ["pretrain", str(tmp_path / "pre.yaml"), "-o", str(tmp_path / "pre"),
+                                      "--keep-checkpoints"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(tmp_path / "pre" / "amt2" / "state.pt")

@@ -399,7 +399,7 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
         found, factors = predict_at_object_scale(
             net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
             overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
-    except RuntimeError as exc:  # one image the model cannot take (1 px wide, say) must not end the run
+    except (RuntimeError, ValueError) as exc:  # one image the model cannot take (1 px wide, say): not the run
         if len(loaded) > 1:
             return records + [r for job, _, _ in loaded
                               for r in predict_batch(net, [job], out=out, categories=categories, options=options,
