@@ -37,7 +37,7 @@ from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
 from cupre.data.splits import load_split
 from cupre.data.transforms import DetectionTrainTransform
-from cupre.devices import cpu_has_bf16, set_threads
+from cupre.devices import cpu_name, set_threads
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.experiments.overlays import choose_images
@@ -73,13 +73,6 @@ def score(model, dataset, gt) -> dict:
     """Validation AP with every image at its labels' object scale (one pass each)."""
     results = predict_dataset(model, dataset, device=torch.device("cpu"), progress=False, scale="labels")
     return evaluate(gt, results, protocol="livecell")
-
-
-def cpu_name() -> str:
-    """The CPU model and whether it computes bf16 natively."""
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "unknown CPU")
-    return f"{name} ({'bf16' if cpu_has_bf16() else 'no bf16'})"
 
 
 def probe(state: dict | None, cfg: DetectorConfig, train, val, gt, *, optim: OptimConfig, seed: int) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import sys
 from pathlib import Path
 
 import torch
 
 from cupre.errors import CupreError
-
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
@@ -93,6 +93,17 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")) and torch.backends.mkldnn.is_available()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``, else ``platform``) and whether it
+    computes bf16 natively: what a timing was measured on."""
+    try:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return f"{name or platform.processor() or platform.machine()} ({'bf16' if cpu_has_bf16() else 'no bf16'})"
 
 
 def resolve_precision(choice: str, device: torch.device) -> str:

@@ -22,6 +22,6 @@ def output_folder(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    run_demo(output_folder(args), synthetic=args.synthetic, seed=args.seed, device=args.device, precision=args.precision or "auto",
-             keep_checkpoints=bool(args.keep_checkpoints))
+    run_demo(output_folder(args), synthetic=args.synthetic, seed=args.seed, device=args.device,
+             precision=args.precision or "auto", keep_checkpoints=bool(args.keep_checkpoints))
     return 0

@@ -30,7 +30,6 @@ from cupre.data.sample import (
 )
 from cupre.errors import file_error, warn_or_raise
 
-MASK_SUFFIX = "_masks"
 MASK_SUFFIXES = ("_masks", "_mask")  # the label image's name: the image's stem with one of these
 CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")

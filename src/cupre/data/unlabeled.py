@@ -22,6 +22,7 @@ from cupre.data.imageio import (
     normalize,
     read_image,
 )
+from cupre.data.label_images import MASK_SUFFIXES
 from cupre.errors import CupreError, file_error, warn_or_raise
 
 LABEL_FOLDERS = {"masks"}
@@ -31,7 +32,7 @@ LABEL_PREFIXES = ("man_seg", "man_track")
 def is_label_file(path: Path) -> bool:
     """True for files that hold labels, not images, in the layouts cupre reads."""
     stem = path.stem.lower()
-    return stem.endswith(("_masks", "_mask")) or stem.startswith(LABEL_PREFIXES) or path.parent.name in LABEL_FOLDERS
+    return stem.endswith(MASK_SUFFIXES) or stem.startswith(LABEL_PREFIXES) or path.parent.name in LABEL_FOLDERS
 
 
 def walk_images(folder: Path, *, recursive: bool = True) -> list[Path]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import base64
 import html
 import json
-import platform
 from pathlib import Path
 
+from cupre.devices import cpu_name
 from cupre.fileio import read_json, write_json_atomic, write_text_atomic
 
 TIMING_FILE = "timing.json"
@@ -32,17 +32,6 @@ def add_time(out: Path, key: str, seconds: float) -> None:
     times = read_json(path) if path.is_file() else {}
     times[key] = float(times.get(key, 0.0)) + float(seconds)
     write_json_atomic(path, times, indent=2)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown_to_html(text: str) -> str:
@@ -81,14 +70,19 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(parts)
 
 
+def cell_seconds(folder: Path) -> dict[str, float]:
+    """A finished cell's seconds from its ``val_metrics.json``: ``total``, ``training``,
+    ``val``, ``test`` (empty without the file)."""
+    metrics = Path(folder) / "val_metrics.json"
+    return json.loads(metrics.read_text()).get("seconds", {}) if metrics.is_file() else {}
+
+
 def time_rows(out: Path, cells: list[tuple[str, Path]]) -> list[tuple[str, float]]:
     """``(what, seconds)``: each pre-training run, then each finished cell's parts."""
     path = Path(out) / TIMING_FILE
     rows = [(f"pre-training ({key})", float(v)) for key, v in (read_json(path) if path.is_file() else {}).items()]
     for label, folder in cells:
-        metrics = Path(folder) / "val_metrics.json"
-        seconds = json.loads(metrics.read_text()).get("seconds", {}) if metrics.is_file() else {}
-        rows += [(f"{label}: {part}", float(v)) for part, v in seconds.items() if part != "total"]
+        rows += [(f"{label}: {part}", float(v)) for part, v in cell_seconds(folder).items() if part != "total"]
     return rows
 
 
@@ -107,8 +101,7 @@ CAPTIONS = {
 }
 
 
-def write_report(out: Path, *, title: str, table: str, settings: str,
-                 cells: list[tuple[str, Path]], note: str = "") -> Path:
+def write_report(out: Path, *, title: str, table: str, settings: str, cells: list[tuple[str, Path]]) -> Path:
     """Write ``OUT/report.html``; returns its path.
 
     Args:
@@ -117,7 +110,6 @@ def write_report(out: Path, *, title: str, table: str, settings: str,
         table: Table II as markdown (``table2.md``).
         settings: one line on what ran (device, precision, threads).
         cells: ``(label, folder)`` of each fine-tuning cell, for the time table.
-        note: a paragraph under the heading (what the figures can and cannot show).
     """
     out = Path(out)
     figures = [p for name in CAPTIONS for p in sorted((out / "figures").glob(f"{name}*.png"))]
@@ -128,7 +120,6 @@ def write_report(out: Path, *, title: str, table: str, settings: str,
                         for k, s in rows)
               + f"<tr><th>total (cells that ran side by side overlap)</th><th>{total:.0f}</th><th></th></tr></table>")
     body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p class='note'>{html.escape(note)}</p>" if note else "",
             f"<p class='note'>{html.escape(settings)}; CPU: {html.escape(cpu_name())}</p>",
             markdown_to_html(table),
             *[_image(p, CAPTIONS[next(n for n in CAPTIONS if p.stem.startswith(n))]) for p in figures],

@@ -25,12 +25,17 @@ from its ``state.pt``, pre-training resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig, base_method, check_inputs_exist, dataset_name, in_folder
+from cupre.experiments.config import (
+    ExperimentConfig,
+    base_method,
+    check_inputs_exist,
+    dataset_name,
+    in_folder,
+)
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -42,7 +47,7 @@ from cupre.experiments.grid import (
     write_synthetic_data,
 )
 from cupre.experiments.parallel import run_cell, run_cells
-from cupre.experiments.report import add_time, write_report
+from cupre.experiments.report import add_time, cell_seconds, write_report
 from cupre.fileio import write_text_atomic
 from cupre.train.inits import pretrain_done
 from cupre.train.run import Run
@@ -133,7 +138,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
 
 def where_time_went(cell_folder: Path) -> str:
     """``"412 s: training 300, val 80, test 32"`` from a finished cell's val_metrics.json."""
-    seconds = json.loads((cell_folder / "val_metrics.json").read_text()).get("seconds", {})
+    seconds = cell_seconds(cell_folder)
     parts = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if k != "total")
     return f"{seconds.get('total', 0):.0f} s: {parts}" if seconds else "no timing"
 

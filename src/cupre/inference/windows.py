@@ -174,9 +174,7 @@ def write_overlay(path: Path, painter: LabelPainter, image: LazyImage, value_ran
                 slice((x0 - xa) // step, (x0 - xa) // step + rgb.shape[1]))
         edge = writers.outlines(label)[core]
         at[edge] = colours[label[core][edge]]
-    scaled = [{**r, **{k: r[k] / step for k in ("centroid_x", "centroid_y", "bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1")
-                       if k in r}} for r in rows]
-    writers.write_ids(path, canvas, scaled)
+    writers.write_ids(path, canvas, writers.scale_rows(rows, 1 / step))
     return step
 
 

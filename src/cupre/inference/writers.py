@@ -138,6 +138,15 @@ OVERLAY_MIN_SIDE = 768  # smaller images are drawn enlarged (by a whole factor) 
 ID_HEIGHT = 11  # pixels of an id drawn in PIL's default font
 
 
+POSITION_KEYS = ("centroid_x", "centroid_y", "bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1")
+
+
+def scale_rows(rows: list[dict], factor: float) -> list[dict]:
+    """Object-table rows with their centroid and box multiplied by ``factor`` (the
+    overlay's scale against the image)."""
+    return [{**r, **{k: r[k] * factor for k in POSITION_KEYS if k in r}} for r in rows]
+
+
 def overlay_factor(height: int, width: int) -> int:
     """The whole factor a small image is enlarged by in its overlay (1: drawn as it is)."""
     return max(1, OVERLAY_MIN_SIDE // max(1, height, width))
@@ -157,8 +166,7 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, rows: list[d
         size = (label.shape[1] * f, label.shape[0] * f)
         image = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(size, Image.BILINEAR))
         label = np.repeat(np.repeat(label, f, axis=0), f, axis=1)
-        rows = [{**r, **{k: r[k] * f for k in ("centroid_x", "centroid_y", "bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1")
-                         if k in r}} for r in rows]
+        rows = scale_rows(rows, f)
     canvas = np.array(image, dtype=np.uint8, copy=True)
     draw_outlines(canvas, label, palette(int(label.max()) if label.size else 0))
     write_ids(path, canvas, rows)
