@@ -46,7 +46,7 @@ from cupre.models.detector import build_detector
 from cupre.train.inits import PRODUCTS
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import RunContext, Settings, detection_step, run_stage
+from cupre.train.stage import RunContext, detection_step, run_stage
 
 
 def backbone_sources(folders: list[Path]) -> tuple[list[tuple[str, dict | None]], DetectorConfig]:
@@ -86,7 +86,7 @@ def probe(state: dict | None, cfg: DetectorConfig, train, val, gt, *, optim: Opt
     model.train()
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(tmp, tensorboard=False)
-        ctx = RunContext.open(run, Settings(device=torch.device("cpu"), seed=seed, checkpoint_every=10**9))
+        ctx = RunContext(device=torch.device("cpu"), seed=seed, checkpoint_every=10**9).open(run)
         run_stage(stage="probe", step_fn=detection_step(model, torch.device("cpu")),
                   groups=param_groups({"neck": model.neck, "head": model.head}, weight_decay=optim.weight_decay),
                   cfg=optim, dataset=train,

@@ -132,14 +132,14 @@ def test_moco_step_moves_only_the_backbone(domains, tmp_path, settings):
     from cupre.models.detector import build_detector
     from cupre.train.moco import build_objective, run_moco_stage
     from cupre.train.run import Run
-    from cupre.train.stage import RunContext, Settings
+    from cupre.train.stage import RunContext
 
     cfg = pretrain_cfg(domains)
     moco_cfg = cfg.amt2.moco.replace(**settings)
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
     moco = build_objective(model, moco_cfg)
-    ctx = RunContext.open(Run(tmp_path, tensorboard=False), Settings(device=torch.device("cpu"), seed=0))
+    ctx = RunContext(device=torch.device("cpu"), seed=0).open(Run(tmp_path, tensorboard=False))
     logged = run_moco_stage(stage="moco", moco=moco, unlabeled=UnlabeledImages([domains / "cells" / "images"]),
                             cfg=moco_cfg, ctx=ctx, object_size=cfg.detector.object_size or 16)
     after = model.state_dict()
@@ -156,7 +156,7 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     from cupre.models.detector import build_detector
     from cupre.train.amt2 import coco_step
     from cupre.train.run import Run
-    from cupre.train.stage import RunContext, Settings
+    from cupre.train.stage import RunContext
 
     cfg = pretrain_cfg(domains)
     coco = MergedDataset([open_dataset(domains / "objects" / "annotations.json")])
@@ -164,7 +164,7 @@ def test_frozen_backbone_does_not_move_in_the_coco_step(domains, tmp_path):
     model = build_detector(cfg.detector)
     before = copy.deepcopy(model.state_dict())
     amt2 = Amt2Config.from_dict({"freeze_backbone": True, "coco": {**FAST, "iterations": 2}})
-    ctx = RunContext.open(Run(tmp_path, tensorboard=False), Settings(device=torch.device("cpu"), seed=0))
+    ctx = RunContext(device=torch.device("cpu"), seed=0).open(Run(tmp_path, tensorboard=False))
     coco_step(stage="s", model=model, data=coco, cfg=amt2, regularizer=None, ctx=ctx)
     after = model.state_dict()
     assert _same(before, after, "backbone.")

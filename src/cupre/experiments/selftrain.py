@@ -52,7 +52,8 @@ from cupre.fileio import atomic_path, write_json_atomic
 from cupre.inference.predict import load_model
 from cupre.modelfile import MODEL_FILE
 from cupre.train import loop
-from cupre.train.finetune import held_out, run_finetune, selected, training_images
+from cupre.evaluation.selection import selected
+from cupre.train.finetune import held_out, run_finetune, training_images
 from cupre.train.pseudo import Thresholds, counts, pseudo_label, write_pseudo_labels
 from cupre.train.run import Run
 

@@ -23,12 +23,7 @@ from cupre.train import distributed
 from cupre.train.moco import build_objective, run_moco_stage
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import (
-    RunContext,
-    Settings,
-    detection_step,
-    run_stage,
-)
+from cupre.train.stage import RunContext, detection_step, run_stage
 from cupre.train.weights import save_model
 
 
@@ -48,7 +43,7 @@ def run_amt2(
     cfg: Amt2Config,
     detector_cfg: DetectorConfig,
     run: Run,
-    settings: Settings,
+    ctx: RunContext,
     moco_steps: bool = True,
     use_l2sp: bool = True,
     product: str = "cupre",
@@ -62,13 +57,18 @@ def run_amt2(
     """
     if run.path(MODEL_FILE).is_file():
         return
-    moco = build_objective(model, cfg.moco).to(settings.device) if moco_steps else None
-    ctx = RunContext.open(run, settings)
-    seed, device = settings.seed, settings.device
-    resume = ctx.resume
+    moco = build_objective(model, cfg.moco).to(ctx.device) if moco_steps else None
     done: set[str] = set()
     w0: dict[str, torch.Tensor] | None = None
     drifts: list[dict] = []
+
+    def extra_state() -> dict:
+        return {"model": model.state_dict(), "moco": moco.state_dict() if moco is not None else None, "w0": w0,
+                "done": sorted(done), "drifts": drifts}
+
+    ctx = ctx.open(run, extra_state=extra_state)
+    seed, device = ctx.seed, ctx.device
+    resume = ctx.resume
     if resume is not None:
         model.load_state_dict(resume["model"])
         if moco is not None:
@@ -77,15 +77,10 @@ def run_amt2(
         drifts = list(resume.get("drifts", []))
         w0 = {k: v.to(device) for k, v in resume["w0"].items()} if resume["w0"] is not None else None
 
-    def extra_state() -> dict:
-        return {"model": model.state_dict(), "moco": moco.state_dict() if moco is not None else None, "w0": w0,
-                "done": sorted(done), "drifts": drifts}
-
     def finish(stage: str) -> None:
         done.add(stage)
         ctx.state_file.save({"stage": f"{stage}:done", **extra_state()})
 
-    ctx.extra_state = extra_state
     subsets = coco_subsets(len(coco), cfg.rounds, seed)
     for k in range(cfg.rounds):
         name = f"amt2/round{k + 1}"

@@ -12,7 +12,7 @@ from cupre.modelfile import MODEL_FILE
 from cupre.train import distributed
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import RunContext, Settings, detection_step, run_stage
+from cupre.train.stage import RunContext, detection_step, run_stage
 from cupre.train.weights import save_model
 
 
@@ -23,7 +23,7 @@ def run_coco_warmup(
     cfg: OptimConfig,
     detector_cfg: DetectorConfig,
     run: Run,
-    settings: Settings,
+    ctx: RunContext,
 ) -> None:
     """Train ``model`` on ``dataset`` (class-aware) and write ``run/model.safetensors``.
 
@@ -32,7 +32,7 @@ def run_coco_warmup(
     product = run.path(MODEL_FILE)
     if product.is_file():
         return
-    ctx = RunContext.open(run, settings, extra_state=lambda: {"model": model.state_dict()})
+    ctx = ctx.open(run, extra_state=lambda: {"model": model.state_dict()})
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
     run_stage(

@@ -12,37 +12,27 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from cupre.config import FinetuneConfig
 from cupre.data.concat import BySource, MixedDataset
-from cupre.data.convert import dataset_to_coco
 from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
 from cupre.data.splits import fewshot_split, load_split
 from cupre.data.transforms import DetectionTrainTransform
 from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError, CupreWarning
-from cupre.evaluation.livecell import evaluate
-from cupre.evaluation.model_eval import predict_dataset
+from cupre.evaluation.selection import Validation
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
-from cupre.modelfile import MODEL_FILE, load_model_file
+from cupre.modelfile import MODEL_FILE, load_model_file, write_model_file
 from cupre.train import distributed, loop
 from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, continue_model, get_init, product_files
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
-from cupre.train.stage import (
-    RunContext,
-    Settings,
-    detection_step,
-    run_stage,
-    stage_seed,
-)
-from cupre.train.weights import save_model
+from cupre.train.stage import RunContext, detection_step, run_stage, stage_seed
 
 
 def choose_images(cfg: FinetuneConfig, dataset) -> list[int]:
@@ -81,74 +71,111 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     if cfg.from_model is None:
         product_files(cfg.init, cfg.pretrain_dir)
     train = training_images(cfg)
-    ids = [r.image_id for r in train.records]
-    val = held_out(cfg.val, cfg.val_split)
-    test = held_out(cfg.test, cfg.test_split)
+    val, test = held_out(cfg.val, cfg.val_split), held_out(cfg.test, cfg.test_split)
     device = pick_device(cfg.device)
     distributed.init(device)
     run = Run(out)
     run.save_config(cfg.to_dict())
-    run.save_json({"dataset": str(cfg.train), "image_ids": ids,
+    run.save_json({"dataset": str(cfg.train), "image_ids": [r.image_id for r in train.records],
                    "files": [str(r.file) for r in train.records]}, "split.json")
 
-    seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
-    stage = f"finetune:{'from-model' if cfg.from_model else cfg.init}"  # recorded in the model file
-    if cfg.from_model is not None:
-        model, det_cfg = continue_model(cfg.from_model, cfg.detector)
-    else:
-        model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
-    model.to(device)
+    model, det_cfg, stage = starting_model(cfg, device)
     start = {part: snapshot(module) for part, module in model.parts().items()}
-    model.precision = resolve_precision(cfg.precision, device)  # training steps and validation alike
-    ctx = RunContext.open(run, Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
-                                        precision=model.precision,
-                                        checkpoint_every=cfg.checkpoint_every,
-                                        keep_checkpoints=cfg.keep_checkpoints))
-    history: list[dict] = ctx.resume.get("history", []) if ctx.resume else []
-    ctx.extra_state = lambda: {"model": model.state_dict(), "history": history}
+    validation = Validation(model, val=val, test=test, device=device, batch_size=cfg.eval_batch_size,
+                            select_by=cfg.select_by, log=run.log, progress=loop.SHOW_PROGRESS)
+    ctx = RunContext(device=device, seed=cfg.seed, num_workers=cfg.num_workers, precision=model.precision,
+                     checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+    ctx = ctx.open(run, extra_state=lambda: {"model": model.state_dict(), "history": validation.history})
     if ctx.resume is not None:
         model.load_state_dict(ctx.resume["model"])
+        validation.history = ctx.resume.get("history", [])
         run.drop_after(int(ctx.resume.get("iteration", 0)), ["val", "test"])
-    train, transform = training_data(cfg, train, det_cfg.object_size)
-    regularizer = build_l2sp(model, start, cfg) if cfg.from_model is None and get_init(cfg.init).l2sp else None
-    evaluator = Evaluator(model=model, run=run, device=device, batch_size=cfg.eval_batch_size,
-                          val=val, test=test, select_by=cfg.select_by)
-
-    def on_step(iteration: int) -> None:
-        if iteration % cfg.eval_every == 0 or iteration == cfg.optim.iterations:
-            evaluate_and_keep(evaluator, history, iteration, model, det_cfg)
-        elif val is None and iteration % cfg.checkpoint_every == 0 and distributed.is_main():
-            # nothing chooses the model: the latest iterate is the usable model if the run stops here
-            save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=stage, iteration=iteration)
-
+    keeper = Keeper(run, model, det_cfg, stage, validation)
+    data, transform = training_data(cfg, train, det_cfg.object_size)
     run_stage(
         stage="finetune",
         step_fn=detection_step(distributed.wrap(model, device), device),
         groups=param_groups(model.parts(), weight_decay=cfg.optim.weight_decay),
         cfg=cfg.optim,
-        dataset=train,
+        dataset=data,
         transform=transform,
         collate_fn=collate,
         ctx=ctx,
-        on_step=on_step,
-        regularizer=regularizer,
+        on_step=lambda it: keeper.step(it, cfg.eval_every, cfg.checkpoint_every, cfg.optim.iterations),
+        regularizer=build_l2sp(model, start, cfg) if cfg.from_model is None and get_init(cfg.init).l2sp else None,
     )
-    evaluate_and_keep(evaluator, history, cfg.optim.iterations, model, det_cfg)
-    test_chosen(evaluator, history, model)
-    if val is None:
-        save_model(run.path(MODEL_FILE), model, det_cfg, CELL, stage=stage, iteration=cfg.optim.iterations)
+    best = keeper.finish(cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}
-    best = best_entry(history, cfg.select_by)
-    if best and best["bbox"]["AP"] <= 0 and best["segm"]["AP"] <= 0:
-        warnings.warn(f"{out}: the kept model scores AP 0 on validation: it finds no cell there (train longer, "
-                      "check that the labels match the images, or the object size)", CupreWarning, stacklevel=2)
-    seconds = {"total": time.perf_counter() - started, **evaluator.seconds}  # this process's share
-    seconds["training"] = seconds["total"] - sum(evaluator.seconds.values())
-    run.save_json({"history": history, "best": best, "select_by": cfg.select_by, "drift": drift,
-                   "last": history[-1] if history else {}, "seconds": seconds}, "val_metrics.json")
+    seconds = {"total": time.perf_counter() - started, **validation.seconds}  # this process's share
+    seconds["training"] = seconds["total"] - sum(validation.seconds.values())
+    run.save_json({"history": validation.history, "best": best, "select_by": cfg.select_by, "drift": drift,
+                   "last": validation.history[-1] if validation.history else {}, "seconds": seconds},
+                  "val_metrics.json")
     ctx.finish()
     run.close()
     return best
+
+
+def starting_model(cfg: FinetuneConfig, device: torch.device):
+    """The model fine-tuning starts from, on ``device`` in the precision it trains and
+    validates in; its detector config; the stage name its model file records."""
+    seed_everything(stage_seed(cfg.seed, "init"))  # fresh heads / scratch weights are part of the run
+    if cfg.from_model is not None:
+        model, det_cfg = continue_model(cfg.from_model, cfg.detector)
+    else:
+        model, det_cfg = build_init(cfg.init, cfg.pretrain_dir, cfg.detector)
+    model.to(device)
+    model.precision = resolve_precision(cfg.precision, device)
+    return model, det_cfg, f"finetune:{'from-model' if cfg.from_model else cfg.init}"
+
+
+class Keeper:
+    """Writes the model a fine-tuning run keeps: the validation-best one when it is found
+    (with its validation predictions), else the latest iterate at each checkpoint."""
+
+    def __init__(self, run: Run, model: torch.nn.Module, det_cfg, stage: str, validation: Validation) -> None:
+        self.run, self.model, self.det_cfg, self.stage, self.validation = run, model, det_cfg, stage, validation
+
+    def step(self, iteration: int, eval_every: int, checkpoint_every: int, iterations: int) -> None:
+        if self.validation.active:
+            if iteration % eval_every == 0 or iteration == iterations:
+                self.score(iteration)
+        elif iteration % checkpoint_every == 0:
+            # nothing chooses the model: the latest iterate is the usable model if the run stops here
+            self.save(iteration)
+
+    def score(self, iteration: int) -> None:
+        """Validation on rank 0; the model file is written there alone (no barrier: the
+        other ranks are training)."""
+        if distributed.is_main() and self.validation.score(iteration):
+            write_model_file(self.run.path(MODEL_FILE), self.model, self.det_cfg, CELL, stage=self.stage,
+                             iteration=iteration, select_by=self.validation.select_by)
+            self.run.save_json(self.validation.predictions["val"], "predictions_val.json")
+
+    def save(self, iteration: int) -> None:
+        if distributed.is_main():
+            write_model_file(self.run.path(MODEL_FILE), self.model, self.det_cfg, CELL, stage=self.stage,
+                             iteration=iteration)
+
+    def finish(self, iterations: int) -> dict:
+        """Score the last iterate, test the chosen model once (the model ends with its
+        weights), and return the chosen evaluation. Without validation the last iterate is kept."""
+        self.score(iterations)
+        validation = self.validation
+        if not validation.active:
+            self.save(iterations)
+        best = validation.best()
+        if validation.data["test"] is not None and best and distributed.is_main():
+            if best is not validation.history[-1]:
+                self.model.load_state_dict(load_model_file(self.run.path(MODEL_FILE))["model"])
+            validation.test()
+            self.run.save_json(validation.predictions["test"], "predictions_test.json")
+        distributed.barrier()
+        if best and best["bbox"]["AP"] <= 0 and best["segm"]["AP"] <= 0:
+            warnings.warn(f"{self.run.root}: the kept model scores AP 0 on validation: it finds no cell there "
+                          "(train longer, check that the labels match the images, or the object size)",
+                          CupreWarning, stacklevel=3)
+        return best
 
 
 CELL = [{"id": 1, "name": "cell"}]
@@ -178,72 +205,6 @@ def build_l2sp(model: torch.nn.Module, start: dict[str, dict[str, torch.Tensor]]
     chosen = torch.nn.ModuleDict({p: parts[p] for p in cfg.l2sp.parts})
     reference = {f"{p}.{k}": v for p in cfg.l2sp.parts for k, v in start[p].items()}
     return L2SP(chosen, reference, alpha=cfg.l2sp.alpha, weight=cfg.l2sp.weight)
-
-
-def best_entry(history: list[dict], select_by: str) -> dict:
-    """The evaluation with the highest ``select_by`` (``segm_AP``/``bbox_AP``), earliest on ties."""
-    if not history:
-        return {}
-    return max(history, key=lambda h: (selected(h, select_by), -h["iteration"]))
-
-
-def selected(entry: dict, select_by: str) -> float:
-    """An evaluation's ``select_by`` figure (``segm_AP`` -> ``entry["segm"]["AP"]``)."""
-    kind, figure = select_by.split("_", 1)
-    return entry[kind][figure]
-
-
-def evaluate_and_keep(evaluator: "Evaluator", history: list[dict], iteration: int, model, det_cfg) -> None:
-    """Score validation once per iteration; save ``model.safetensors`` when it is the best so far."""
-    if evaluator.val is None or not distributed.is_main() or any(h["iteration"] == iteration for h in history):
-        return
-    entry = evaluator.score(iteration)
-    history.append(entry)
-    if best_entry(history, evaluator.select_by) is entry:
-        save_model(evaluator.run.path(MODEL_FILE), model, det_cfg, CELL, stage="finetune", iteration=iteration,
-                   select_by=evaluator.select_by)
-        evaluator.keep_predictions()
-
-
-def test_chosen(evaluator: "Evaluator", history: list[dict], model) -> None:
-    """Score the test set once, with the validation-chosen model (``model.safetensors``),
-    into that history entry; the model ends with the chosen weights."""
-    if evaluator.test is None or not history or not distributed.is_main():
-        return
-    best = best_entry(history, evaluator.select_by)
-    if best is not history[-1]:
-        model.load_state_dict(load_model_file(evaluator.run.path(MODEL_FILE))["model"])
-    best["test"] = evaluator.split_scores("test", evaluator.test, best["iteration"])
-    evaluator.run.save_json(evaluator.latest["test"], "predictions_test.json")
-
-
-class Evaluator:
-    """Scores the model on validation (or test) under the LIVECell protocol."""
-
-    def __init__(self, *, model, run: Run, device, batch_size: int, val, test, select_by: str) -> None:
-        self.model, self.run, self.device, self.batch_size = model, run, device, batch_size
-        self.val, self.test, self.select_by = val, test, select_by
-        self.gt = {"val": dataset_to_coco(val) if val is not None else None,
-                   "test": dataset_to_coco(test) if test is not None else None}
-        self.latest: dict[str, list] = {}
-        self.seconds: dict[str, float] = defaultdict(float)  # per split, prediction and scoring
-
-    def split_scores(self, split: str, dataset, iteration: int) -> dict:
-        start = time.perf_counter()
-        results = predict_dataset(self.model, dataset, device=self.device, batch_size=self.batch_size,
-                                  progress=loop.SHOW_PROGRESS)
-        metrics = evaluate(self.gt[split], results, protocol="livecell")
-        self.run.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
-        self.latest[split] = results
-        self.seconds[split] += time.perf_counter() - start
-        return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"]}
-
-    def score(self, iteration: int) -> dict:
-        return {"iteration": iteration, **self.split_scores("val", self.val, iteration)}
-
-    def keep_predictions(self) -> None:
-        """Write the latest validation predictions as the kept model's (``predictions_val.json``)."""
-        self.run.save_json(self.latest["val"], "predictions_val.json")
 
 
 def held_out(path: str | None, split: str | None):

@@ -35,7 +35,7 @@ from cupre.train.coco import run_coco_warmup, start_from_torchvision_coco
 from cupre.train.inits import PRODUCTS
 from cupre.train.moco import build_objective, run_moco_stage
 from cupre.train.run import Run
-from cupre.train.stage import RunContext, Settings, stage_seed
+from cupre.train.stage import RunContext, stage_seed
 from cupre.train.weights import save_model
 
 
@@ -57,15 +57,15 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     moco_cfg = moco_covering(cfg.amt2.moco, len(unlabeled))
     amt2 = cfg.amt2.replace(moco=moco_cfg)
     det_cfg = cfg.detector.replace(num_classes=len(coco.categories))
-    settings = Settings(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
-                        checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device),
-                        keep_checkpoints=cfg.keep_checkpoints)
+    ctx = RunContext(device=device, seed=cfg.seed, num_workers=cfg.num_workers,
+                     checkpoint_every=cfg.checkpoint_every, precision=resolve_precision(cfg.precision, device),
+                     keep_checkpoints=cfg.keep_checkpoints)
     if distributed.is_main():
         left_out = f" ({unlabeled.excluded} validation and test images left out)" if unlabeled.excluded else ""
         print(f"pretrain: {len(coco)} COCO-format images ({len(coco.categories)} classes), "
               f"{len(unlabeled)} unlabeled cell images{left_out}, "
               f"{amt2.rounds} AMT2 rounds of {moco_cfg.optim.iterations} MoCo + {amt2.coco.iterations} COCO "
-              f"iterations, device {device}, {settings.precision}, {torch.get_num_threads()} threads")
+              f"iterations, device {device}, {ctx.precision}, {torch.get_num_threads()} threads")
 
     seed_everything(stage_seed(cfg.seed, "init"))  # the Kaiming initialisation is part of the run
     model = build_detector(det_cfg).to(device)
@@ -81,7 +81,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
                                     download=cfg.download_weights)
     else:
         run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg,
-                        run=Run(out / "warmup"), settings=settings)
+                        run=Run(out / "warmup"), ctx=ctx)
     warm_weights = {k: v.to(device) for k, v in load_model_file(out / PRODUCTS["warmup"])["model"].items()}
     variants = [("cupre", True, True)]
     variants += [("cupre-nol2sp", True, False)] if cfg.nol2sp else []
@@ -90,12 +90,12 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
         model.load_state_dict(warm_weights)
         run_amt2(model=model, coco=coco, unlabeled=unlabeled, cfg=amt2, detector_cfg=det_cfg,
                  run=Run(out / Path(PRODUCTS[product]).parent), moco_steps=moco_steps, use_l2sp=use_l2sp,
-                 product=product, settings=settings)
+                 product=product, ctx=ctx)
     if cfg.cells_moco:
         cells_cfg = moco_cfg.replace(optim=moco_cfg.optim.replace(iterations=moco_cfg.optim.iterations * amt2.rounds))
         run_cells_moco(moco_cfg=cells_cfg, det_cfg=det_cfg, unlabeled=unlabeled,
                        run=Run(out / Path(PRODUCTS["cells-moco"]).parent), categories=coco.categories,
-                       settings=settings)
+                       ctx=ctx)
     distributed.barrier()
     return out
 
@@ -126,17 +126,17 @@ def moco_covering(cfg: MocoConfig, n_images: int) -> MocoConfig:
 
 
 def run_cells_moco(*, moco_cfg: MocoConfig, det_cfg, unlabeled, run: Run, categories,
-                   settings: Settings) -> None:
+                   ctx: RunContext) -> None:
     """The Cells-MoCo baseline: MoCo v2 from scratch on the cells, as many MoCo
     iterations as all AMT2 rounds together (``moco_cfg`` holds that count)."""
     from cupre.models.detector import build_detector
 
     if run.path(MODEL_FILE).is_file():
         return
-    seed_everything(stage_seed(settings.seed, "cells-moco/init"))
-    model = build_detector(det_cfg).to(settings.device)
-    moco = build_objective(model, moco_cfg).to(settings.device)
-    ctx = RunContext.open(run, settings, extra_state=lambda: {"moco": moco.state_dict()})
+    seed_everything(stage_seed(ctx.seed, "cells-moco/init"))
+    model = build_detector(det_cfg).to(ctx.device)
+    moco = build_objective(model, moco_cfg).to(ctx.device)
+    ctx = ctx.open(run, extra_state=lambda: {"moco": moco.state_dict()})
     if ctx.resume is not None:
         moco.load_state_dict(ctx.resume["moco"])
     run_moco_stage(stage="cells-moco", moco=moco, unlabeled=unlabeled, cfg=moco_cfg, ctx=ctx,

@@ -8,7 +8,7 @@ names the stage in progress and the iteration reached, so ``--resume`` continues
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,54 +50,38 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How a procedure runs, whatever it trains: device, precision (resolved: ``bf16`` or
-    ``fp32``), seed, loader workers, checkpoints."""
-
-    device: torch.device
-    seed: int
-    num_workers: int = 0
-    checkpoint_every: int = 200
-    precision: str = "fp32"
-    keep_checkpoints: bool = False
-
-
-@dataclass
 class RunContext:
-    """What every stage of one procedure shares, built once in its ``run_*`` function.
+    """How a procedure runs, and, once :meth:`open` has bound it to a run folder, what
+    every stage of it shares.
 
     Attributes:
-        run: the run folder (metrics, TensorBoard, JSON outputs).
         device: where training runs.
         seed: the procedure's seed (each stage derives its own from it and its name).
-        state_file: the procedure's ``state.pt``; resume: its content when resuming.
-        extra_state: what the procedure adds to every checkpoint (model weights ...).
         num_workers: data-loader worker processes.
         checkpoint_every: iterations between checkpoints.
-        precision: ``bf16`` (autocast) or ``fp32`` for the training steps.
+        precision: ``bf16`` (autocast) or ``fp32`` for the training steps (resolved).
         keep_checkpoints: keep ``state.pt`` once the procedure has written its model.
+        run: the run folder (metrics, TensorBoard, JSON outputs); set by :meth:`open`.
+        state_file: the procedure's ``state.pt``; resume: its content when resuming.
+        extra_state: what the procedure adds to every checkpoint (model weights ...).
     """
 
-    run: Run
     device: torch.device
     seed: int
-    state_file: StateFile
-    resume: dict[str, Any] | None
-    extra_state: Callable[[], dict[str, Any]]
     num_workers: int = 0
     checkpoint_every: int = 200
     precision: str = "fp32"
     keep_checkpoints: bool = False
+    run: Run | None = None
+    state_file: StateFile | None = None
+    resume: dict[str, Any] | None = None
+    extra_state: Callable[[], dict[str, Any]] = dict
 
-    @classmethod
-    def open(cls, run: Run, settings: Settings,
-             extra_state: Callable[[], dict[str, Any]] = dict) -> "RunContext":
-        """The context of ``run``, its ``state.pt`` read when a stopped run left one."""
+    def open(self, run: Run, extra_state: Callable[[], dict[str, Any]] = dict) -> "RunContext":
+        """This context bound to ``run``, its ``state.pt`` read when a stopped run left one.
+        ``extra_state`` is called at each checkpoint, so it may name what is restored after."""
         state_file = StateFile(run.path("state.pt"))
-        return cls(run=run, device=settings.device, seed=settings.seed, state_file=state_file,
-                   resume=state_file.load(), extra_state=extra_state, num_workers=settings.num_workers,
-                   checkpoint_every=settings.checkpoint_every, precision=settings.precision,
-                   keep_checkpoints=settings.keep_checkpoints)
+        return replace(self, run=run, state_file=state_file, resume=state_file.load(), extra_state=extra_state)
 
     def finish(self) -> None:
         """The procedure has written its model: its ``state.pt`` (weights and optimiser,
