@@ -63,7 +63,7 @@ def main() -> None:
     model, cfg, _ = build_from_file(args.model)
     model.eval()
     t0 = time.perf_counter()
-    every = pseudo_label(model, UnlabeledImages.from_datasets([data]), device=torch.device("cpu"), progress=False,
+    every = pseudo_label(model, UnlabeledImages([r.file for r in data.records]), device=torch.device("cpu"), progress=False,
                          thresholds=Thresholds(keep_score=0.0, agree_iou=0.0, uncertain_score=0.0))
     seconds = time.perf_counter() - t0
     truth = {}

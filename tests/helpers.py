@@ -16,3 +16,21 @@ TINY_DETECTOR = {
 }
 # AdamW, one warm-up iteration, whole images: a stage that moves in two iterations.
 FAST_OPTIM = {"batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "warmup_iterations": 1, "crop_size": None}
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    """The rows of an experiment's results.csv, typed as the runner's rows are (fraction
+    float, seed / iteration int, figures float or None)."""
+    import csv
+
+    from cupre.experiments.table import METRICS
+
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row = {"dataset": raw["dataset"], "method": raw["method"], "split": raw["split"],
+                   "fraction": float(raw["fraction"]), "seed": int(raw["seed"]),
+                   "iteration": int(raw["iteration"]) if raw["iteration"] else None}
+            row.update({m: float(raw[m]) if raw.get(m) else None for m in METRICS})
+            rows.append(row)
+    return rows

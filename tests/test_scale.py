@@ -116,7 +116,7 @@ def test_one_object_has_the_same_size_in_training_evaluation_and_prediction(tmp_
     assert detector.seen == [DIAMETER, TARGET]
     detector.seen.clear()
     run_predict(detector, [tmp_path / "nucleus.png"], out=tmp_path / "given", progress=False,
-                options=PredictOptions(device="cpu", object_size=DIAMETER))
+                options=PredictOptions(device="cpu", diameter=DIAMETER))
     assert detector.seen == [TARGET]
 
 

@@ -15,7 +15,7 @@ with the typical size the median box side ``sqrt(w * h)`` of the image's objects
   of the image, ``PROBE_WINDOW``) gives the median side of its confident detections,
   then the final pass at the factor (skipped when the factor is within 15% of a look
   that already covered the whole image); a user who knows the size of the objects
-  gives it instead (``cupre predict --object-size``).
+  gives it instead (``cupre predict --diameter``).
 
 Why three looks: a weakly trained model finds objects near its training size only, so
 one native-pixel look at an image of 50 px nuclei, for a model trained at 20 px, finds
@@ -128,7 +128,7 @@ def at_object_scale(
     images: Sequence[Any],
     object_size: float | None,
     *,
-    object_sizes: Sequence[float | None] | None = None,
+    diameters: Sequence[float | None] | None = None,
     measure: Callable[[Any], tuple] = lambda out: (out["boxes"], out["scores"]),
     size: Callable[[Any], tuple[int, int]] = lambda image: tuple(image.shape[-2:]),
     crop: Callable[[Any, tuple[int, int, int, int]], Any] | None = lambda image, w: image[..., w[0]:w[2], w[1]:w[3]],
@@ -141,7 +141,7 @@ def at_object_scale(
             ``scales`` None means native pixels.
         images: float ``3xHxW`` tensors in [0, 1] (or anything ``size`` and ``crop`` read).
         object_size: the model's object size (None: native pixels, one pass).
-        object_sizes: the typical object size of each image when known (None: estimate).
+        diameters: the typical object diameter of each image when known (None: estimate).
         measure: an output's ``(boxes, scores)``, for the estimate.
         size: an image's ``(height, width)``.
         crop: ``crop(image, (y0, x0, y1, x1))``, the central window for the looks above
@@ -155,8 +155,8 @@ def at_object_scale(
     images = list(images)
     if object_size is None:
         return run(images, None), [1.0] * len(images)
-    if object_sizes is not None:
-        factors = [snap(scale_factor(object_size, s)) for s in object_sizes]
+    if diameters is not None:
+        factors = [snap(scale_factor(object_size, d)) for d in diameters]
         return run(images, factors), factors
     windows = [central_window(*size(image)) for image in images]
     whole = [w == (0, 0, *size(image)) for w, image in zip(windows, images)]
@@ -201,14 +201,14 @@ def at_object_scale(
 
 
 @torch.no_grad()
-def detect(model, images: Sequence[torch.Tensor], *, object_sizes: Sequence[float | None] | None = None,
+def detect(model, images: Sequence[torch.Tensor], *, diameters: Sequence[float | None] | None = None,
            probe_factors: Sequence[float] = PROBE_FACTORS) -> tuple[list[dict], list[float]]:
     """Detections on ``images`` at the model's object scale (eval mode).
 
     Args:
         model: a :class:`cupre.models.detector.CupreDetector` in eval mode.
         images: float ``3xHxW`` tensors in [0, 1].
-        object_sizes: the typical object size of each image when known (None: estimate).
+        diameters: the typical object diameter of each image when known (None: estimate).
         probe_factors: the first looks (``(1.0,)``: one native look, the rule before three).
 
     Returns:
@@ -217,5 +217,5 @@ def detect(model, images: Sequence[torch.Tensor], *, object_sizes: Sequence[floa
     def run(batch: list[torch.Tensor], scales: list[float] | None) -> list[dict]:
         return model(batch) if scales is None else model(batch, scales=scales)
 
-    return at_object_scale(run, images, getattr(model, "object_size", None), object_sizes=object_sizes,
+    return at_object_scale(run, images, getattr(model, "object_size", None), diameters=diameters,
                            probe_factors=probe_factors)

@@ -10,7 +10,6 @@ import tifffile
 import torch
 from PIL import Image
 
-from cupre.data.bbbc038 import Bbbc038Dataset
 from cupre.data.unlabeled import UnlabeledImages, walk_images
 from cupre.errors import CupreError, CupreWarning
 
@@ -79,18 +78,6 @@ def test_real_unlabeled_samples(shared_data: Path) -> None:
 def test_label_image_folder_gives_only_images(shared_data: Path) -> None:
     ds = UnlabeledImages(shared_data / "samples" / "label-images")
     assert [p.name for p, _ in ds.items] == ["nuclei_img.tif", "nuclei_small.tif"]
-
-
-def test_from_labeled_datasets(tmp_path: Path) -> None:
-    root = tmp_path / "stage1_test"
-    for name in ("x1", "x2"):
-        (root / name / "images").mkdir(parents=True)  # no masks/: a test set
-        Image.fromarray(np.arange(80, dtype=np.uint8).reshape(8, 10)).save(root / name / "images" / f"{name}.png")
-    labeled = Bbbc038Dataset(root)
-    assert labeled.read_raw(0).masks.shape == (0, 8, 10)
-    ds = UnlabeledImages.from_datasets([labeled])
-    assert [p.name for p, _ in ds.items] == ["x1.png", "x2.png"]
-    _check(ds[1], 8, 10)
 
 
 def test_bad_inputs(tmp_path: Path) -> None:

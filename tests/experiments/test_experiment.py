@@ -18,8 +18,8 @@ from cupre.errors import CupreError
 from cupre.experiments.config import ExperimentConfig, load_experiment
 from cupre.experiments.grid import pretrain_config
 from cupre.experiments.overlays import choose_images, outline
-from cupre.experiments.table import format_table2, read_results_csv, select_best
-from tests.helpers import CONFIGS, TINY_DETECTOR
+from cupre.experiments.table import format_table2, select_best
+from tests.helpers import CONFIGS, TINY_DETECTOR, read_results_csv
 
 METHODS = ["scratch", "coco", "cupre"]
 FRACTIONS = [0.2, 0.5]

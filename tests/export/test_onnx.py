@@ -13,6 +13,7 @@ import torch
 from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.data.imageio import normalize
+from cupre.inference.options import DetectionOptions
 from cupre.inference.predict import detection_limits
 from cupre.models.detector import build_detector
 from cupre.train.weights import save_model
@@ -41,7 +42,7 @@ def test_onnx_detections_equal_cupres_at_any_size(tmp_path, capsys):
         raw = (rng.random((height, width)) * 3000).astype(np.uint16)
         image = normalize(raw)
         boxes, scores, labels, masks = session.run(None, {"image": image[None].numpy()})
-        with torch.no_grad(), detection_limits(net, score_threshold=0.0, max_detections=2000):
+        with torch.no_grad(), detection_limits(net, DetectionOptions(score_threshold=0.0)):
             (want,) = net([image])  # cupre's detector at native pixels, with the export's limits
         assert len(boxes) == len(want["boxes"]) == masks.shape[0] > 0 and masks.shape[1:] == (28, 28)
         np.testing.assert_allclose(boxes, want["boxes"].numpy(), atol=1e-2)

@@ -16,6 +16,7 @@ from cupre.config import DetectorConfig
 from cupre.data.synth_cells import render
 from cupre.export.torchscript import image_batch, percentile, scriptable
 from cupre.inference.arrays import segment_array
+from cupre.inference.options import DetectionOptions
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.models.detector import build_detector
 from cupre.train.weights import save_model
@@ -45,10 +46,10 @@ def test_scripted_labels_equal_cupre_predicts(changes, given):
     net = _net(**changes)
     rgb = render(np.random.default_rng(0), size=256, index=1, seed=0).image
     grey = (np.random.default_rng(1).random((200, 232)) * 3000).astype(np.uint16)
-    scripted = torch.jit.script(scriptable(net, score_threshold=0.0, object_size=given))
+    scripted = torch.jit.script(scriptable(net, DetectionOptions(score_threshold=0.0, diameter=given)))
     for raw in (rgb, grey):
-        want, _, factor = segment_array(net, raw, device=CPU, score_threshold=0.0, object_size=given,
-                                        precision="fp32")
+        want, _, factor = segment_array(net, raw, device=CPU, precision="fp32",
+                                        options=DetectionOptions(score_threshold=0.0, diameter=given))
         got = scripted(image_batch(raw))
         assert got.shape == (1, 1, *raw.shape[:2]) and got.dtype == torch.int32
         assert want.max() > 0 and np.array_equal(got[0, 0].numpy(), want)

@@ -409,11 +409,11 @@ def test_objects_beyond_the_models_rescaling_are_warned_about(tmp_path):
         run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out", progress=False)
     with pytest.warns(UserWarning, match="by the --diameter given"):
         run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out2",
-                    options=PredictOptions(object_size=10), progress=False)
+                    options=PredictOptions(diameter=10), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a size the model can rescale to: no warning
         run_predict(SizedComponentDetector(), [tmp_path / "in" / "a_grey.png"], out=tmp_path / "out3",
-                    options=PredictOptions(object_size=150), progress=False)
+                    options=PredictOptions(diameter=150), progress=False)
 
 
 def test_geojson_keeps_holes_and_parts(tmp_path):

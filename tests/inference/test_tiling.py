@@ -98,14 +98,14 @@ def test_bad_tiling_options_are_user_errors():
 def test_crop_output_keeps_masks_cropped_and_offset():
     masks = torch.zeros((3, 40, 50), dtype=torch.uint8)
     masks[0, 5:9, 10:13] = 1
-    masks[1, 20:30, 0:4] = 1  # scored below the threshold
+    masks[1, 20:30, 0:4] = 1  # a low score is the RoI heads' business: kept here
     out = {"boxes": torch.tensor([[10.0, 5, 13, 9], [0, 20, 4, 30], [1, 1, 2, 2]]),
            "scores": torch.tensor([0.9, 0.1, 0.8]), "labels": torch.tensor([1, 1, 2]), "masks": masks}
-    objs = crop_output(out, origin=(100, 200), score_threshold=0.5)
-    assert len(objs) == 1  # the empty third mask is dropped too
-    assert objs.origins.tolist() == [[105, 210]]
+    objs = crop_output(out, origin=(100, 200))
+    assert len(objs) == 2  # the empty third mask is dropped
+    assert objs.origins.tolist() == [[105, 210], [120, 200]]
     assert objs.crops[0].shape == (4, 3) and objs.crops[0].all()
-    assert objs.boxes.tolist() == [[210.0, 105.0, 213.0, 109.0]]
+    assert objs.boxes[0].tolist() == [210.0, 105.0, 213.0, 109.0]
 
 
 def _objects(masks: list[np.ndarray], scores: list[float]) -> Objects:

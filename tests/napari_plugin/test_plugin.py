@@ -79,7 +79,7 @@ def test_segment_widget_adds_labels_whose_ids_match_cupre_predicts_table(viewer,
     (layer,) = viewer.open_sample("cupre", "cells")
     widget = segment_widget()
     qtbot.addWidget(widget.native)
-    worker = widget(viewer=viewer, image=layer, model=tiny_model, score_threshold=0.0, object_size=0.0,
+    worker = widget(viewer=viewer, image=layer, model=tiny_model, score_threshold=0.0, diameter=0.0,
                     tile_size=1024)
     _wait(qtbot, worker)
     labels = viewer.layers["synthetic cells masks"]
@@ -119,7 +119,7 @@ def test_finetune_widget_writes_a_model_that_segment_then_uses(viewer, qtbot, ti
     new_model = tmp_path / "tuned" / "model.safetensors"
     assert new_model.is_file() and widgets.LAST_MODEL["path"] == new_model
     worker = widgets.segment_widget()(viewer=viewer, image=image, model=Path(), score_threshold=0.0,
-                                      object_size=0.0, tile_size=1024)
+                                      diameter=0.0, tile_size=1024)
     _wait(qtbot, worker)  # an empty model field: the fine-tuned model
     assert "synthetic cells masks" in viewer.layers
 
@@ -133,7 +133,7 @@ def test_the_viewer_draws_the_labels_the_widget_adds(viewer, qtbot, tiny_model):
     (image,) = viewer.open_sample("cupre", "cells")
     widget = segment_widget()
     viewer.window.add_dock_widget(widget, name="Segment cells")
-    _wait(qtbot, widget(viewer=viewer, image=image, model=tiny_model, score_threshold=0.0, object_size=0.0,
+    _wait(qtbot, widget(viewer=viewer, image=image, model=tiny_model, score_threshold=0.0, diameter=0.0,
                         tile_size=1024))
     labels = viewer.layers["synthetic cells masks"]
     image.visible = False

@@ -11,8 +11,10 @@ from pathlib import Path
 import cupre.export.bioimageio as _bioimageio
 import cupre.export.onnx as _onnx
 import cupre.export.torchscript as _torchscript
+from cupre.cli.detection import add_detection_arguments, detection_options
 from cupre.errors import file_error
 from cupre.export.bioimageio import export_bioimageio
+from cupre.inference.options import DetectionOptions
 from cupre.modelfile import resolve_model_file
 
 # each format's module docstring, first paragraph: what the file holds
@@ -30,10 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                          "name.onnx)")
     parser.add_argument("--sample", type=Path, help="the image the export is checked on, and the package's test image "
                                                     "(default: a synthetic cell image)")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
-    parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
-                        help="typical cell diameter in pixels of the images it will get (default: estimated)")
-    parser.add_argument("--max-detections", type=int, default=2000, help="most detections per image (default 2000)")
+    add_detection_arguments(parser, tiles=False)
     parser.add_argument("--name", help="the model's name in the package")
     parser.add_argument("--author", default="cupre user", help="author named in the package")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
@@ -43,22 +42,21 @@ def main(args: argparse.Namespace) -> int:
     model = resolve_model_file(args.model)
     if args.out.exists() and not args.overwrite:
         raise file_error(args.out, "exists; pass --overwrite to replace it")
+    options = DetectionOptions(**detection_options(args))
+    options.check()
     start = time.perf_counter()
     if args.format == "torchscript":
         from cupre.export.torchscript import export_torchscript
 
-        out = export_torchscript(model, args.out, score_threshold=args.score_threshold,
-                                 max_detections=args.max_detections, object_size=args.object_size, sample=args.sample)
+        out = export_torchscript(model, args.out, options=options, sample=args.sample)
         what = "TorchScript model (checked: the same label image as cupre predict on the sample)"
     elif args.format == "onnx":
         from cupre.export.onnx import export_onnx
 
-        out = export_onnx(model, args.out, score_threshold=args.score_threshold, max_detections=args.max_detections,
-                          sample=args.sample)
+        out = export_onnx(model, args.out, options=options, sample=args.sample)
         what = "ONNX detector (checked: onnxruntime gives PyTorch's outputs on two image sizes)"
     else:
-        out = export_bioimageio(model, args.out, sample=args.sample, score_threshold=args.score_threshold,
-                                object_size=args.object_size, max_detections=args.max_detections, name=args.name,
+        out = export_bioimageio(model, args.out, sample=args.sample, options=options, name=args.name,
                                 author=args.author)
         what = "bioimage.io package"
     print(f"{what}: {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.0f} s)")

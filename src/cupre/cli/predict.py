@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import cupre.inference.predict as _lib
+from cupre.cli.detection import add_detection_arguments, detection_options
 from cupre.inference.predict import PredictOptions, run_predict
 
 DESCRIPTION = _lib.__doc__
@@ -15,18 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum detection score (default 0.5)")
-    parser.add_argument("--max-detections", type=int, default=2000,
-                        help="most detections per image, or per tile for tiled images (default 2000)")
+    add_detection_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images or tiles per forward pass (default: 1 on a CPU, 2 on a GPU)")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images into this size (default 1024)")
-    parser.add_argument("--tile-overlap", type=int, default=128,
-                        help="tile overlap in pixels, at least the largest cell's size (default 128)")
-    parser.add_argument("--object-size", "--diameter", type=float, default=None, metavar="PX",
-                        help="typical cell diameter in your images, pixels (default: estimated per image by the "
-                             "model); images are rescaled to the object size the model was trained at")
     parser.add_argument("--channel", type=int, default=None, metavar="C",
                         help="of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr), predict only "
                              "channel C (from 0; e.g. the nuclear stain); default: every channel, each as its own image")
@@ -48,12 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
-        score_threshold=args.score_threshold, max_detections=args.max_detections, batch_size=args.batch_size,
-        device=args.device, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-        object_size=args.object_size, channel=args.channel, precision=args.precision or "auto", roi_zip=args.roi_zip,
-        geojson=args.geojson, ome_zarr=args.ome_zarr,
-        overwrite=args.overwrite, resume=args.resume,
-        cluster=args.cluster, workers=args.workers,
+        **detection_options(args), batch_size=args.batch_size, device=args.device, channel=args.channel,
+        precision=args.precision or "auto", roi_zip=args.roi_zip, geojson=args.geojson, ome_zarr=args.ome_zarr,
+        overwrite=args.overwrite, resume=args.resume, cluster=args.cluster, workers=args.workers,
     )
     summary = run_predict(args.model, args.inputs, out=args.out, options=options)
     print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")

@@ -109,31 +109,6 @@ class UnlabeledImages(Dataset):
         self.norm = norm
         self.transform = transform
 
-    @classmethod
-    def from_datasets(
-        cls,
-        datasets: Iterable,
-        *,
-        norm: Normalization = Normalization(),
-        transform: Callable | None = None,
-    ) -> "UnlabeledImages":
-        """The images of labeled datasets (their annotations ignored).
-
-        A dataset with ``unlabeled_files()`` (the Cell Tracking Challenge reader)
-        contributes every frame, annotated or not; others their records' images.
-        """
-        items: list[tuple[Path, int | None]] = []
-        for ds in datasets:
-            if hasattr(ds, "unlabeled_files"):
-                items += _expand_pages(ds.unlabeled_files(), strict=True)
-            else:
-                items += [(Path(r.file), r.page) for r in ds.records]
-        if not items:
-            raise ValueError("the datasets hold no images")
-        out = cls.__new__(cls)
-        out.items, out.norm, out.transform, out.excluded = items, norm, transform, 0
-        return out
-
     def __len__(self) -> int:
         return len(self.items)
 

@@ -35,7 +35,7 @@ def predict_dataset(model: torch.nn.Module, dataset, *, device: torch.device, ba
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images = [image.to(device) for image, _ in items]
         sizes = [typical_size(target["boxes"]) for _, target in items] if scale == "labels" else None
-        outputs, _ = detect(model, images, object_sizes=sizes, probe_factors=probe_factors)
+        outputs, _ = detect(model, images, diameters=sizes, probe_factors=probe_factors)
         for (image, target), out in zip(items, outputs):
             labels = out["labels"].clamp(1, len(cat_ids)).cpu()
             box_local = "mask_crops" in out

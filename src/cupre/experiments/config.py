@@ -17,12 +17,14 @@ from cupre.config import (
     Count,
     FinetuneConfig,
     FloatTuple,
+    Fraction,
     NonNegative,
     Precision,
     PretrainConfig,
     load_yaml,
 )
 from cupre.errors import CupreError
+from cupre.inference.options import DEFAULTS
 from cupre.train.inits import INITS
 
 SELF_TRAIN = "+st"  # method suffix: the method's cell, then self-training on the train part's unlabeled images
@@ -71,7 +73,7 @@ class OverlayConfig(ConfigBase):
 
     images: NonNegative = 4
     methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
-    score_thresh: float = 0.5
+    score_threshold: Fraction = DEFAULTS.score_threshold  # drawn: scoring above it, as cupre predict keeps
 
 
 class ExperimentConfig(ConfigBase):

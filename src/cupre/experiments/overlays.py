@@ -1,7 +1,7 @@
 """Fig. 8: predicted instance outlines next to the ground truth on held-out images.
 
 One PNG grid: a row per chosen image, a column for the ground truth (green) and one per
-method (magenta, detections scoring at least ``score_thresh``). Predictions come from each
+method (magenta, detections scoring above ``score_threshold``, as ``cupre predict`` keeps them). Predictions come from each
 cell's ``predictions_test.json`` (the kept model on the test part) or, without a test
 part, ``predictions_val.json``. Images are chosen round-robin over cell types, so each
 imaging kind shows up before any repeats. Every image is scaled to the panel (small ones
@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from cupre.data.sample import ImageRecord
 from cupre.fileio import atomic_path
+from cupre.inference.options import DEFAULTS, kept
 from cupre.masks import segmentation_to_rle
 
 GT_COLOR = (0, 255, 0)
@@ -90,13 +91,13 @@ def outline(image: np.ndarray, masks: np.ndarray, color: tuple[int, int, int], t
     return out
 
 
-def prediction_masks(results: list[dict], height: int, width: int, score_thresh: float) -> np.ndarray:
-    """Decoded masks ``NxHxW`` (uint8) of the results scoring at least ``score_thresh``."""
-    kept = sorted((r for r in results if r.get("score", 1.0) >= score_thresh and "segmentation" in r),
-                  key=lambda r: r.get("score", 1.0))
-    if not kept:
+def prediction_masks(results: list[dict], height: int, width: int, score_threshold: float) -> np.ndarray:
+    """Decoded masks ``NxHxW`` (uint8) of the results scoring above ``score_threshold``."""
+    drawn = sorted((r for r in results if kept(r.get("score", 1.0), score_threshold) and "segmentation" in r),
+                   key=lambda r: r.get("score", 1.0))
+    if not drawn:
         return np.zeros((0, height, width), dtype=np.uint8)
-    rles = [segmentation_to_rle(r["segmentation"], height, width) for r in kept]
+    rles = [segmentation_to_rle(r["segmentation"], height, width) for r in drawn]
     return np.moveaxis(mask_utils.decode(rles), -1, 0)
 
 
@@ -126,7 +127,7 @@ def _panel(image: np.ndarray, title: str, size: int) -> Image.Image:
 
 
 def render_overlays(data: str | Path, split: str | Path | None, predictions: dict[str, Path], path: Path, *,
-                    n_images: int = 4, score_thresh: float = 0.5, panel_size: int = 320) -> Path:
+                    n_images: int = 4, score_threshold: float = DEFAULTS.score_threshold, panel_size: int = 320) -> Path:
     """Write the Fig. 8 grid for ``n_images`` held-out images.
 
     Args:
@@ -135,7 +136,7 @@ def render_overlays(data: str | Path, split: str | Path | None, predictions: dic
         predictions: method name -> a COCO results JSON on those images.
         path: the PNG to write.
         n_images: rows of the grid.
-        score_thresh: smallest score drawn.
+        score_threshold: detections scoring above it are drawn.
         panel_size: side of each panel in pixels.
     """
     from cupre.data.formats import open_dataset
@@ -156,7 +157,7 @@ def render_overlays(data: str | Path, split: str | Path | None, predictions: dic
         image, target = ds[index[image_id]]
         rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         h, w = rgb.shape[:2]
-        found = [prediction_masks(grouped.get(image_id, []), h, w, score_thresh) for grouped in by_method.values()]
+        found = [prediction_masks(grouped.get(image_id, []), h, w, score_threshold) for grouped in by_method.values()]
         small, (gt, *found) = to_panel_scale(rgb, panel_size, target["masks"].numpy(), *found)
         panels = [_panel(outline(small, gt, GT_COLOR), f"ground truth ({len(gt)})", panel_size)]
         for method, masks in zip(by_method, found):

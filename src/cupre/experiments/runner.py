@@ -189,7 +189,7 @@ def report(cfg: ExperimentConfig, out: Path, cells: list[Cell]) -> str:
                                  else (target.val, target.val_split, "val"))
             render_overlays(data, split, {c.method: c.folder / f"predictions_{part}.json" for c in chosen},
                             out / "figures" / f"fig8_overlays{suffix}.png", n_images=cfg.overlays.images,
-                            score_thresh=cfg.overlays.score_thresh)
+                            score_threshold=cfg.overlays.score_threshold)
     import torch
 
     names = ", ".join(dataset_name(d) for d in cfg.data)

@@ -47,12 +47,12 @@ from cupre.config import FinetuneConfig
 from cupre.data.unlabeled import UnlabeledImages
 from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
+from cupre.evaluation.selection import selected
 from cupre.experiments.overlays import render_pseudo_labels
 from cupre.fileio import atomic_path, write_json_atomic
 from cupre.inference.predict import load_model
 from cupre.modelfile import MODEL_FILE
 from cupre.train import loop
-from cupre.evaluation.selection import selected
 from cupre.train.finetune import held_out, run_finetune, training_images
 from cupre.train.pseudo import Thresholds, counts, pseudo_label, write_pseudo_labels
 from cupre.train.run import Run

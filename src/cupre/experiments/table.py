@@ -63,19 +63,6 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def read_results_csv(path: Path) -> list[dict[str, Any]]:
-    """The rows of a results.csv, typed (fraction float, seed/iteration int, metrics float or None)."""
-    rows = []
-    with open(path, newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {"dataset": raw["dataset"], "method": raw["method"], "split": raw["split"],
-                                   "fraction": float(raw["fraction"]), "seed": int(raw["seed"]),
-                                   "iteration": int(raw["iteration"]) if raw["iteration"] else None}
-            row.update({m: float(raw[m]) if raw.get(m) else None for m in METRICS})
-            rows.append(row)
-    return rows
-
-
 def _value(row: dict[str, Any] | None, metric: str) -> float | None:
     """A figure x100, or None where missing or undefined (-1)."""
     v = None if row is None else row.get(metric)

@@ -22,6 +22,7 @@ Needs ``bioimageio.spec`` (``pip install 'cupre[export]'``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 
 from cupre.errors import CupreError
 from cupre.export.sample import sample_image
+from cupre.inference.options import DEFAULTS, DetectionOptions
 
 PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain Unsupervised Pre-training for "
          "Few-Shot Cell Segmentation. arXiv:2310.03981, 2023.")
@@ -58,8 +60,8 @@ model normalises each image by its 1st and 99.8th percentiles).
 **Output** `labels`: the instance label image, `batch x 1 x y x x`, int32: 0 is background,
 each cell one id, id 1 the highest-scoring; where masks overlap the higher score wins.
 
-**Prediction options**: score threshold {kwargs['score_threshold']}, object size
-{kwargs['object_size'] or 'estimated per image'}, tiles of {kwargs['tile_size']} px
+**Prediction options**: score threshold {kwargs['score_threshold']}, cell diameter
+{kwargs['diameter'] or 'estimated per image'}, tiles of {kwargs['tile_size']} px
 overlapping by {kwargs['tile_overlap']} px.
 
 **Backbone / detector**: {kwargs['detector'].get('backbone')} with a
@@ -76,8 +78,8 @@ plus an object table, ImageJ ROIs, GeoJSON and OME-Zarr.
 """
 
 
-def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None, score_threshold: float = 0.5,
-                      object_size: float | None = None, max_detections: int = 2000, name: str | None = None,
+def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None,
+                      options: DetectionOptions = DEFAULTS, name: str | None = None,
                       author: str = "cupre user") -> Path:
     """Write the package ``out`` (a ``.zip``); returns it.
 
@@ -97,18 +99,17 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     from cupre.modelfile import load_model_file
 
     ckpt = load_model_file(model_file)
-    kwargs = {"detector": dict(ckpt["detector"]), "score_threshold": float(score_threshold),
-              "object_size": object_size, "max_detections": int(max_detections), "tile_size": 1024, "tile_overlap": 128,
+    kwargs = {"detector": dict(ckpt["detector"]), **dataclasses.asdict(options),
               "categories": list(ckpt.get("categories") or DEFAULT_CATEGORIES)}
     module = LabelImageModel(**kwargs)
     module.net.load_state_dict(ckpt["model"])
     raw = sample_image(sample)
     # what LabelImageModel.forward returns for the sample, with the object table for the cover
     plane, rows, _ = segment_array(module.net.eval(), raw, device=torch.device("cpu"), categories=kwargs["categories"],
-                                   precision="fp32", **module.options)
+                                   options=module.options, precision="fp32")
     if not plane.any():  # bioimage.io's own validation refuses an all-zero test output
         raise CupreError(f"{model_file}: finds no cell in the sample image ({sample or 'the built-in sample'}) at "
-                         f"score threshold {score_threshold:g}, and a bioimage.io package needs a test output with "
+                         f"score threshold {options.score_threshold:g}, and a bioimage.io package needs a test output with "
                          "objects: give --sample IMAGE (one of your images where it finds cells), or train it longer")
     label = plane.astype("int32")[None, None]
     name = name or f"cupre {kwargs['detector'].get('backbone', '')} cell segmentation".replace("  ", " ")
@@ -116,9 +117,7 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
         work = Path(folder)
         torch.save(module.state_dict(), work / "weights.pt")
         scripted = work / "weights.torchscript.pt"  # the same inference, checked on the same sample
-        torch.jit.save(checked_script(module.net, raw, plane, score_threshold=score_threshold,
-                                      max_detections=max_detections, object_size=object_size, where=model_file),
-                       str(scripted))
+        torch.jit.save(checked_script(module.net, raw, plane, module.options, where=model_file), str(scripted))
         np.save(work / "test_input.npy", raw[None, None])
         np.save(work / "test_output.npy", label)
         writers.write_overlay(work / "cover.png", writers.normalised_rgb(normalize(raw)), plane, rows)

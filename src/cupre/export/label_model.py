@@ -17,6 +17,7 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.inference.arrays import segment_array
+from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.models.detector import build_detector
 
 
@@ -25,18 +26,22 @@ class LabelImageModel(torch.nn.Module):
 
     Args:
         detector: the detector config (``DetectorConfig`` keys, as stored in a model file).
-        score_threshold, object_size, tile_size, tile_overlap, max_detections: as
-            ``cupre predict``'s options (``object_size`` None: estimated per image).
+        score_threshold, diameter, tile_size, tile_overlap, max_detections: the fields of
+            :class:`cupre.inference.options.DetectionOptions` (``diameter`` None:
+            estimated per image), plain values so that a package's ``kwargs`` hold them.
         categories: the model's categories (for the object table; unused in the output).
+        object_size: the name packages written before ``diameter`` used for it.
     """
 
-    def __init__(self, detector: dict[str, Any], score_threshold: float = 0.5, object_size: float | None = None,
-                 tile_size: int = 1024, tile_overlap: int = 128, categories: list[dict] | None = None,
-                 max_detections: int = 2000) -> None:
+    def __init__(self, detector: dict[str, Any], score_threshold: float = DEFAULTS.score_threshold,
+                 diameter: float | None = None, tile_size: int = DEFAULTS.tile_size,
+                 tile_overlap: int = DEFAULTS.tile_overlap, categories: list[dict] | None = None,
+                 max_detections: int = DEFAULTS.max_detections, object_size: float | None = None) -> None:
         super().__init__()
         self.net = build_detector(DetectorConfig.from_dict(dict(detector), where="bioimage.io kwargs")).eval()
-        self.options = {"score_threshold": score_threshold, "object_size": object_size, "tile_size": tile_size,
-                        "tile_overlap": tile_overlap, "max_detections": max_detections}
+        self.options = DetectionOptions(score_threshold=score_threshold, max_detections=max_detections,
+                                        diameter=diameter if diameter is not None else object_size,
+                                        tile_size=tile_size, tile_overlap=tile_overlap)
         self.categories = categories
 
     @torch.no_grad()
@@ -47,6 +52,6 @@ class LabelImageModel(torch.nn.Module):
         labels = []
         for image in x:
             label, _, _ = segment_array(self.net, image[0].detach().cpu().float().numpy(), device=device,
-                                        categories=self.categories, precision="fp32", **self.options)
+                                        categories=self.categories, options=self.options, precision="fp32")
             labels.append(torch.from_numpy(label.astype("int32"))[None])
         return torch.stack(labels).to(x.device)

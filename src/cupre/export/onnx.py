@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from cupre.errors import CupreError
+from cupre.inference.options import DEFAULTS, DetectionOptions
 
 OPSET = 17
 OUTPUTS = ("boxes", "scores", "labels", "masks")
@@ -68,7 +69,7 @@ def check_available() -> None:
         raise CupreError("--format onnx needs onnx and onnxruntime: pip install 'cupre[export]'")
 
 
-def export_onnx(model_file: Path, out: Path, *, score_threshold: float = 0.5, max_detections: int = 2000,
+def export_onnx(model_file: Path, out: Path, *, options: DetectionOptions = DEFAULTS,
                 sample: Path | None = None) -> Path:
     """Write the ONNX model ``out`` (see the module docstring); returns it.
 
@@ -87,14 +88,15 @@ def export_onnx(model_file: Path, out: Path, *, score_threshold: float = 0.5, ma
     from cupre.models.paste import PIXEL_OFFSET
 
     net, _ = load_model(model_file, device=torch.device("cpu"), precision="fp32")
-    plain = scriptable(net, score_threshold=score_threshold, max_detections=max_detections)
+    plain = scriptable(net, options)
     module = OnnxDetector(net.transform, plain.body, plain.rpn, plain.heads).eval()
     image = normalize(sample_image(sample))[None]
     second = image[..., : max(64, image.shape[-2] * 3 // 4), : max(64, image.shape[-1] * 5 // 8)].flip(-1)
     norm = Normalization()
     facts = {"object_size": net.object_size, "mask_threshold": float(net.mask_threshold),
              "pixel_offset": PIXEL_OFFSET, "normalisation_percentiles": [norm.low, norm.high],
-             "score_threshold": score_threshold, "max_detections": max_detections,
+             "score_threshold": options.score_threshold, "max_detections": options.max_detections,
+             "diameter": options.diameter,
              "model_file": str(model_file)}
     with atomic_path(out) as tmp:
         with torch.no_grad():

@@ -43,6 +43,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from cupre.data.imageio import Normalization
 from cupre.errors import CupreError
+from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.heads.chunks import CHUNK, deconv_as_convs
 from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
@@ -70,17 +71,17 @@ class ScriptedSegmenter(nn.Module):
     """Raw image in, label image out (see the module docstring); scriptable."""
 
     object_size: Optional[float]
-    given_object_size: Optional[float]
+    diameter: Optional[float]
 
     def __init__(self, body: nn.Module, rpn: nn.Module, heads: RoIHeads, *, object_size: Optional[float],
-                 mask_threshold: float, chunk_size: int = CHUNK, given_object_size: Optional[float] = None,
+                 mask_threshold: float, chunk_size: int = CHUNK, diameter: Optional[float] = None,
                  low: float = Normalization.low, high: float = Normalization.high) -> None:
         super().__init__()
         self.body = body
         self.rpn = rpn
         self.heads = heads
         self.object_size = object_size
-        self.given_object_size = given_object_size
+        self.diameter = diameter
         self.mask_threshold = mask_threshold
         self.chunk_size = chunk_size
         self.low = low
@@ -110,7 +111,7 @@ class ScriptedSegmenter(nn.Module):
         image = self.normalise(raw)
         height, width = int(image.shape[-2]), int(image.shape[-1])
         object_size = self.object_size
-        given = self.given_object_size
+        given = self.diameter
         if object_size is None:
             boxes, scores, probs = self.detect(image, 1.0)
         elif given is not None:
@@ -262,11 +263,10 @@ def percentile(a: Tensor, q: float) -> float:
     return float(lower + diff * t)
 
 
-def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: int = 2000,
-               object_size: float | None = None) -> ScriptedSegmenter:
+def scriptable(net: nn.Module, options: DetectionOptions = DEFAULTS) -> ScriptedSegmenter:
     """A :class:`ScriptedSegmenter` of a loaded cupre detector (fp32, eval), with the
-    options of ``cupre predict`` fixed: the score threshold, the detection cap and the
-    typical object size (None: estimated per image)."""
+    detection options of ``cupre predict`` fixed: the score threshold, the detection cap
+    and the cell diameter (None: estimated per image)."""
     heads = net.head.roi_heads
     if not hasattr(heads, "box_head"):
         raise CupreError("TorchScript export covers Mask R-CNN heads; this model has Cascade heads "
@@ -284,15 +284,16 @@ def scriptable(net: nn.Module, *, score_threshold: float = 0.5, max_detections: 
         fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
         batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
         positive_fraction=heads.fg_bg_sampler.positive_fraction, bbox_reg_weights=tuple(heads.box_coder.weights),
-        score_thresh=float(score_threshold), nms_thresh=heads.nms_thresh, detections_per_img=int(max_detections),
+        score_thresh=float(options.score_threshold), nms_thresh=heads.nms_thresh,
+        detections_per_img=int(options.max_detections),
         mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor)
     return ScriptedSegmenter(Body(net.backbone, net.neck), rpn, plain, object_size=net.object_size,
                              mask_threshold=float(net.mask_threshold), chunk_size=int(heads.chunk_size),
-                             given_object_size=object_size)
+                             diameter=options.diameter)
 
 
-def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 0.5, max_detections: int = 2000,
-                       object_size: float | None = None, sample: Path | None = None) -> Path:
+def export_torchscript(model_file: Path, out: Path, *, options: DetectionOptions = DEFAULTS,
+                       sample: Path | None = None) -> Path:
     """Write the scripted model ``out`` (``torch.jit.save``; loads with ``torch.jit.load``
     where torchvision's operators are registered); returns it.
 
@@ -311,22 +312,21 @@ def export_torchscript(model_file: Path, out: Path, *, score_threshold: float = 
 
     net, categories = load_model(model_file, device=torch.device("cpu"), precision="fp32")
     raw = sample_image(sample)
-    want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories,
-                               score_threshold=score_threshold, max_detections=max_detections,
-                               object_size=object_size, precision="fp32")
-    scripted = checked_script(net, raw, want, score_threshold=score_threshold, max_detections=max_detections,
-                              object_size=object_size, where=model_file)
-    options = {"score_threshold": score_threshold, "max_detections": max_detections, "object_size": object_size,
-               "input": "B x C x H x W raw intensities (C = 1 grey or 3 RGB), or H x W",
-               "output": "B x 1 x H x W int32 instance labels (0 background, 1 the highest score)",
-               "model_file": str(model_file), "objects_in_sample": int(want.max())}
+    want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories, options=options,
+                               precision="fp32")
+    scripted = checked_script(net, raw, want, options, where=model_file)
+    facts = {"score_threshold": options.score_threshold, "max_detections": options.max_detections,
+             "diameter": options.diameter,
+             "input": "B x C x H x W raw intensities (C = 1 grey or 3 RGB), or H x W",
+             "output": "B x 1 x H x W int32 instance labels (0 background, 1 the highest score)",
+             "model_file": str(model_file), "objects_in_sample": int(want.max())}
     with atomic_path(out) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={"cupre.json": json.dumps(options)})
+        torch.jit.save(scripted, str(tmp), _extra_files={"cupre.json": json.dumps(facts)})
     return out
 
 
-def checked_script(net: nn.Module, raw: np.ndarray, want: np.ndarray, *, score_threshold: float,
-                   max_detections: int, object_size: float | None, where: Path) -> torch.jit.ScriptModule:
+def checked_script(net: nn.Module, raw: np.ndarray, want: np.ndarray, options: DetectionOptions, *,
+                   where: Path) -> torch.jit.ScriptModule:
     """The scripted inference of ``net`` (:func:`scriptable`), once its label image of
     ``raw`` equals ``want``, what ``cupre predict`` gives for it with the same options
     (:func:`cupre.inference.arrays.segment_array`, fp32).
@@ -334,8 +334,7 @@ def checked_script(net: nn.Module, raw: np.ndarray, want: np.ndarray, *, score_t
     Raises:
         CupreError: the label images differ (names ``where``, the model file).
     """
-    scripted = torch.jit.script(scriptable(net, score_threshold=score_threshold, max_detections=max_detections,
-                                           object_size=object_size))
+    scripted = torch.jit.script(scriptable(net, options))
     with torch.no_grad():
         got = scripted(image_batch(raw))[0, 0].numpy()
     if not np.array_equal(got, want):

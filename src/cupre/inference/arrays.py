@@ -12,30 +12,31 @@ import torch
 
 from cupre.data.imageio import normalize
 from cupre.inference import writers
+from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.inference.predict import DEFAULT_CATEGORIES, detection_limits
 from cupre.inference.tiling import predict_at_object_scale
 
 
 @torch.no_grad()
 def segment_array(net, raw: np.ndarray, *, device: torch.device, categories: list[dict] | None = None,
-                  score_threshold: float = 0.5, max_detections: int = 2000, object_size: float | None = None,
-                  tile_size: int = 1024, tile_overlap: int = 128, precision: str = "fp32",
+                  options: DetectionOptions = DEFAULTS, precision: str = "fp32",
                   ) -> tuple[np.ndarray, list[dict], float]:
     """Segment one image array with a detector loaded by
     :func:`cupre.inference.predict.load_model`.
 
     Args:
         raw: ``HxW`` or ``HxWxC`` image, any dtype cupre reads.
-        object_size: the typical cell diameter in pixels (None: estimated).
+        options: the detections asked for (score threshold, cap, diameter, tiling).
 
     Returns:
         (label image as ``cupre predict`` writes it, its object table rows
         (:data:`cupre.inference.writers.CSV_COLUMNS`), the object-scale factor used).
     """
     image = normalize(np.asarray(raw), grey_view=True)
-    with detection_limits(net, score_threshold=score_threshold, max_detections=max_detections, precision=precision):
-        (objs,), (factor,) = predict_at_object_scale(net, [image], object_size=object_size, tile_size=tile_size,
-                                                     overlap=tile_overlap, batch_size=1, device=device)
+    with detection_limits(net, options, precision):
+        (objs,), (factor,) = predict_at_object_scale(net, [image], diameter=options.diameter,
+                                                     tile_size=options.tile_size, overlap=options.tile_overlap,
+                                                     batch_size=1, device=device)
     label, kept = writers.paint_labels(objs, *image.shape[-2:])
     names = writers.category_names(categories or DEFAULT_CATEGORIES)
     return label, writers.object_rows(label, kept, objs, raw, names), factor

@@ -19,7 +19,7 @@ from cupre.errors import CupreError
 from cupre.fileio import write_json_atomic
 
 FOLDER = ".cupre-predict"
-RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "object_size", "precision",
+RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "diameter", "precision",
                   "roi_zip", "geojson", "ome_zarr")
 
 

@@ -56,7 +56,7 @@ class Objects:
         )
 
 
-def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold: float = 0.0) -> Objects:
+def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0)) -> Objects:
     """One detector output -> :class:`Objects` in image coordinates.
 
     Args:
@@ -64,19 +64,18 @@ def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold:
             detector's box-local ``mask_crops`` / ``mask_origins`` or (any other detector)
             ``masks`` ``NxHxW`` (uint8/bool, or ``Nx1xHxW``) over the tile.
         origin: ``(y0, x0)`` of the tile in the image.
-        score_threshold: detections scoring below it are dropped; so are empty masks.
+
+    Empty masks are dropped; scores were already thresholded in the RoI heads
+    (:func:`cupre.inference.options.kept`).
     """
     if "mask_crops" in out:
-        return _from_crops(out, origin=origin, score_threshold=score_threshold)
+        return _from_crops(out, origin=origin)
     masks = out["masks"]
     if masks.dim() == 4:
         masks = masks[:, 0]
-    keep = torch.nonzero(out["scores"] >= score_threshold).flatten()
-    if keep.numel() < masks.shape[0]:
-        masks = masks[keep]  # N x H x W, still on the model's device (no copy when all pass)
     rows, cols = masks.any(dim=2).bool(), masks.any(dim=1).bool()  # NxH, NxW
-    nonempty = torch.nonzero(rows.any(dim=1)).flatten()
-    keep, rows, cols = keep[nonempty], rows[nonempty], cols[nonempty]
+    keep = torch.nonzero(rows.any(dim=1)).flatten()
+    rows, cols = rows[keep], cols[keep]
     if keep.numel() == 0:
         return Objects()
     y0 = rows.byte().argmax(dim=1)
@@ -84,7 +83,7 @@ def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold:
     x0 = cols.byte().argmax(dim=1)
     x1 = cols.shape[1] - cols.flip(1).byte().argmax(dim=1)
     ext = torch.stack([y0, x0, y1, x1], dim=1).cpu().numpy()
-    rows_in = nonempty.tolist()
+    rows_in = keep.tolist()
     flat = torch.cat([masks[i, a:c, b:d].reshape(-1) for i, (a, b, c, d) in zip(rows_in, ext.tolist())])
     flat = flat.cpu().numpy() != 0
     sizes = (ext[:, 2] - ext[:, 0]) * (ext[:, 3] - ext[:, 1])
@@ -101,15 +100,13 @@ def crop_output(out: dict, *, origin: tuple[int, int] = (0, 0), score_threshold:
     )
 
 
-def _from_crops(out: dict, *, origin: tuple[int, int], score_threshold: float) -> Objects:
+def _from_crops(out: dict, *, origin: tuple[int, int]) -> Objects:
     """Box-local detector masks, each trimmed to its own non-empty extent."""
     oy, ox = origin
     keep, origins, crops = [], [], []
     scores = out["scores"].float().cpu().numpy()
     starts = out["mask_origins"].cpu().numpy()
     for i, crop in enumerate(out["mask_crops"]):
-        if scores[i] < score_threshold:
-            continue
         crop = crop.cpu().numpy()
         rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
         if rows.size == 0:

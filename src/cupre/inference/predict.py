@@ -35,7 +35,7 @@ painted tile by tile (the overlay is subsampled beyond 4,096 px). With ``--worke
 model's object scale, the rule it was trained and validated under
 (:mod:`cupre.scale`): rescaled so that its typical object measures the model's
 ``object_size``, the typical size being estimated by the model itself, or given with
-``--object-size`` (the typical cell diameter in your images, pixels).
+``--diameter`` (the typical cell diameter in your images, pixels).
 
 Unreadable images are reported and skipped; the exit status is 1 when any failed.
 """
@@ -70,8 +70,8 @@ from cupre.inference.inputs import (
     problem_line,
 )
 from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
+from cupre.inference.options import DetectionOptions
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
-from cupre.inference.tiles import make_tiles
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import resolve_model_file
 from cupre.models.detector import weights_for_inference
@@ -103,7 +103,7 @@ def load_model(model: str | Path, *, device: torch.device,
 
 
 @contextlib.contextmanager
-def detection_limits(net, *, score_threshold: float, max_detections: int, precision: str = "fp32"):
+def detection_limits(net, options: DetectionOptions, precision: str = "fp32"):
     """Apply the score threshold and the detection cap in the one place they act, the
     detector's RoI heads, and the precision the detector runs at (all restored afterwards,
     so a model passed in is left as it was).
@@ -115,7 +115,7 @@ def detection_limits(net, *, score_threshold: float, max_detections: int, precis
         yield
         return
     before = heads.score_thresh, heads.detections_per_img, net.precision
-    heads.score_thresh, heads.detections_per_img = float(score_threshold), int(max_detections)
+    heads.score_thresh, heads.detections_per_img = float(options.score_threshold), int(options.max_detections)
     net.precision = precision
     try:
         yield
@@ -167,18 +167,15 @@ def _image_entry(job: Job, size: tuple[int, int] | None, count: int, error: str 
 
 
 @dataclass(frozen=True)
-class PredictOptions:
-    """How ``cupre predict`` runs; checked once by :meth:`check`.
+class PredictOptions(DetectionOptions):
+    """How ``cupre predict`` runs: the detections (:class:`DetectionOptions`: score
+    threshold, detection cap, diameter, tiling) and the run; checked once by :meth:`check`.
 
     Attributes:
-        score_threshold: detections scoring at most this are dropped (in the RoI heads).
-        max_detections: most detections per image, or per tile of a tiled image.
         batch_size: images or tiles per forward pass; None: 1 on a CPU (a batch is no
             faster there, and each image in it adds its activations to the peak memory),
             2 on a GPU.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        tile_size, tile_overlap: tiling of large images (pixels).
-        object_size: the typical object side in the images (pixels); None: estimated.
         channel: of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr),
             predict only this channel's planes; None: every plane.
         precision: ``auto``, ``bf16`` or ``fp32`` (:func:`cupre.devices.resolve_precision`).
@@ -192,13 +189,8 @@ class PredictOptions:
             worker processes. None for both: this process predicts.
     """
 
-    score_threshold: float = 0.5
-    max_detections: int = 2000
     batch_size: int | None = None
     device: str = "auto"
-    tile_size: int = 1024
-    tile_overlap: int = 128
-    object_size: float | None = None
     channel: int | None = None
     precision: str = "auto"
     roi_zip: bool = False
@@ -217,17 +209,11 @@ class PredictOptions:
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option."""
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise CupreError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
-        if self.max_detections < 1:
-            raise CupreError(f"--max-detections must be at least 1, got {self.max_detections}")
+        super().check()
         if self.batch_size is not None and self.batch_size < 1:
             raise CupreError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.object_size is not None and not 0 < self.object_size <= 10_000:
-            raise CupreError(f"--object-size must be a positive size in pixels, got {self.object_size}")
         if self.channel is not None and self.channel < 0:
             raise CupreError(f"--channel must be 0 or more (channels count from 0), got {self.channel}")
-        make_tiles(1, 1, tile_size=self.tile_size, overlap=self.tile_overlap)  # validates the tiling
         if self.workers is not None and self.workers < 1:
             raise CupreError(f"--workers must be at least 1, got {self.workers}")
         if self.workers is not None and self.cluster is not None:
@@ -288,8 +274,7 @@ def run_predict(
     todo = [job for job in jobs if job.image_id not in done]
     if done:
         print(f"predict: {len(done)} of {len(jobs)} images finished before; continuing with {len(todo)}")
-    with detection_limits(net, score_threshold=options.score_threshold, max_detections=options.max_detections,
-                          precision=precision):
+    with detection_limits(net, options, precision):
         _predict_jobs(net, todo, out=out, categories=cats, options=options, device=device, progress=progress,
                       ledger=ledger)
     summary, results, entries = PredictSummary(out=out), [], []
@@ -334,7 +319,7 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     with open_tasks(net, options, device) as tasks:
         done = tasks.map(predict_batch, batches, ordered=False, out=out, categories=categories, options=options)
         for job in large:
-            record(*predict_large(job, tasks.map, model_object_size=getattr(net, "object_size", None), out=out,
+            record(*predict_large(job, tasks.map, object_size=getattr(net, "object_size", None), out=out,
                                   categories=categories, options=options))
         for records in done:
             for rec in records:
@@ -352,19 +337,19 @@ def is_large(job: Job, tile_size: int) -> bool:
         return False
 
 
-def predict_large(job: Job, map_tasks, *, model_object_size: float | None, out: Path, categories: list[dict],
+def predict_large(job: Job, map_tasks, *, object_size: float | None, out: Path, categories: list[dict],
                   options: PredictOptions) -> tuple[int, list[dict], dict]:
     """Predict and write one large image tile by tile (:mod:`cupre.inference.slides`);
     ``map_tasks`` runs the tile tasks (here or on the cluster)."""
     try:
         slide = Slide.open(job.file, job.page)
-        objs, factor = predict_slide(slide, map_tasks=map_tasks, model_object_size=model_object_size,
-                                     object_size=options.object_size, tile_size=options.tile_size,
+        objs, factor = predict_slide(slide, map_tasks=map_tasks, object_size=object_size,
+                                     diameter=options.diameter, tile_size=options.tile_size,
                                      overlap=options.tile_overlap, batch_size=options.batch_size)
     except CupreError as exc:
         return job.image_id, [], _image_entry(job, None, 0, str(exc))
     if factor in (MIN_FACTOR, MAX_FACTOR):
-        warn_size(job, factor, model_object_size, given=options.object_size is not None)
+        warn_size(job, factor, object_size, given=options.diameter is not None)
     paths = job_outputs(out, job, extras=options.extras)
     res, count = write_slide_outputs(paths, objs, slide, image_id=job.image_id, categories=categories)
     release_decoded()
@@ -397,7 +382,7 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
             records.append((job.image_id, [], _image_entry(job, None, 0, str(exc))))
     try:
         found, factors = predict_at_object_scale(
-            net, [img for _, _, img in loaded], object_size=options.object_size, tile_size=options.tile_size,
+            net, [img for _, _, img in loaded], diameter=options.diameter, tile_size=options.tile_size,
             overlap=options.tile_overlap, batch_size=options.batch_size, device=device)
     except (RuntimeError, ValueError) as exc:  # one image the model cannot take (1 px wide, say): not the run
         if len(loaded) > 1:
@@ -409,7 +394,7 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
         return records + [(job.image_id, [], _image_entry(job, None, 0, " ".join(problem.split())))]
     for (job, raw, image), objs, factor in zip(loaded, found, factors):
         if factor in (MIN_FACTOR, MAX_FACTOR):
-            warn_size(job, factor, getattr(net, "object_size", None), given=options.object_size is not None)
+            warn_size(job, factor, getattr(net, "object_size", None), given=options.diameter is not None)
         paths = job_outputs(out, job, extras=options.extras)
         res, count = write_image_outputs(paths, objs, raw, image, job, categories)
         records.append((job.image_id, res, {**_image_entry(job, image.shape[-2:], count, None), "scale": factor}))

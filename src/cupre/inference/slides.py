@@ -13,7 +13,7 @@ whole:
    (:func:`cupre.inference.tiling.merge_tiles`);
 4. all of it under the object-scale rule (:mod:`cupre.scale`): first looks at native
    pixels and at half size (a slide is not cut for the look at double size) to estimate
-   the factor unless ``--object-size`` gives it, then the rescaled pass;
+   the factor unless ``--diameter`` gives it, then the rescaled pass;
 5. its files are written window by window (:mod:`cupre.inference.windows`): the label
    image as a tiled TIFF, the table, the overlay (subsampled beyond 4,096 px), the ROIs,
    GeoJSON outlines and OME-Zarr (block by block).
@@ -78,15 +78,15 @@ def tile_pass(slide: Slide, factor: float | None, *, map_tasks: MapTasks, tile_s
     return merge_tiles(found, tiles)
 
 
-def predict_slide(slide: Slide, *, map_tasks: MapTasks, model_object_size: float | None,
-                  object_size: float | None, tile_size: int, overlap: int, batch_size: int) -> tuple[Objects, float]:
+def predict_slide(slide: Slide, *, map_tasks: MapTasks, object_size: float | None,
+                  diameter: float | None, tile_size: int, overlap: int, batch_size: int) -> tuple[Objects, float]:
     """The slide's objects under the object-scale rule, and the factor it ran at."""
     def run(slides: list[Slide], scales: list[float] | None) -> list[Objects]:
         return [tile_pass(s, None if scales is None else scales[k], map_tasks=map_tasks, tile_size=tile_size,
                           overlap=overlap, batch_size=batch_size) for k, s in enumerate(slides)]
 
-    (objs,), (factor,) = at_object_scale(run, [slide], model_object_size,
-                                         object_sizes=None if object_size is None else [object_size],
+    (objs,), (factor,) = at_object_scale(run, [slide], object_size,
+                                         diameters=None if diameter is None else [diameter],
                                          measure=lambda o: (o.boxes, o.scores),
                                          size=lambda s: (s.height, s.width), crop=None)
     return objs, factor

@@ -224,20 +224,20 @@ def predict_at_object_scale(
     model: Detector,
     images: Sequence[torch.Tensor],
     *,
-    object_size: float | None = None,
+    diameter: float | None = None,
     **tiling,
 ) -> tuple[list[Objects], list[float]]:
     """:func:`predict_images` under the object-scale rule (:mod:`cupre.scale`).
 
     A model without ``object_size`` runs at native pixels. Otherwise each image runs at
-    ``model.object_size / object_size`` when the user gives ``object_size`` (the typical
-    object side in the images, pixels), or at the factor estimated from a first
+    ``model.object_size / diameter`` when the user gives ``diameter`` (the typical cell
+    diameter in the images, pixels), or at the factor estimated from a first
     native-pixel pass, exactly as in evaluation.
 
     Returns:
         (objects per image, the factor each image ran at).
     """
-    sizes = None if object_size is None else [object_size] * len(images)
+    diameters = None if diameter is None else [diameter] * len(images)
     return at_object_scale(lambda batch, scales: predict_images(model, batch, scales=scales, **tiling), images,
-                           getattr(model, "object_size", None), object_sizes=sizes,
+                           getattr(model, "object_size", None), diameters=diameters,
                            measure=lambda objs: (objs.boxes, objs.scores))

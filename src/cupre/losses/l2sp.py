@@ -134,7 +134,3 @@ class L2SP:
         """``Omega(w)`` now (for logging; no gradient)."""
         with torch.no_grad():
             return l2sp_penalty(self.module, self.reference, alpha=self.alpha, weight=self.weight)
-
-    def drift(self) -> float:
-        """``||w - w0|| / ||w0||``: how far the part has moved from its starting point."""
-        return relative_drift(self.module, self.reference)

@@ -23,6 +23,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info
 from napari.viewer import Viewer
 
+from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.napari_plugin.features import features_table
 
 MODEL_FILTER = "*.safetensors"
@@ -52,8 +53,8 @@ def load_triton_apart() -> None:
         sys.setdlopenflags(flags)
 
 
-def segment_layer(data: np.ndarray, model: Path, *, score_threshold: float, object_size: float,
-                  tile_size: int, device: str = "auto") -> tuple[np.ndarray, list[dict]]:
+def segment_layer(data: np.ndarray, model: Path, options: DetectionOptions = DEFAULTS,
+                  device: str = "auto") -> tuple[np.ndarray, list[dict]]:
     """The label image and object table of one image array (what the widget runs)."""
     from cupre.devices import pick_device, resolve_precision
     from cupre.inference.arrays import segment_array
@@ -62,8 +63,8 @@ def segment_layer(data: np.ndarray, model: Path, *, score_threshold: float, obje
     where = pick_device(device)
     precision = resolve_precision("auto", where)
     net, categories = load_model(model, device=where, precision=precision)
-    label, rows, _ = segment_array(net, data, device=where, categories=categories, score_threshold=score_threshold,
-                                   object_size=object_size or None, tile_size=tile_size, precision=precision)
+    label, rows, _ = segment_array(net, data, device=where, categories=categories, options=options,
+                                   precision=precision)
     return label, rows
 
 
@@ -76,12 +77,13 @@ def _add_masks(viewer: Viewer, name: str, label: np.ndarray, rows: list[dict]) -
 @magic_factory(
     call_button="Segment",
     model={"label": "model file", "filter": MODEL_FILTER, "tooltip": "model.safetensors (or its run folder)"},
-    score_threshold={"min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "minimum detection score"},
-    object_size={"min": 0.0, "max": 2000.0, "tooltip": "typical cell diameter in pixels; 0: estimated by the model"},
+    score_threshold={"min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "keep detections scoring above this"},
+    diameter={"min": 0.0, "max": 2000.0, "tooltip": "typical cell diameter in pixels; 0: estimated by the model"},
     tile_size={"min": 64, "max": 8192, "step": 64, "tooltip": "larger images are predicted in tiles of this size"},
 )
-def segment_widget(viewer: Viewer, image: Image, model: Path = Path(), score_threshold: float = 0.5,
-                   object_size: float = 0.0, tile_size: int = 1024):  # no return annotation: magicgui leaves it be
+def segment_widget(viewer: Viewer, image: Image, model: Path = Path(),
+                   score_threshold: float = DEFAULTS.score_threshold, diameter: float = 0.0,
+                   tile_size: int = DEFAULTS.tile_size):  # no return annotation: magicgui leaves it be
     """Segment the image layer; adds the Labels layer ``<image> masks`` with its features.
     Returns the started worker (FunctionWorker)."""
     model = LAST_MODEL.get("path", model) if model in (Path(), Path(".")) else model
@@ -90,8 +92,8 @@ def segment_widget(viewer: Viewer, image: Image, model: Path = Path(), score_thr
 
     @thread_worker(progress={"total": 0, "desc": "cupre: segmenting"})
     def work():
-        return segment_layer(data, model, score_threshold=score_threshold, object_size=object_size,
-                             tile_size=tile_size)
+        options = DetectionOptions(score_threshold=score_threshold, diameter=diameter or None, tile_size=tile_size)
+        return segment_layer(data, model, options)
 
     worker = work()
     worker.returned.connect(lambda result: _add_masks(viewer, f"{image.name} masks", *result))

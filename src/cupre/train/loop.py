@@ -14,6 +14,7 @@ from cupre.train import distributed
 from cupre.train.run import Run
 
 SHOW_PROGRESS = True  # off in worker processes that run beside others (experiments.parallel)
+PENALTY_EVERY = 20  # iterations between logged values of the L2-SP penalty (one pass over its weights)
 
 def train_loop(
     *,
@@ -76,6 +77,8 @@ def train_loop(
         values = {k: float(v.detach()) for k, v in out.items()}
         values["loss"] = float(total.detach())
         values["lr"] = optimizer.param_groups[0]["lr"]
+        if regularizer is not None and (it + 1) % PENALTY_EVERY == 0:
+            values["l2sp/penalty"] = float(regularizer.value())
         run.log(stage, it + 1, values)
         bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2g}")
         if (it + 1) % checkpoint_every == 0 or it + 1 == iterations:

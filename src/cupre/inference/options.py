@@ -1,0 +1,56 @@
+"""What decides the detections a user gets, written once.
+
+``cupre predict``, :func:`cupre.inference.arrays.segment_array` (napari, notebooks) and
+the three exports take one :class:`DetectionOptions`; the detector's RoI heads apply its
+threshold and cap (:func:`cupre.inference.predict.detection_limits`).
+
+Two sizes, two words: ``diameter`` is the typical cell diameter in the user's images
+(pixels, given or estimated per image); ``object_size`` is the size the model was
+trained to see (``DetectorConfig.object_size``). Each image is rescaled by
+``object_size / diameter`` (:mod:`cupre.scale`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cupre.errors import CupreError
+from cupre.inference.tiles import make_tiles
+
+
+def kept(scores, threshold: float):
+    """The one score rule: a detection is kept when its score is above ``threshold``
+    (the RoI heads' ``scores > score_thresh``). Works on tensors and arrays alike."""
+    return scores > threshold
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """The detections a user gets.
+
+    Attributes:
+        score_threshold: detections scoring at most this are dropped (:func:`kept`).
+        max_detections: most detections per image, or per tile of a tiled image.
+        diameter: the typical cell diameter in the images (pixels); None: estimated per
+            image by the model.
+        tile_size, tile_overlap: tiling of large images (pixels).
+    """
+
+    score_threshold: float = 0.5
+    max_detections: int = 2000
+    diameter: float | None = None
+    tile_size: int = 1024
+    tile_overlap: int = 128
+
+    def check(self) -> None:
+        """Raise a one-line CupreError naming the first bad option (by its flag)."""
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise CupreError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
+        if not 1 <= self.max_detections <= 10_000:
+            raise CupreError(f"--max-detections must be between 1 and 10000, got {self.max_detections}")
+        if self.diameter is not None and not 0 < self.diameter <= 10_000:
+            raise CupreError(f"--diameter must be a positive size in pixels, got {self.diameter}")
+        make_tiles(1, 1, tile_size=self.tile_size, overlap=self.tile_overlap)  # validates the tiling
+
+
+DEFAULTS = DetectionOptions()
