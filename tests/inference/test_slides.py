@@ -22,7 +22,7 @@ def test_a_slide_gives_the_in_memory_paths_objects(tmp_path):
     raw = np.where(truth > 0, 3000, 200).astype(np.uint16)
     tifffile.imwrite(tmp_path / "slide.tif", raw, tile=(128, 128), compression="zlib")
     options = PredictOptions(tile_size=256, tile_overlap=64, batch_size=2, device="cpu", score_threshold=0.0,
-                             roi_zip=True, geojson=True, ome_zarr=True)
+                             outputs=("roi_zip", "geojson", "ome_zarr"))
     model = ComponentDetector()
     summary = run_predict(model, [tmp_path / "slide.tif"], out=tmp_path / "out", options=options, progress=False)
     tiles = make_tiles(700, 900, tile_size=256, overlap=64)

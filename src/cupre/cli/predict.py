@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cupre.inference.predict as _lib
 from cupre.cli.detection import add_detection_arguments, detection_options
+from cupre.inference.outputs import OPTIONAL, OUTPUTS
 from cupre.inference.predict import PredictOptions, run_predict
 
 DESCRIPTION = _lib.__doc__
@@ -23,12 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", type=int, default=None, metavar="C",
                         help="of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr), predict only "
                              "channel C (from 0; e.g. the nuclear stain); default: every channel, each as its own image")
-    parser.add_argument("--roi-zip", action="store_true", help="also write an ImageJ ROI zip per image")
-    parser.add_argument("--geojson", action="store_true",
-                        help="also write name_objects.geojson per image: polygons with their measurements, for QuPath")
-    parser.add_argument("--ome-zarr", action="store_true",
-                        help="also write name.ome.zarr per image: the image with its labels (NGFF), for napari, "
-                             "Fiji and QuPath; needs pip install 'cupre[ome]'")
+    for kind in OUTPUTS:
+        if kind.optional:
+            parser.add_argument(kind.flag, dest=kind.name, action="store_true", help=kind.help)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--cluster", metavar="ADDRESS",
                         help="spread the images, and the tiles of large ones, over a running Dask cluster "
@@ -42,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     options = PredictOptions(
         **detection_options(args), batch_size=args.batch_size, device=args.device, channel=args.channel,
-        precision=args.precision or "auto", roi_zip=args.roi_zip, geojson=args.geojson, ome_zarr=args.ome_zarr,
+        precision=args.precision or "auto", outputs=tuple(name for name in OPTIONAL if getattr(args, name)),
         overwrite=args.overwrite, resume=args.resume, cluster=args.cluster, workers=args.workers,
     )
     summary = run_predict(args.model, args.inputs, out=args.out, options=options)

@@ -11,11 +11,7 @@ from pathlib import Path
 from cupre.data.imageio import IMAGE_SUFFIXES, is_zarr, plane_layout
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, CupreWarning, file_error
-
-OUTPUT_KINDS = {"masks": "_masks.tif", "overlay": "_overlay.png", "objects": "_objects.csv", "rois": "_rois.zip",
-                "geojson": "_objects.geojson", "ome_zarr": ".ome.zarr"}
-OPTIONAL_KINDS = ("rois", "geojson", "ome_zarr")  # written on request only
-
+from cupre.inference.outputs import chosen
 
 RUN_FILES = ("results_coco.json", "images.json")
 
@@ -113,20 +109,20 @@ def plan_jobs(files: list[tuple[Path, str]], *, channel: int | None = None) -> l
     return jobs
 
 
-def job_outputs(out: Path, job: Job, *, extras: tuple[str, ...] = ()) -> dict[str, Path]:
-    """The files of one job: every kind but the optional ones not in ``extras``."""
-    kinds = {k: v for k, v in OUTPUT_KINDS.items() if k in extras or k not in OPTIONAL_KINDS}
-    return {kind: out / f"{job.name}{suffix}" for kind, suffix in kinds.items()}
+def job_outputs(out: Path, job: Job, *, outputs: tuple[str, ...] = ()) -> dict[str, Path]:
+    """The files of one job (kind name -> path): every kind always written, and the
+    optional ones in ``outputs`` (:mod:`cupre.inference.outputs`)."""
+    return {kind.name: out / f"{job.name}{kind.suffix}" for kind in chosen(outputs)}
 
 
-def check_outputs(out: Path, jobs: list[Job], *, extras: tuple[str, ...], overwrite: bool) -> None:
+def check_outputs(out: Path, jobs: list[Job], *, outputs: tuple[str, ...], overwrite: bool) -> None:
     """Fail, before any work, when an output file already exists (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise file_error(out, "output path exists and is not a folder")
     if overwrite or not out.is_dir():
         return
     planned = [out / name for name in RUN_FILES]
-    planned += [p for job in jobs for p in job_outputs(out, job, extras=extras).values()]
+    planned += [p for job in jobs for p in job_outputs(out, job, outputs=outputs).values()]
     existing = [p for p in planned if p.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""

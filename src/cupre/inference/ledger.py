@@ -20,7 +20,7 @@ from cupre.fileio import write_json_atomic
 
 FOLDER = ".cupre-predict"
 RESULT_OPTIONS = ("score_threshold", "max_detections", "tile_size", "tile_overlap", "diameter", "precision",
-                  "roi_zip", "geojson", "ome_zarr")
+                  "outputs")
 
 
 def model_identity(model: Any) -> str:

@@ -59,7 +59,7 @@ from cupre.data.lazy import image_size, release_decoded
 from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
 from cupre.errors import CupreError, CupreWarning
 from cupre.fileio import write_json_atomic
-from cupre.inference import omezarr, writers
+from cupre.inference import outputs, writers
 from cupre.inference.cluster import open_tasks
 from cupre.inference.inputs import (
     Job,
@@ -71,6 +71,7 @@ from cupre.inference.inputs import (
 )
 from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.options import DetectionOptions
+from cupre.inference.outputs import WholeImage, write_all
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
 from cupre.inference.tiling import predict_at_object_scale
 from cupre.modelfile import resolve_model_file
@@ -138,22 +139,21 @@ def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
         raise CupreError(problem_line(job.file, exc)) from None
 
 
+def json_value(value: Any) -> Any:
+    """``value`` as it reads back from JSON (a tuple as a list), so that fingerprints compare."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: torch.Tensor, job: Job,
                         categories: list[dict]) -> tuple[list[dict], int]:
-    """All per-image files of one prediction; returns its COCO results and object count."""
+    """All per-image files of one prediction (:func:`cupre.inference.outputs.write_all`);
+    returns its COCO results and object count."""
+    predicted = WholeImage(objs, raw, image, categories)
+    write_all(paths, predicted)
     height, width = image.shape[-2:]
-    label, kept = writers.paint_labels(objs, height, width)
-    rows = writers.object_rows(label, kept, objs, raw, writers.category_names(categories))
-    paths["masks"].parent.mkdir(parents=True, exist_ok=True)
-    writers.write_label_tiff(paths["masks"], label)
-    writers.write_csv(paths["objects"], rows)
-    writers.write_overlay(paths["overlay"], writers.normalised_rgb(image), label, rows)
-    writers.write_optional_outputs(paths, rows, outlines=lambda: writers.label_outlines(label), shape=label.shape,
-                                   read_image=lambda a, b, c, d: raw[a:b, c:d],
-                                   read_label=lambda a, b, c, d: label[a:b, c:d], label_dtype=label.dtype)
-    results = writers.objects_to_results(objs, kept, image_id=job.image_id, height=height, width=width,
+    results = writers.objects_to_results(objs, predicted.kept, image_id=job.image_id, height=height, width=width,
                                          category_ids=writers.category_ids(categories))
-    return results, len(kept)
+    return results, len(predicted.kept)
 
 
 def _image_entry(job: Job, size: tuple[int, int] | None, count: int, error: str | None) -> dict:
@@ -179,9 +179,8 @@ class PredictOptions(DetectionOptions):
         channel: of images with a channel axis (TIFF hyperstacks, OME-TIFF, OME-Zarr),
             predict only this channel's planes; None: every plane.
         precision: ``auto``, ``bf16`` or ``fp32`` (:func:`cupre.devices.resolve_precision`).
-        roi_zip: also write ImageJ ROI zips.
-        geojson: also write GeoJSON outlines (QuPath).
-        ome_zarr: also write each image with its labels as OME-Zarr.
+        outputs: the optional output kinds to write too (names of
+            :data:`cupre.inference.outputs.OPTIONAL`: ``roi_zip``, ``geojson``, ``ome_zarr``).
         overwrite: replace existing output files.
         resume: continue an interrupted run in the same output folder.
         cluster: a Dask scheduler address to spread the images over
@@ -193,19 +192,11 @@ class PredictOptions(DetectionOptions):
     device: str = "auto"
     channel: int | None = None
     precision: str = "auto"
-    roi_zip: bool = False
-    geojson: bool = False
-    ome_zarr: bool = False
+    outputs: tuple[str, ...] = ()
     overwrite: bool = False
     resume: bool = False
     cluster: str | None = None
     workers: int | None = None
-
-    @property
-    def extras(self) -> tuple[str, ...]:
-        """The optional output kinds asked for (:data:`cupre.inference.inputs.OPTIONAL_KINDS`)."""
-        return tuple(k for k, on in (("rois", self.roi_zip), ("geojson", self.geojson), ("ome_zarr", self.ome_zarr))
-                     if on)
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option."""
@@ -218,8 +209,7 @@ class PredictOptions(DetectionOptions):
             raise CupreError(f"--workers must be at least 1, got {self.workers}")
         if self.workers is not None and self.cluster is not None:
             raise CupreError("give --cluster ADDRESS or --workers N, not both")
-        if self.ome_zarr:
-            omezarr.check_available()
+        outputs.check(self.outputs)
 
 
 def run_predict(
@@ -253,10 +243,10 @@ def run_predict(
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out), channel=options.channel)
     ledger = Ledger(out, {"model": model_identity(model_file or model),
-                          "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
+                          "options": {k: json_value(getattr(options, k)) for k in RESULT_OPTIONS},
                           "inputs": [f"{j.file}#{j.page}" for j in jobs]})
     if not options.resume:
-        check_outputs(out, jobs, extras=options.extras, overwrite=options.overwrite)
+        check_outputs(out, jobs, outputs=options.outputs, overwrite=options.overwrite)
     device = pick_device(options.device)
     if device.type == "cpu":
         map_large_allocations()
@@ -350,7 +340,7 @@ def predict_large(job: Job, map_tasks, *, object_size: float | None, out: Path, 
         return job.image_id, [], _image_entry(job, None, 0, str(exc))
     if factor in (MIN_FACTOR, MAX_FACTOR):
         warn_size(job, factor, object_size, given=options.diameter is not None)
-    paths = job_outputs(out, job, extras=options.extras)
+    paths = job_outputs(out, job, outputs=options.outputs)
     res, count = write_slide_outputs(paths, objs, slide, image_id=job.image_id, categories=categories)
     release_decoded()
     release_freed_memory()
@@ -395,7 +385,7 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     for (job, raw, image), objs, factor in zip(loaded, found, factors):
         if factor in (MIN_FACTOR, MAX_FACTOR):
             warn_size(job, factor, getattr(net, "object_size", None), given=options.diameter is not None)
-        paths = job_outputs(out, job, extras=options.extras)
+        paths = job_outputs(out, job, outputs=options.outputs)
         res, count = write_image_outputs(paths, objs, raw, image, job, categories)
         records.append((job.image_id, res, {**_image_entry(job, image.shape[-2:], count, None), "scale": factor}))
         release_freed_memory()

@@ -31,6 +31,7 @@ from cupre.data.imageio import intensities, stretch
 from cupre.data.lazy import LazyImage, intensity_range
 from cupre.inference import windows, writers
 from cupre.inference.objects import Objects
+from cupre.inference.outputs import write_all
 from cupre.inference.tiles import Tile, make_tiles, scaled_tiling
 from cupre.inference.tiling import merge_tiles, run_tiles
 from cupre.scale import at_object_scale
@@ -92,23 +93,45 @@ def predict_slide(slide: Slide, *, map_tasks: MapTasks, object_size: float | Non
     return objs, factor
 
 
+class SlideImage:
+    """A large image's prediction read window by window (a
+    :class:`cupre.inference.outputs.Predicted`): the label image is painted per window
+    (:class:`cupre.inference.windows.LabelPainter`) and never held whole."""
+
+    def __init__(self, objs: Objects, slide: Slide, image: LazyImage, categories: list[dict]) -> None:
+        self.painter = windows.LabelPainter(objs, slide.height, slide.width)
+        self.stats = self.painter.measure(image)
+        self.rows = windows.object_rows(self.stats, self.painter, writers.category_names(categories))
+        self.kept = self.painter.kept
+        self.shape, self.label_dtype = image.shape, windows.label_dtype(self.painter)
+        self.slide, self.image = slide, image
+        self._outlines: list | None = None
+
+    def write_label(self, path: Path) -> None:
+        windows.write_label_tiles(path, self.painter)
+
+    def write_overlay(self, path: Path) -> None:
+        windows.write_overlay(path, self.painter, self.image, self.slide.value_range, self.rows)
+
+    def outlines(self) -> list:
+        if self._outlines is None:
+            self._outlines = list(windows.label_outlines(self.painter, self.stats))
+        return self._outlines
+
+    def read_image(self, y0: int, y1: int, x0: int, x1: int):
+        return self.image.read(y0, y1, x0, x1)
+
+    def read_label(self, y0: int, y1: int, x0: int, x1: int):
+        return self.painter.window(y0, y1, x0, x1).astype(self.label_dtype)
+
+
 def write_slide_outputs(paths: dict[str, Path], objs: Objects, slide: Slide, *, image_id: int,
                         categories: list[dict]) -> tuple[list[dict], int]:
-    """All files of one slide (as :func:`cupre.inference.predict.write_image_outputs`
-    writes them for a small image), window by window; returns its COCO results and
-    object count."""
+    """All files of one slide (:func:`cupre.inference.outputs.write_all`), window by
+    window; returns its COCO results and object count."""
     with LazyImage(slide.file, slide.page) as image:
-        painter = windows.LabelPainter(objs, slide.height, slide.width)
-        stats = painter.measure(image)
-        rows = windows.object_rows(stats, painter, writers.category_names(categories))
-        paths["masks"].parent.mkdir(parents=True, exist_ok=True)
-        windows.write_label_tiles(paths["masks"], painter)
-        writers.write_csv(paths["objects"], rows)
-        windows.write_overlay(paths["overlay"], painter, image, slide.value_range, rows)
-        dtype = windows.label_dtype(painter)
-        writers.write_optional_outputs(paths, rows, outlines=lambda: windows.label_outlines(painter, stats),
-                                       shape=image.shape, read_image=image.read,
-                                       read_label=lambda *w: painter.window(*w).astype(dtype), label_dtype=dtype)
-    results = writers.objects_to_results(objs, painter.kept, image_id=image_id, height=slide.height,
+        predicted = SlideImage(objs, slide, image, categories)
+        write_all(paths, predicted)
+    results = writers.objects_to_results(objs, predicted.kept, image_id=image_id, height=slide.height,
                                          width=slide.width, category_ids=writers.category_ids(categories))
-    return results, len(painter.kept)
+    return results, len(predicted.kept)

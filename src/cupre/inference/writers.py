@@ -14,7 +14,7 @@ import csv
 import json
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import roifile
@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cupre.fileio import atomic_path
-from cupre.inference import omezarr
 from cupre.inference.objects import Objects
 from cupre.masks import crop_rle, masks_to_results
 
@@ -349,28 +348,6 @@ def category_names(categories: list[dict]) -> dict[int, str]:
 def category_ids(categories: list[dict]) -> dict[int, int]:
     """Model label (1..C) -> the category's id in the results file."""
     return {k: int(c["id"]) for k, c in enumerate(categories, start=1)}
-
-
-def write_optional_outputs(paths: Mapping[str, Path], rows: list[dict], *,
-                           outlines: Callable[[], Iterable[tuple[int, list[list[np.ndarray]]]]],
-                           shape: tuple[int, int], read_image: omezarr.Window, read_label: omezarr.Window,
-                           label_dtype) -> None:
-    """The files written on request, those of ``paths`` among ROIs, GeoJSON and OME-Zarr.
-
-    Args:
-        rows: the object table.
-        outlines: makes :func:`label_outlines` (called once, only when ROIs or GeoJSON are asked for).
-        shape, read_image, read_label, label_dtype: the image and label image by windows
-            (:func:`cupre.inference.omezarr.write_ome_zarr`).
-    """
-    traced = list(outlines()) if {"rois", "geojson"} & set(paths) else []
-    if "rois" in paths:
-        write_roi_zip(paths["rois"], traced)
-    if "geojson" in paths:
-        write_geojson(paths["geojson"], traced, rows)
-    if "ome_zarr" in paths:
-        omezarr.write_ome_zarr(paths["ome_zarr"], shape=shape, read_image=read_image, read_label=read_label,
-                               label_dtype=label_dtype)
 
 
 def normalised_rgb(image) -> np.ndarray:
