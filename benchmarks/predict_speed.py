@@ -3,7 +3,7 @@
 A randomly initialised detector (no weights are downloaded) with the score threshold at 0
 and 2,000 detections per image, so every image carries the full detection load of a
 crowded cell image. Two figures per device: the model plus tile merging
-(:func:`cupre.inference.tiling.predict_images`), and the whole ``run_predict`` including
+(:func:`cupre.detect.tiling.predict_images`), and the whole ``run_predict`` including
 the label TIFF, overlay PNG, CSV and COCO results it writes.
 
 ``--large 4000`` instead runs the ``cupre predict`` command in a child process on one
@@ -35,7 +35,7 @@ from PIL import Image
 from cupre.config import DetectorConfig
 from cupre.devices import resolve_precision, set_threads
 from cupre.inference.predict import PredictOptions, run_predict
-from cupre.inference.tiling import predict_images
+from cupre.detect.tiling import predict_images
 from cupre.models.detector import build_detector
 
 

@@ -5,7 +5,7 @@
 Every ``import`` / ``from ... import`` of a ``cupre`` module, at the top of a file or inside
 a function, is an arrow from the importing package to the imported one. The layers, from
 the top: ``cli`` and the napari plugin; ``experiments``, ``inference`` and ``export``;
-``train``; ``models``, ``evaluation``, ``data`` and ``losses``; and the neutral modules
+``train``; ``models``, ``detect``, ``evaluation``, ``data`` and ``losses``; and the neutral modules
 (``config``, ``errors``, ``fileio``, ``devices``, ``masks``, ``modelfile``, ``scale``,
 ``runlock``). An arrow may point down or sideways, never up; arrows between packages
 must not close a circle.
@@ -23,7 +23,7 @@ LAYERS = [
     {"cli", "napari_plugin"},
     {"experiments", "inference", "export"},
     {"train"},
-    {"models", "evaluation", "data", "losses"},
+    {"models", "detect", "evaluation", "data", "losses"},
     {"config", "errors", "fileio", "devices", "masks", "modelfile", "scale", "runlock", "presets", "__init__"},
 ]
 LEVEL = {name: len(LAYERS) - i for i, layer in enumerate(LAYERS) for name in layer}

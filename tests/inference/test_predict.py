@@ -23,7 +23,7 @@ from cupre.data.imageio import read_image
 from cupre.errors import CupreError
 from cupre.inference import writers
 from cupre.inference.inputs import expand_inputs
-from cupre.inference.objects import Objects
+from cupre.detect.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.writers import paint_labels, polygon_roi, trace_outline
 from cupre.masks import crop_rle

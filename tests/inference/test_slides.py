@@ -10,8 +10,8 @@ import tifffile
 
 from cupre.data.imageio import normalize, read_image
 from cupre.inference.predict import PredictOptions, run_predict
-from cupre.inference.tiles import make_tiles
-from cupre.inference.tiling import predict_images
+from cupre.detect.tiles import make_tiles
+from cupre.detect.tiling import predict_images
 from cupre.inference.writers import paint_labels
 from tests.inference.test_predict import check_ome_zarr
 from tests.inference.test_tiling import ComponentDetector, draw_cells

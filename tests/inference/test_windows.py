@@ -9,7 +9,7 @@ from PIL import Image
 from cupre.data.imageio import normalize
 from cupre.data.lazy import LazyImage, intensity_range
 from cupre.inference import windows, writers
-from cupre.inference.objects import Objects
+from cupre.detect.objects import Objects
 
 
 def random_objects(rng, count: int, height: int, width: int) -> Objects:

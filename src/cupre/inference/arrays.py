@@ -14,7 +14,7 @@ from cupre.data.imageio import normalize
 from cupre.inference import writers
 from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.inference.predict import DEFAULT_CATEGORIES, detection_limits
-from cupre.inference.tiling import predict_at_object_scale
+from cupre.detect.tiling import predict_at_object_scale
 
 
 @torch.no_grad()

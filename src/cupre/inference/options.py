@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cupre.errors import CupreError
-from cupre.inference.tiles import make_tiles
+from cupre.detect.tiles import TILE_OVERLAP, TILE_SIZE, make_tiles
 
 
 def kept(scores, threshold: float):
@@ -39,8 +39,8 @@ class DetectionOptions:
     score_threshold: float = 0.5
     max_detections: int = 2000
     diameter: float | None = None
-    tile_size: int = 1024
-    tile_overlap: int = 128
+    tile_size: int = TILE_SIZE
+    tile_overlap: int = TILE_OVERLAP
 
     def check(self) -> None:
         """Raise a one-line CupreError naming the first bad option (by its flag)."""

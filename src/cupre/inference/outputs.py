@@ -22,7 +22,7 @@ import numpy as np
 
 from cupre.errors import CupreError
 from cupre.inference import omezarr, writers
-from cupre.inference.objects import Objects
+from cupre.detect.objects import Objects
 
 
 class Predicted(Protocol):

@@ -73,7 +73,8 @@ from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.options import DetectionOptions
 from cupre.inference.outputs import WholeImage, write_all
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
-from cupre.inference.tiling import predict_at_object_scale
+from cupre.detect.objects import objects_to_results
+from cupre.detect.tiling import predict_at_object_scale
 from cupre.modelfile import resolve_model_file
 from cupre.models.detector import weights_for_inference
 from cupre.scale import MAX_FACTOR, MIN_FACTOR
@@ -151,8 +152,8 @@ def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: to
     predicted = WholeImage(objs, raw, image, categories)
     write_all(paths, predicted)
     height, width = image.shape[-2:]
-    results = writers.objects_to_results(objs, predicted.kept, image_id=job.image_id, height=height, width=width,
-                                         category_ids=writers.category_ids(categories))
+    results = objects_to_results(objs, predicted.kept, image_id=job.image_id, height=height, width=width,
+                                 category_ids=writers.category_ids(categories))
     return results, len(predicted.kept)
 
 

@@ -10,7 +10,7 @@ whole:
    another, or on the workers of a Dask cluster (``cupre predict --workers/--cluster``):
    the same tasks either way, so the same objects;
 3. the tiles' objects (box-local masks) are merged here, duplicates across tiles removed
-   (:func:`cupre.inference.tiling.merge_tiles`);
+   (:func:`cupre.detect.tiling.merge_tiles`);
 4. all of it under the object-scale rule (:mod:`cupre.scale`): first looks at native
    pixels and at half size (a slide is not cut for the look at double size) to estimate
    the factor unless ``--diameter`` gives it, then the rescaled pass;
@@ -30,10 +30,10 @@ import torch
 from cupre.data.imageio import intensities, stretch
 from cupre.data.lazy import LazyImage, intensity_range
 from cupre.inference import windows, writers
-from cupre.inference.objects import Objects
+from cupre.detect.objects import Objects, objects_to_results
 from cupre.inference.outputs import write_all
-from cupre.inference.tiles import Tile, make_tiles, scaled_tiling
-from cupre.inference.tiling import merge_tiles, run_tiles
+from cupre.detect.tiles import Tile, make_tiles, scaled_tiling
+from cupre.detect.tiling import merge_tiles, run_tiles
 from cupre.scale import at_object_scale
 
 MapTasks = Callable[[Callable, list], Iterable]  # map_tasks(fn, items) -> fn(net, item, device=...) per item, in order
@@ -132,6 +132,6 @@ def write_slide_outputs(paths: dict[str, Path], objs: Objects, slide: Slide, *, 
     with LazyImage(slide.file, slide.page) as image:
         predicted = SlideImage(objs, slide, image, categories)
         write_all(paths, predicted)
-    results = writers.objects_to_results(objs, predicted.kept, image_id=image_id, height=slide.height,
-                                         width=slide.width, category_ids=writers.category_ids(categories))
+    results = objects_to_results(objs, predicted.kept, image_id=image_id, height=slide.height,
+                                 width=slide.width, category_ids=writers.category_ids(categories))
     return results, len(predicted.kept)

@@ -23,8 +23,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cupre.fileio import atomic_path
-from cupre.inference.objects import Objects
-from cupre.masks import crop_rle, masks_to_results
+from cupre.detect.objects import Objects
 
 CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
                "mean_intensity", "category")
@@ -197,24 +196,6 @@ def write_ids(path: Path, canvas: np.ndarray, rows: list[dict]) -> None:
                       stroke_width=1, stroke_fill=(0, 0, 0))
     with atomic_path(path) as tmp:
         pil.save(tmp, format="PNG", compress_level=1)
-
-
-def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height: int, width: int,
-                       category_ids: Mapping[int, int] | None = None) -> list[dict]:
-    """COCO results (``cupre evaluate --dt``) of the objects in the label image.
-
-    Entry ``k - 1`` is label id ``k`` (also stored as ``object_id``); its mask is the
-    detector's whole mask (overlaps allowed, as COCO evaluation expects), its ``bbox``
-    the detector's box (XYWH). Model label ``l`` is written as ``category_ids[l]``
-    (``l`` itself when missing).
-    """
-    sel = objs.select(kept)
-    mapping = {int(v): int((category_ids or {}).get(int(v), v)) for v in np.unique(sel.labels)}
-    results = masks_to_results(image_id, sel.boxes, sel.scores, sel.labels, None, category_ids=mapping)
-    for k, (res, crop, origin) in enumerate(zip(results, sel.crops, sel.origins), start=1):
-        res["segmentation"] = crop_rle(crop, tuple(origin), height, width)
-        res["object_id"] = k
-    return results
 
 
 def trace_outline(mask: np.ndarray) -> np.ndarray:

@@ -36,9 +36,9 @@ import torch
 from torchvision.ops import box_iou
 
 from cupre.devices import release_freed_memory
-from cupre.inference.objects import Objects, crop_output
-from cupre.inference.tiles import Tile, in_core, make_tiles, scaled_tiling
-from cupre.scale import at_object_scale
+from cupre.detect.objects import Objects, crop_output
+from cupre.detect.tiles import TILE_OVERLAP, TILE_SIZE, Tile, in_core, make_tiles, scaled_tiling
+from cupre.scale import PROBE_FACTORS, at_object_scale
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]
 PAIR_CHUNK = 256  # boxes compared against all candidates at a time in duplicate removal
@@ -140,8 +140,8 @@ def predict_images(
     model: Detector,
     images: Sequence[torch.Tensor],
     *,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tile_size: int = TILE_SIZE,
+    overlap: int = TILE_OVERLAP,
     batch_size: int = 2,
     device: torch.device | str = "cpu",
     scales: Sequence[float] | None = None,
@@ -225,19 +225,24 @@ def predict_at_object_scale(
     images: Sequence[torch.Tensor],
     *,
     diameter: float | None = None,
+    diameters: Sequence[float | None] | None = None,
+    probe_factors: Sequence[float] = PROBE_FACTORS,
     **tiling,
 ) -> tuple[list[Objects], list[float]]:
-    """:func:`predict_images` under the object-scale rule (:mod:`cupre.scale`).
+    """:func:`predict_images` under the object-scale rule (:mod:`cupre.scale`): the one
+    way cupre runs a model over images, for ``cupre predict``, validation, the napari
+    widget and the exports.
 
     A model without ``object_size`` runs at native pixels. Otherwise each image runs at
     ``model.object_size / diameter`` when the user gives ``diameter`` (the typical cell
-    diameter in the images, pixels), or at the factor estimated from a first
-    native-pixel pass, exactly as in evaluation.
+    diameter in the images, pixels; ``diameters``: one per image), or at the factor
+    estimated from its first looks at ``probe_factors``.
 
     Returns:
         (objects per image, the factor each image ran at).
     """
-    diameters = None if diameter is None else [diameter] * len(images)
+    if diameters is None and diameter is not None:
+        diameters = [diameter] * len(images)
     return at_object_scale(lambda batch, scales: predict_images(model, batch, scales=scales, **tiling), images,
-                           getattr(model, "object_size", None), diameters=diameters,
+                           getattr(model, "object_size", None), diameters=diameters, probe_factors=probe_factors,
                            measure=lambda objs: (objs.boxes, objs.scores))

@@ -5,10 +5,12 @@ output into it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from cupre.masks import crop_rle, masks_to_results
 
 
 @dataclass
@@ -125,3 +127,21 @@ def _from_crops(out: dict, *, origin: tuple[int, int]) -> Objects:
         origins=np.array(origins, dtype=np.int64).reshape(-1, 2),
         crops=crops,
     )
+
+
+def objects_to_results(objs: Objects, kept: np.ndarray, *, image_id: int, height: int, width: int,
+                       category_ids: Mapping[int, int] | None = None) -> list[dict]:
+    """COCO results (``cupre evaluate --dt``) of the objects in the label image.
+
+    Entry ``k - 1`` is label id ``k`` (also stored as ``object_id``); its mask is the
+    detector's whole mask (overlaps allowed, as COCO evaluation expects), its ``bbox``
+    the detector's box (XYWH). Model label ``l`` is written as ``category_ids[l]``
+    (``l`` itself when missing).
+    """
+    sel = objs.select(kept)
+    mapping = {int(v): int((category_ids or {}).get(int(v), v)) for v in np.unique(sel.labels)}
+    results = masks_to_results(image_id, sel.boxes, sel.scores, sel.labels, None, category_ids=mapping)
+    for k, (res, crop, origin) in enumerate(zip(results, sel.crops, sel.origins), start=1):
+        res["segmentation"] = crop_rle(crop, tuple(origin), height, width)
+        res["object_id"] = k
+    return results

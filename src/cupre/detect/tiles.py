@@ -1,5 +1,5 @@
 """Tile geometry: overlapping tiles spaced evenly over an image, each with the *core*
-that decides which tile keeps a detection (see :mod:`cupre.inference.tiling`)."""
+that decides which tile keeps a detection (see :mod:`cupre.detect.tiling`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cupre.errors import CupreError
+
+TILE_SIZE = 1024  # pixels: images larger than this on a side are tiled
+TILE_OVERLAP = 128  # pixels between neighbouring tiles, at least the largest cell
 
 
 @dataclass(frozen=True)

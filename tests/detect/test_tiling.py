@@ -10,9 +10,9 @@ import torch
 from scipy import ndimage
 
 from cupre.errors import CupreError
-from cupre.inference.objects import Objects, crop_output
-from cupre.inference.tiles import in_core, make_tiles
-from cupre.inference.tiling import predict_images, remove_duplicates
+from cupre.detect.objects import Objects, crop_output
+from cupre.detect.tiles import in_core, make_tiles
+from cupre.detect.tiling import predict_images, remove_duplicates
 from cupre.inference.writers import paint_labels
 
 
@@ -194,7 +194,7 @@ def test_scaled_images_run_in_scaled_tiles_and_map_outputs_back():
 
 @pytest.mark.parametrize("factor", [4.0, 3.99, 8.0])
 def test_an_image_run_at_a_large_factor_still_gets_a_valid_tiling(factor):
-    from cupre.inference.tiles import make_tiles, scaled_tiling
+    from cupre.detect.tiles import make_tiles, scaled_tiling
 
     size, overlap = scaled_tiling(1024, 128, factor)  # the defaults, objects 4x smaller than the model's
     assert overlap < size // 2
