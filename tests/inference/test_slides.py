@@ -14,7 +14,7 @@ from cupre.detect.tiles import make_tiles
 from cupre.detect.tiling import predict_images
 from cupre.inference.writers import paint_labels
 from tests.inference.test_predict import check_ome_zarr
-from tests.inference.test_tiling import ComponentDetector, draw_cells
+from tests.detect.test_tiling import ComponentDetector, draw_cells
 
 
 def test_a_slide_gives_the_in_memory_paths_objects(tmp_path):
