@@ -342,11 +342,8 @@ def main() -> int:
                              ("dets", lambda m: m["detector"].update(detections_per_img=10**9)),
                              ("code", lambda m: m["detector"].update(backbone="__import__('os').system('id')"))]:
             altered_metadata(work / "model.safetensors", work / f"meta_{name}.safetensors", change)
-        raw_meta = (work / "model.safetensors").read_bytes()
-        n = struct.unpack("<Q", raw_meta[:8])[0]
-        header = raw_meta[8:8 + n].replace(b'"__metadata__":{', b'"__metadata__":{"detector":"{oops",', 1)
-        header += b" " * (-len(header) % 8)
-        (work / "meta_json.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw_meta[8 + n:])
+        altered_metadata(work / "model.safetensors", work / "meta_json.safetensors",
+                         lambda m: m.update(detector="{oops"))
         (work / "empty_folder").mkdir()
         subprocess.run([sys.executable, "-m", "cupre.cli", "predict", str(work / "model.safetensors"),
                         str(work / "images"), "-o", str(work / "done"), "--device", "cpu"],

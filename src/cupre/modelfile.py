@@ -113,16 +113,22 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
         raise CupreError(f"{path}: not a cupre model file (format {metadata.get('format')!r}, expected {FORMAT!r})")
     if digest.hexdigest() != metadata.get("digest"):
         raise CupreError(f"{path}: the tensors do not match the digest stored with them (altered or damaged file)")
-    try:
-        detector, categories, facts = (json.loads(metadata["detector"]), json.loads(metadata["categories"]),
-                                       json.loads(metadata.get("facts", "{}")))
-    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
-        raise CupreError(f"{path}: damaged model metadata ({exc.__class__.__name__}: {exc})") from None
+    detector, categories, facts = (metadata_json(path, metadata, key) for key in ("detector", "categories", "facts"))
     check_metadata(path, detector, categories, facts)
     for key in LEGACY_DETECTOR_KEYS:
         detector.pop(key, None)
     DetectorConfig.from_dict(detector, where=f"{path} (detector config)")  # types and bounds, as in a config
     return {"model": state, "detector": detector, "categories": categories, **facts}
+
+
+def metadata_json(path: Path, metadata: dict[str, str], key: str) -> Any:
+    """One JSON entry of a model file's metadata (``facts`` may be absent)."""
+    if key not in metadata and key != "facts":
+        raise CupreError(f"{path}: damaged model metadata (no {key!r} entry)")
+    try:
+        return json.loads(metadata.get(key, "{}"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CupreError(f"{path}: damaged model metadata (its {key!r} entry is not JSON: {exc})") from None
 
 
 def check_metadata(path: Path, detector: Any, categories: Any, facts: Any) -> None:

@@ -254,3 +254,24 @@ def test_a_setting_amt2_would_ignore_is_refused(tmp_path, capsys):
     assert main(["pretrain", str(config), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "amt2.l2sp: AMT2's L2-SP regularises the backbone" in err and "\n" not in err
+
+
+def test_a_model_file_whose_metadata_is_not_json_or_names_unknown_code_is_named(tmp_path, tiny_model, capsys):
+    """Metadata entries that are not JSON name the entry; a backbone no library knows (a
+    code string, say) names the model file, not only the backbone."""
+    import json
+
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_model), framework="pt") as fh:
+        metadata, state = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    Image.new("L", (32, 32)).save(tmp_path / "img.png")
+    code = {**json.loads(metadata["detector"]), "backbone": "__import__('os').system('id')"}
+    for name, entry, said in [("notjson.safetensors", "{oops", "its 'detector' entry is not JSON"),
+                              ("code.safetensors", json.dumps(code), "is not a timm model")]:
+        save_file(state, str(tmp_path / name), metadata={**metadata, "detector": entry})
+        assert main(["predict", str(tmp_path / name), str(tmp_path / "img.png"), "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"cupre: error: {tmp_path / name}") and said in err and "\n" not in err

@@ -97,7 +97,8 @@ def test_decoupled_l2sp_pulls_towards_the_reference_at_the_stated_rate():
     reg = L2SP(module, ref, alpha=1.0, weight=10.0)
     reg.step(lr=0.05)  # removes lr * weight * alpha = 50% of the distance to w0
     assert relative_drift(module, ref) == pytest.approx(0.5 * before, rel=1e-5)
-    assert reg.drift() == pytest.approx(0.5 * before, rel=1e-5)
+    distance = sum(float(((p - ref[n]) ** 2).sum()) for n, p in module.named_parameters())
+    assert float(reg.value()) == pytest.approx(10.0 * distance, rel=1e-5)  # the logged penalty, Omega(w)
     plain = tiny_module()
     weights = [p.detach().clone() for p in plain.parameters()]
     L2SP(plain, snapshot(plain), alpha=0.0, weight=2.0).step(lr=0.1)  # alpha 0: plain weight decay

@@ -21,7 +21,7 @@ from cupre.errors import CupreError, CupreWarning
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cupre.cli.train", "your unlabeled + few annotated images -> a model and masks, in one command"),
-    "demo": ("cupre.cli.demo", "the whole method on synthetic data, on a laptop"),
+    "demo": ("cupre.cli.demo", "the whole method on 29 real nuclei images (--synthetic: generated cells), on a laptop"),
     "synth": ("cupre.cli.synth", "write a synthetic cell or natural-object dataset"),
     "convert": ("cupre.cli.convert", "any supported layout -> COCO instances JSON"),
     "split": ("cupre.cli.split", "a deterministic few-shot split of a dataset"),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from cupre.config import DetectorConfig
+from cupre.errors import CupreError
 from cupre.modelfile import check_state, load_model_file
 from cupre.models.detector import build_detector
 
@@ -23,8 +24,11 @@ def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None
     """
     ckpt = load_model_file(path, weights_dtype=weights_dtype)
     cfg = DetectorConfig.from_dict({**ckpt["detector"], **(overrides or {})}, where=f"{path} (detector config)")
-    with torch.device("meta"):  # no random weights made only to be overwritten: one copy in memory
-        model = build_detector(cfg)
+    try:
+        with torch.device("meta"):  # no random weights made only to be overwritten: one copy in memory
+            model = build_detector(cfg)
+    except CupreError as exc:  # a backbone name no library knows, say: the file is what the user gave
+        raise CupreError(f"{path}: {exc}") from None
     check_state(path, model, ckpt["model"])
     model.load_state_dict(ckpt["model"], assign=True)
     return model, cfg, ckpt
