@@ -61,6 +61,11 @@ def run_lock(folder: str | Path, command: str = "") -> Iterator[Path]:
         CupreError: another live cupre process holds it.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CupreError(f"{folder}: the output folder is a file; give -o a folder")
+    blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CupreError(f"{folder}: cannot make the output folder, {blocker} is a file")
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE

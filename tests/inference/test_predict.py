@@ -20,7 +20,7 @@ from scipy import ndimage
 from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.data.imageio import read_image
-from cupre.errors import CupreError
+from cupre.errors import CupreError, CupreWarning
 from cupre.inference import writers
 from cupre.inference.inputs import expand_inputs
 from cupre.detect.objects import Objects
@@ -448,8 +448,9 @@ def test_channel_keeps_one_channel_of_hyperstacks_and_ome_zarr(tmp_path):
     write_ome_zarr(folder / "plate.zarr", np.stack([other, nuclei, other]).astype(np.uint8) * 200, "cyx")
     Image.fromarray((nuclei * 200).astype(np.uint8)).save(folder / "plain.png")  # no channel axis: read as it is
 
-    summary = run_predict(ComponentDetector(), [folder], out=tmp_path / "c0",
-                          options=PredictOptions(score_threshold=0.1, channel=0), progress=False)
+    with pytest.warns(CupreWarning, match="plain.png: no channel axis to take channel 0 from"):
+        summary = run_predict(ComponentDetector(), [folder], out=tmp_path / "c0",
+                              options=PredictOptions(score_threshold=0.1, channel=0), progress=False)
     index = json.loads((tmp_path / "c0" / "images.json").read_text())
     pages = {e["name"]: e["page"] for e in index["images"]}
     assert pages == {"hyper_p000": 0, "hyper_p002": 2, "plain": None, "plate_p000": 0}  # (z0, c0), (z1, c0)

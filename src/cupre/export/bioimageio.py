@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from cupre.errors import CupreError
-from cupre.export.sample import sample_image
+from cupre.export.sample import sample_fits, sample_image
 from cupre.inference.options import DEFAULTS, DetectionOptions
 
 PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain Unsupervised Pre-training for "
@@ -105,8 +105,9 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     module.net.load_state_dict(ckpt["model"])
     raw = sample_image(sample)
     # what LabelImageModel.forward returns for the sample, with the object table for the cover
-    plane, rows, _ = segment_array(module.net.eval(), raw, device=torch.device("cpu"), categories=kwargs["categories"],
-                                   options=module.options, precision="fp32")
+    with sample_fits(sample, raw):
+        plane, rows, _ = segment_array(module.net.eval(), raw, device=torch.device("cpu"),
+                                       categories=kwargs["categories"], options=module.options, precision="fp32")
     if not plane.any():  # bioimage.io's own validation refuses an all-zero test output
         raise CupreError(f"{model_file}: finds no cell in the sample image ({sample or 'the built-in sample'}) at "
                          f"score threshold {options.score_threshold:g}, and a bioimage.io package needs a test output with "

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,24 @@ from torch import Tensor, nn
 from cupre.errors import CupreError
 from cupre.inference.options import DEFAULTS, DetectionOptions
 
+LOG = logging.getLogger(__name__)
 OPSET = 17
 OUTPUTS = ("boxes", "scores", "labels", "masks")
 TOLERANCE = 1e-3
+
+
+class NonEmpty(nn.Module):
+    """``inner`` run on its input plus one zero RoI, which is dropped after: the exported
+    graph then holds for an image without detections (ONNX's GroupNorm reshapes to
+    ``N x groups x -1``, which cannot be inferred from zero rows)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = x.new_zeros((1, x.shape[1], x.shape[2], x.shape[3]))
+        return self.inner(torch.cat([x, pad]))[:-1]
 
 
 class OnnxDetector(nn.Module):
@@ -81,7 +98,7 @@ def export_onnx(model_file: Path, out: Path, *, options: DetectionOptions = DEFA
     import onnx
 
     from cupre.data.imageio import Normalization, normalize
-    from cupre.export.sample import sample_image
+    from cupre.export.sample import sample_fits, sample_image
     from cupre.export.torchscript import scriptable
     from cupre.fileio import atomic_path
     from cupre.inference.predict import load_model
@@ -89,8 +106,12 @@ def export_onnx(model_file: Path, out: Path, *, options: DetectionOptions = DEFA
 
     net, _ = load_model(model_file, device=torch.device("cpu"), precision="fp32")
     plain = scriptable(net, options)
+    plain.heads.mask_head = NonEmpty(plain.heads.mask_head)
     module = OnnxDetector(net.transform, plain.body, plain.rpn, plain.heads).eval()
-    image = normalize(sample_image(sample))[None]
+    raw = sample_image(sample)
+    image = normalize(raw)[None]
+    with sample_fits(sample, raw), torch.no_grad():
+        module(image)
     second = image[..., : max(64, image.shape[-2] * 3 // 4), : max(64, image.shape[-1] * 5 // 8)].flip(-1)
     norm = Normalization()
     facts = {"object_size": net.object_size, "mask_threshold": float(net.mask_threshold),
@@ -99,37 +120,45 @@ def export_onnx(model_file: Path, out: Path, *, options: DetectionOptions = DEFA
              "diameter": options.diameter,
              "model_file": str(model_file)}
     with atomic_path(out) as tmp:
-        with torch.no_grad():
+        # torch's notes on its own exporter (legacy route, traced shapes) are for developers: logged, not shown
+        with torch.no_grad(), warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
             torch.onnx.export(module, (image,), str(tmp), opset_version=OPSET, dynamo=False,
                               input_names=["image"], output_names=list(OUTPUTS),
                               dynamic_axes={"image": {2: "height", 3: "width"},
                                             **{name: {0: "detections"} for name in OUTPUTS}})
+        for note in notes:
+            LOG.debug("torch.onnx.export: %s", note.message)
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {f"cupre.{k}": json.dumps(v) for k, v in facts.items()})
         onnx.save(proto, str(tmp))
         for x in (image, second):
-            check_outputs(module, tmp, x)
+            check_outputs(module, tmp, x, where=model_file)
     return out
 
 
-def check_outputs(module: nn.Module, path: Path, image: Tensor) -> None:
+def check_outputs(module: nn.Module, path: Path, image: Tensor, *, where: Path | None = None) -> None:
     """onnxruntime's outputs for ``image`` equal ``module``'s (counts, labels; values to
-    :data:`TOLERANCE`); raises CupreError naming the first that does not."""
+    :data:`TOLERANCE`); raises CupreError naming the first that does not (and ``where``,
+    the model file, else ``path``)."""
     import onnxruntime
 
+    where = where or path
     with torch.no_grad():
         want = [t.numpy() for t in module(image)]
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # onnxruntime's own log lines: its failure becomes part of cupre's one line
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         got = session.run(list(OUTPUTS), {"image": image.numpy()})
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
         found = len(want[0])
         hint = (" The model finds no cell in the sample at this score threshold: give --sample IMAGE (one of your "
                 "images where it finds cells) or a lower --score-threshold." if found == 0 else " Please report this.")
-        raise CupreError(f"{path}: onnxruntime cannot run the exported network on a {image.shape[-2]} x "
+        raise CupreError(f"{where}: onnxruntime cannot run the exported network on a {image.shape[-2]} x "
                          f"{image.shape[-1]} image ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}); "
                          f"nothing written.{hint}") from None
     for name, g, w in zip(OUTPUTS, got, want):
         if g.shape != w.shape or not np.allclose(g, w, rtol=0, atol=TOLERANCE):
-            raise CupreError(f"{path}: onnxruntime's {name} differ from PyTorch's on a "
+            raise CupreError(f"{where}: onnxruntime's {name} differ from PyTorch's on a "
                              f"{image.shape[-2]} x {image.shape[-1]} image; nothing written. Please report this.")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+
+from cupre.errors import CupreError
 
 TEST_SIDE = 256
 
@@ -26,3 +30,15 @@ def sample_image(sample: Path | None) -> np.ndarray:
     from cupre.data.synth_cells import render
 
     return grey_plane(render(np.random.default_rng(0), size=TEST_SIDE, index=1, seed=0).image)
+
+
+@contextlib.contextmanager
+def sample_fits(sample: Path | None, raw: np.ndarray) -> Iterator[None]:
+    """The first run of the model on the sample: an image the model cannot take (a 1 x 1
+    px one, say) is one line naming it, not torch's traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        what = sample or "the built-in sample"
+        raise CupreError(f"{what}: the model cannot segment this {raw.shape[0]} x {raw.shape[1]} px sample "
+                         f"({' '.join(str(exc).split())[:160]}); give --sample a larger image of your cells") from None

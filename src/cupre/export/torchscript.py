@@ -47,8 +47,19 @@ from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.heads.chunks import CHUNK, deconv_as_convs
 from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
-from cupre.scale import (MIN_LOOK_SIDE, MIN_SCORE, PROBE_FACTORS, PROBE_WINDOW, central_window, look_fits,
-                         median_side, reusable_look, scale_factor, score_mass, snap)
+from cupre.scale import (
+    MIN_LOOK_SIDE,
+    MIN_SCORE,
+    PROBE_FACTORS,
+    PROBE_WINDOW,
+    central_window,
+    look_fits,
+    median_side,
+    reusable_look,
+    scale_factor,
+    score_mass,
+    snap,
+)
 
 
 class Body(nn.Module):
@@ -305,15 +316,16 @@ def export_torchscript(model_file: Path, out: Path, *, options: DetectionOptions
         CupreError: Cascade heads, an unreadable model file, or a scripted model that
             differs from cupre (a bug to report).
     """
-    from cupre.export.sample import sample_image
+    from cupre.export.sample import sample_fits, sample_image
     from cupre.fileio import atomic_path
     from cupre.inference.arrays import segment_array
     from cupre.inference.predict import load_model
 
     net, categories = load_model(model_file, device=torch.device("cpu"), precision="fp32")
     raw = sample_image(sample)
-    want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories, options=options,
-                               precision="fp32")
+    with sample_fits(sample, raw):
+        want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories, options=options,
+                                   precision="fp32")
     scripted = checked_script(net, raw, want, options, where=model_file)
     facts = {"score_threshold": options.score_threshold, "max_detections": options.max_detections,
              "diameter": options.diameter,

@@ -103,6 +103,10 @@ def plan_jobs(files: list[tuple[Path, str]], *, channel: int | None = None) -> l
         except ValueError as exc:  # the channel asked for is not in this file
             jobs.append(Job(len(jobs) + 1, path, None, name, error=str(file_error(path, str(exc)))))
             continue
+        if channel is not None and layout.channels is None:
+            warnings.warn(f"{path}: no channel axis to take channel {channel} from (--channel reads TIFF "
+                          "hyperstacks, OME-TIFF and OME-Zarr); the whole image is predicted", CupreWarning,
+                          stacklevel=2)
         for page in pages:
             stem = name if layout.count == 1 else f"{name}_p{page:03d}"
             jobs.append(Job(len(jobs) + 1, path, page if layout.count > 1 else None, stem, size=layout.size))

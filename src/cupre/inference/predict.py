@@ -301,9 +301,13 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     batches = [small[start:start + options.batch_size] for start in range(0, len(small), options.batch_size)]
     bar = tqdm(total=len(jobs), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
 
+    said: dict[str, int] = {}  # each problem once: the pages of one file often fail alike
+
     def record(image_id: int, results: list[dict], entry: dict) -> None:
         if "error" in entry:
-            tqdm.write(f"cupre: warning: {entry['error']} (skipped)", file=sys.stderr)
+            said[entry["error"]] = said.get(entry["error"], 0) + 1
+            if said[entry["error"]] == 1:
+                tqdm.write(f"cupre: warning: {entry['error']} (skipped)", file=sys.stderr)
         ledger.record(image_id, results, entry)
         bar.update(1)
 
@@ -316,6 +320,9 @@ def _predict_jobs(net, jobs: list[Job], *, out: Path, categories: list[dict], op
             for rec in records:
                 record(*rec)
     bar.close()
+    for problem, count in said.items():
+        if count > 1:
+            print(f"cupre: warning: {count - 1} more page(s) skipped for the same reason: {problem}", file=sys.stderr)
 
 
 def is_large(job: Job, tile_size: int) -> bool:

@@ -122,7 +122,10 @@ def build_init(
         source = load_model_file(Path(pretrain_dir) / PRODUCTS["warmup"])
     base = dict(source["detector"]) if source is not None else {}
     cfg = DetectorConfig.from_dict({**base, **overrides}, where=f"--init {name} detector")
-    model = build_detector(cfg)
+    try:
+        model = build_detector(cfg)
+    except CupreError as exc:  # a backbone no library knows: say where the setting came from
+        raise CupreError(f"--init {name} detector: {exc}") from None
     if init.model is not None:
         check_state(files[init.model], model, ckpts[init.model]["model"])
         model.load_state_dict(ckpts[init.model]["model"])
