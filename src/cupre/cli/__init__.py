@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 from cupre.errors import CupreError, CupreWarning
 
@@ -122,6 +124,23 @@ def add_compute_arguments(parser: argparse.ArgumentParser, *, training: bool = F
                                  "model files each); by default it goes once the part has written its model")
 
 
+LIBRARY_NOTICE = re.compile(r"`torch\.jit\.\w+` is deprecated")
+LIBRARIES = ("torch", "torchvision", "timm")
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as users read it, ``cupre: warning: ...``. The libraries' notices about
+    their own future (torch.jit's deprecation, FutureWarnings from torch, torchvision and
+    timm) are for developers: they go to the ``cupre.notices`` log (``CUPRE_LOG=debug``
+    shows it), not to the user."""
+    parts = Path(filename).parts
+    library = any(name in parts for name in LIBRARIES) and not issubclass(category, CupreWarning)
+    if LIBRARY_NOTICE.search(str(message)) or (library and issubclass(category, (FutureWarning, DeprecationWarning))):
+        logging.getLogger("cupre.notices").debug("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+        return
+    (file or sys.stderr).write(f"cupre: warning: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
@@ -136,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     warnings.simplefilter("default", CupreWarning)
-    # torch's notices about its own future (torch.jit.* "is deprecated") are for developers, not users
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|torchvision|timm)(\.|$)")
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"cupre: warning: {msg}\n"
+    warnings.showwarning = show_warning
+    if os.environ.get("CUPRE_LOG", "").lower() == "debug":  # the libraries' notices too, on stderr
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
         if args.command in COMPUTE:
             from cupre.devices import check_device, set_threads
