@@ -41,7 +41,7 @@ def main() -> None:
     widget.score_threshold.value = args.score_threshold
     start = time.perf_counter()
     worker = widget(viewer=viewer, image=image, model=args.model, score_threshold=args.score_threshold,
-                    object_size=0.0, tile_size=1024)
+                    diameter=0.0, tile_size=1024)
     loop = QEventLoop()
     worker.finished.connect(loop.quit)
     loop.exec_()
