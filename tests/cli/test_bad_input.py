@@ -324,21 +324,21 @@ def test_the_pages_of_a_file_that_fail_alike_are_said_once(tmp_path, tiny_model,
     assert lines[1].startswith("cupre: warning: 15 more page(s) skipped for the same reason")
 
 
-def test_library_notices_go_to_the_log_and_cupre_warnings_to_the_user(capsys, caplog):
-    """torch's notes on its own future are for developers: logged under cupre.notices, not
-    printed; cupre's own warnings (and other libraries' real warnings) reach stderr."""
+def test_library_notices_go_to_the_log_and_cupre_warnings_to_the_user(caplog):
+    """torch's notes on its own future are for developers: logged under cupre.notices and
+    printed as nothing; cupre's own warnings (and other libraries' real warnings) are
+    printed as ``cupre: warning: ...``."""
     import logging
 
-    from cupre.cli import show_warning
+    from cupre.cli import format_warning
     from cupre.errors import CupreWarning
 
     torch_file = str(Path(torch.__file__).parent / "jit" / "_script.py")
     with caplog.at_level(logging.DEBUG, logger="cupre.notices"):
-        show_warning("`torch.jit.script` is deprecated. Please switch to torch.compile", DeprecationWarning,
-                     "/work/x/cupre/export/torchscript.py", 1)
-        show_warning("a future default changes", FutureWarning, torch_file, 1)
-        show_warning("x.tif: NaN pixels", CupreWarning, "/work/x/cupre/data/imageio.py", 1)
-        show_warning("image too large", UserWarning, str(Path(torch.__file__).parent / "x.py"), 1)
-    err = capsys.readouterr().err
-    assert err == "cupre: warning: x.tif: NaN pixels\ncupre: warning: image too large\n"
+        shown = [format_warning("`torch.jit.script` is deprecated. Please switch to torch.compile",
+                                DeprecationWarning, "/work/x/cupre/export/torchscript.py", 1),
+                 format_warning("a future default changes", FutureWarning, torch_file, 1),
+                 format_warning("x.tif: NaN pixels", CupreWarning, "/work/x/cupre/data/imageio.py", 1),
+                 format_warning("image too large", UserWarning, str(Path(torch.__file__).parent / "x.py"), 1)]
+    assert shown == ["", "", "cupre: warning: x.tif: NaN pixels\n", "cupre: warning: image too large\n"]
     assert len([r for r in caplog.records if r.name == "cupre.notices"]) == 2

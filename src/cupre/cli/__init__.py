@@ -128,17 +128,18 @@ LIBRARY_NOTICE = re.compile(r"`torch\.jit\.\w+` is deprecated")
 LIBRARIES = ("torch", "torchvision", "timm")
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as users read it, ``cupre: warning: ...``. The libraries' notices about
     their own future (torch.jit's deprecation, FutureWarnings from torch, torchvision and
     timm) are for developers: they go to the ``cupre.notices`` log (``CUPRE_LOG=debug``
-    shows it), not to the user."""
+    shows it) and print nothing. (The formatter, not ``showwarning``, decides, so that
+    ``warnings.catch_warnings(record=True)`` still records every warning.)"""
     parts = Path(filename).parts
     library = any(name in parts for name in LIBRARIES) and not issubclass(category, CupreWarning)
     if LIBRARY_NOTICE.search(str(message)) or (library and issubclass(category, (FutureWarning, DeprecationWarning))):
         logging.getLogger("cupre.notices").debug("%s:%s: %s: %s", filename, lineno, category.__name__, message)
-        return
-    (file or sys.stderr).write(f"cupre: warning: {message}\n")
+        return ""
+    return f"cupre: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     warnings.simplefilter("default", CupreWarning)
-    warnings.showwarning = show_warning
+    warnings.formatwarning = format_warning
     if os.environ.get("CUPRE_LOG", "").lower() == "debug":  # the libraries' notices too, on stderr
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
