@@ -33,9 +33,9 @@ import torch
 from PIL import Image
 
 from cupre.config import DetectorConfig
+from cupre.detect.tiling import predict_images
 from cupre.devices import resolve_precision, set_threads
 from cupre.inference.predict import PredictOptions, run_predict
-from cupre.detect.tiling import predict_images
 from cupre.models.detector import build_detector
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cupre.errors import CupreError
 from cupre.detect.objects import Objects, crop_output
 from cupre.detect.tiles import in_core, make_tiles
 from cupre.detect.tiling import predict_images, remove_duplicates
+from cupre.errors import CupreError
 from cupre.inference.writers import paint_labels
 
 

@@ -20,10 +20,10 @@ from scipy import ndimage
 from cupre import cli
 from cupre.config import DetectorConfig
 from cupre.data.imageio import read_image
+from cupre.detect.objects import Objects
 from cupre.errors import CupreError, CupreWarning
 from cupre.inference import writers
 from cupre.inference.inputs import expand_inputs
-from cupre.detect.objects import Objects
 from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.writers import paint_labels, polygon_roi, trace_outline
 from cupre.masks import crop_rle
@@ -475,8 +475,8 @@ def test_a_bf16_model_keeps_no_view_of_its_file(tmp_path, norm):
     import gc
 
     from cupre.inference.predict import load_model
-    from cupre.models.loading import build_from_file
     from cupre.models.detector import build_detector, weights_for_inference
+    from cupre.models.loading import build_from_file
     from cupre.train.weights import save_model
 
     cfg = DetectorConfig.from_dict({**TINY, "norm": norm})

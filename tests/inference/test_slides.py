@@ -9,12 +9,12 @@ import numpy as np
 import tifffile
 
 from cupre.data.imageio import normalize, read_image
-from cupre.inference.predict import PredictOptions, run_predict
 from cupre.detect.tiles import make_tiles
 from cupre.detect.tiling import predict_images
+from cupre.inference.predict import PredictOptions, run_predict
 from cupre.inference.writers import paint_labels
-from tests.inference.test_predict import check_ome_zarr
 from tests.detect.test_tiling import ComponentDetector, draw_cells
+from tests.inference.test_predict import check_ome_zarr
 
 
 def test_a_slide_gives_the_in_memory_paths_objects(tmp_path):

@@ -8,8 +8,8 @@ from PIL import Image
 
 from cupre.data.imageio import normalize
 from cupre.data.lazy import LazyImage, intensity_range
-from cupre.inference import windows, writers
 from cupre.detect.objects import Objects
+from cupre.inference import windows, writers
 
 
 def random_objects(rng, count: int, height: int, width: int) -> Objects:

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from cupre.devices import release_freed_memory
 from cupre.detect.objects import Objects, crop_output
 from cupre.detect.tiles import TILE_OVERLAP, TILE_SIZE, Tile, in_core, make_tiles, scaled_tiling
+from cupre.devices import release_freed_memory
 from cupre.scale import PROBE_FACTORS, at_object_scale
 
 Detector = Callable[[list[torch.Tensor]], list[dict]]

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from cupre.data.imageio import normalize
+from cupre.detect.tiling import predict_at_object_scale
 from cupre.inference import writers
 from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.inference.predict import DEFAULT_CATEGORIES, detection_limits
-from cupre.detect.tiling import predict_at_object_scale
 
 
 @torch.no_grad()

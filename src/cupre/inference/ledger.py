@@ -39,7 +39,7 @@ class Ledger:
 
     def __init__(self, out: Path, fingerprint: dict) -> None:
         self.folder = Path(out) / FOLDER
-        self.fingerprint = fingerprint
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back: a tuple as a list
 
     def start(self, *, resume: bool) -> set[int]:
         """Begin (or continue) the run; returns the ids of images finished before.

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cupre.errors import CupreError
 from cupre.detect.tiles import TILE_OVERLAP, TILE_SIZE, make_tiles
+from cupre.errors import CupreError
 
 
 def kept(scores, threshold: float):

@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
+from cupre.detect.objects import Objects
 from cupre.errors import CupreError
 from cupre.inference import omezarr, writers
-from cupre.detect.objects import Objects
 
 
 class Predicted(Protocol):

@@ -56,6 +56,8 @@ from tqdm import tqdm
 
 from cupre.data.imageio import normalize, read_image
 from cupre.data.lazy import image_size, release_decoded
+from cupre.detect.objects import objects_to_results
+from cupre.detect.tiling import predict_at_object_scale
 from cupre.devices import map_large_allocations, pick_device, release_freed_memory, resolve_precision
 from cupre.errors import CupreError, CupreWarning
 from cupre.fileio import write_json_atomic
@@ -73,8 +75,6 @@ from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.options import DetectionOptions
 from cupre.inference.outputs import WholeImage, write_all
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
-from cupre.detect.objects import objects_to_results
-from cupre.detect.tiling import predict_at_object_scale
 from cupre.modelfile import resolve_model_file
 from cupre.models.detector import weights_for_inference
 from cupre.scale import MAX_FACTOR, MIN_FACTOR
@@ -138,11 +138,6 @@ def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
         return raw, normalize(raw, grey_view=True)
     except Exception as exc:  # noqa: BLE001 - readers raise many kinds on broken files
         raise CupreError(problem_line(job.file, exc)) from None
-
-
-def json_value(value: Any) -> Any:
-    """``value`` as it reads back from JSON (a tuple as a list), so that fingerprints compare."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: torch.Tensor, job: Job,
@@ -244,7 +239,7 @@ def run_predict(
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out), channel=options.channel)
     ledger = Ledger(out, {"model": model_identity(model_file or model),
-                          "options": {k: json_value(getattr(options, k)) for k in RESULT_OPTIONS},
+                          "options": {k: getattr(options, k) for k in RESULT_OPTIONS},
                           "inputs": [f"{j.file}#{j.page}" for j in jobs]})
     if not options.resume:
         check_outputs(out, jobs, outputs=options.outputs, overwrite=options.overwrite)

@@ -29,11 +29,11 @@ import torch
 
 from cupre.data.imageio import intensities, stretch
 from cupre.data.lazy import LazyImage, intensity_range
-from cupre.inference import windows, writers
 from cupre.detect.objects import Objects, objects_to_results
-from cupre.inference.outputs import write_all
 from cupre.detect.tiles import Tile, make_tiles, scaled_tiling
 from cupre.detect.tiling import merge_tiles, run_tiles
+from cupre.inference import windows, writers
+from cupre.inference.outputs import write_all
 from cupre.scale import at_object_scale
 
 MapTasks = Callable[[Callable, list], Iterable]  # map_tasks(fn, items) -> fn(net, item, device=...) per item, in order

@@ -27,9 +27,9 @@ import tifffile
 
 from cupre.data.imageio import intensities, stretch
 from cupre.data.lazy import LazyImage
+from cupre.detect.objects import Objects
 from cupre.fileio import atomic_path
 from cupre.inference import writers
-from cupre.detect.objects import Objects
 
 BIN = 256  # side of the grid cells that index objects by position
 TIFF_TILE = 512  # tile side of the label TIFF of a large image

@@ -22,8 +22,8 @@ import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from cupre.fileio import atomic_path
 from cupre.detect.objects import Objects
+from cupre.fileio import atomic_path
 
 CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
                "mean_intensity", "category")
