@@ -7,9 +7,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
-# A ResNet-18 detector small enough to train a few iterations in seconds on a CPU.
+# A detector on timm's narrow test ResNet (0.4 M backbone weights against ResNet-18's 11 M): it
+# trains a few iterations in a second on a CPU, and its model file holds 3 MB, not 46.
 TINY_DETECTOR = {
-    "backbone": "resnet18", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64],
+    "backbone": "test_resnet", "fpn_channels": 32, "anchor_sizes": [4, 8, 16, 32, 64],
     "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
     "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 64,
     "box_batch_size_per_image": 32, "detections_per_img": 50,

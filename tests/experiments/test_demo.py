@@ -26,6 +26,7 @@ def tiny(cfg):
     cfg.eval_every = 3
     cfg.overlays.images = 1
     detector = cfg.pretrain.detector  # fewer proposals and detections: the held-out images predict in a blink
+    detector.backbone = "test_resnet"  # timm's narrow test ResNet: each step and model file a fraction of R18's
     detector.rpn_pre_nms_top_n_test, detector.rpn_post_nms_top_n_test, detector.detections_per_img = 100, 50, 30
     return cfg
 

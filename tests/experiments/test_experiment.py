@@ -103,7 +103,7 @@ def test_splits_are_written_once_and_used_by_the_cells(grid):
             assert set(used) == small
     cfg = yaml.safe_load((cell_dir(out, "coco", 0.5, 1) / "config.yaml").read_text())
     assert cfg["init"] == "coco" and cfg["seed"] == 1 and cfg["eval_every"] == 1
-    assert cfg["detector"]["backbone"] == "resnet18" and cfg["val_split"].endswith("val.json")
+    assert cfg["detector"]["backbone"] == DETECTOR["backbone"] and cfg["val_split"].endswith("val.json")
     assert (out / "data" / "objects" / "annotations.json").is_file()  # synthetic_objects padding
     assert not (out / "pretrain" / "cells-moco").exists()  # not requested by `methods`
 

@@ -19,7 +19,21 @@ from tests.helpers import TINY_DETECTOR
 pytest.importorskip("distributed")
 
 
-def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A local cluster of two workers as ``--workers 2`` makes it, shared by the tests that
+    send it work through ``--cluster`` (each start imports torch in every worker: seconds)."""
+    from types import SimpleNamespace
+
+    from cupre.inference.cluster import _client
+
+    client, cluster = _client(SimpleNamespace(cluster=None, workers=2))
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys, local_cluster):
     import torch
 
     cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "detections_per_img": 20})
@@ -37,7 +51,7 @@ def test_two_workers_write_the_same_files_as_one_process(tmp_path, capsys):
     common = [str(tmp_path / "model.safetensors"), str(folder), "--score-threshold", "0", "--device", "cpu",
               "--batch-size", "2", "--tile-size", "96", "--tile-overlap", "16", "--threads", "1"]
     assert cli.main(["predict", *common, "-o", str(tmp_path / "one")]) == 1  # the broken file fails
-    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--workers", "2"]) == 1
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--cluster", local_cluster.scheduler.address]) == 1
     assert "broken.png" in capsys.readouterr().err
 
     labels = sorted(p.name for p in (tmp_path / "one").glob("*_masks.tif"))
@@ -63,7 +77,7 @@ def test_workers_and_cluster_together_are_refused(tmp_path, capsys):
     assert code == 2 and "not both" in capsys.readouterr().err
 
 
-def test_a_bf16_model_goes_to_the_workers(tmp_path):
+def test_a_bf16_model_goes_to_the_workers(tmp_path, local_cluster):
     """What --precision auto gives on a CPU with bf16 units: bf16-stored weights, which
     Dask's own tensor serialiser cannot send."""
     import torch
@@ -76,7 +90,7 @@ def test_a_bf16_model_goes_to_the_workers(tmp_path):
     common = [str(tmp_path / "model.safetensors"), str(tmp_path / "slide.tif"), "--score-threshold", "0",
               "--device", "cpu", "--tile-size", "96", "--tile-overlap", "16", "--threads", "1", "--precision", "bf16"]
     assert cli.main(["predict", *common, "-o", str(tmp_path / "one")]) == 0
-    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert cli.main(["predict", *common, "-o", str(tmp_path / "two"), "--cluster", local_cluster.scheduler.address]) == 0
     one, two = (tifffile.imread(tmp_path / run / "slide_masks.tif") for run in ("one", "two"))
     assert np.array_equal(one, two) and one.max() > 0
 
@@ -89,21 +103,15 @@ def _loads_triton() -> bool:
     return sys.modules.get("triton") is not None
 
 
-def test_local_workers_keep_the_gpu_compiler_out():
+def test_local_workers_keep_the_gpu_compiler_out(local_cluster):
     """Each local worker preloads cupre's setup, so torchvision's import brings no triton
     (75 MiB per worker) where there is no GPU."""
     import importlib.util
-    from types import SimpleNamespace
 
     import torch
 
-    from cupre.inference.cluster import _client
-
     if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
         pytest.skip("triton is not installed, or a GPU is there (then it is kept)")
-    client, cluster = _client(SimpleNamespace(cluster=None, workers=1))
-    try:
-        assert client.submit(_loads_triton, pure=False).result() is False
-    finally:
-        client.close()
-        cluster.close()
+    workers = list(local_cluster.scheduler_info()["workers"])
+    assert len(workers) == 2
+    assert all(local_cluster.submit(_loads_triton, pure=False, workers=[w]).result() is False for w in workers)

@@ -167,7 +167,8 @@ def test_parts_partition_parameters(model):
         seen |= ids
     assert seen == {id(p) for p in total.values()}
     assert {n.split(".")[0] for n in total} == {"backbone", "neck", "head"}
-    assert model.backbone_out_channels == 512
+    c5 = model.backbone(torch.zeros(1, 3, 64, 64))[-1]  # the stride-32 map MoCo's projection reads
+    assert model.backbone_out_channels == c5.shape[1] and c5.shape[-1] == 2
 
 
 def test_heads_and_neck_are_kaiming_initialised(model):
