@@ -158,6 +158,13 @@ def test_a_folder_named_like_an_image_is_named_in_a_warning(tmp_path, tiny_model
         [str(w.message) for w in said]
 
 
+def test_an_empty_folder_as_the_only_input_is_said_once(tmp_path, tiny_model, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tiny_model), str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cupre: error: {tmp_path / 'empty'}: a folder, with no image files in it\n"
+
+
 def test_convert_model_trusting_a_zip_that_is_no_torch_file_is_one_line(tmp_path, capsys):
     import zipfile
 

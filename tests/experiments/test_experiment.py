@@ -299,6 +299,43 @@ def test_parallel_cells_match_the_sequential_run(grid, tmp_path, capsys):
     assert cli_main(["experiment", str(config), "-o", str(tmp_path / "par"), "--parallel", "0"]) == 2
 
 
+def test_ctrl_c_stops_parallel_cells_cleanly_and_keeps_their_checkpoints(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: `cupre experiment --parallel 2`
+    and its cell processes. It exits 130 with one line, no traceback and no warning about
+    leaked semaphores, and each interrupted cell keeps its state.pt to resume from."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["finetune"]["optim"]["iterations"] = 10_000  # still training when the signal comes
+    cfg["finetune"]["checkpoint_every"], cfg["eval_every"] = 2, 10_000
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "cupre.cli", "experiment", str(config), "-o", str(out), "--only-method", "scratch",
+            "--parallel", "2", "--threads", "2"]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        run = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal
+        try:
+            deadline = time.monotonic() + 120
+            while len(list(out.glob("cells/scratch/*/*/state.pt"))) < 2 and run.poll() is None:
+                assert time.monotonic() < deadline, "the cells never checkpointed"
+                time.sleep(0.2)
+            os.killpg(run.pid, signal.SIGINT)
+            run.wait(timeout=60)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert run.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr and "leaked" not in stderr, stderr[-2000:]
+    assert len(list(out.glob("cells/scratch/*/*/state.pt"))) == 2 and not list(out.rglob("model.safetensors"))
+
+
 def test_a_failing_parallel_cell_is_named_and_stops_the_grid(tmp_path):
     from cupre.config import FinetuneConfig
     from cupre.experiments.parallel import run_cells

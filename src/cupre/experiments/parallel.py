@@ -38,11 +38,18 @@ def run_cell(cfg, folder: Path, teacher: Path | None) -> None:
 
 def _cell_process(cfg, folder: Path, teacher: Path | None, threads: int, report) -> None:
     """Child process: one cell; sends None, or the error (a traceback for a bug), before it exits."""
+    import threading
+
+    from tqdm import tqdm
+
     from cupre.devices import set_threads
     from cupre.train import loop
 
     set_threads(threads)
     loop.SHOW_PROGRESS = False
+    # tqdm's default lock is a multiprocessing semaphore; a cell stopped by Ctrl-C would leave
+    # it behind ("leaked semaphore objects" at exit). Its bars are off here: a thread lock does.
+    tqdm.set_lock(threading.RLock())
     try:
         run_cell(cfg, folder, teacher)
         report.send(None)

@@ -43,6 +43,7 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
         CupreError: an input matches nothing, or two inputs would write the same outputs.
     """
     found: dict[Path, str] = {}
+    empty: list[str] = []  # folders without images: skipped with a warning, or the error when all are
     for item in inputs:
         path = Path(item)
         if is_zarr(path):
@@ -52,7 +53,7 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
             inside = [f for f in walk_images(path, recursive=True) if not _under(f, exclude)]
             if not inside:
                 kind = "a folder named like an image file" if path.suffix.lower() in IMAGE_SUFFIXES else "a folder"
-                warnings.warn(f"{path}: {kind}, with no image files in it (skipped)", CupreWarning, stacklevel=2)
+                empty.append(f"{path}: {kind}, with no image files in it")
             for f in inside:
                 found.setdefault(f, f.relative_to(path).with_suffix("").as_posix())
         elif path.is_file():
@@ -68,7 +69,9 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
         else:
             raise file_error(path, "no such image file or folder")
     if not found:
-        raise CupreError(f"no image files found in {', '.join(map(str, inputs))}")
+        raise CupreError(empty[0] if len(empty) == 1 else f"no image files found in {', '.join(map(str, inputs))}")
+    for line in empty:
+        warnings.warn(f"{line} (skipped)", CupreWarning, stacklevel=2)
     by_name: dict[str, Path] = {}
     for f, name in found.items():
         if name in by_name:

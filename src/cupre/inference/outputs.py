@@ -7,9 +7,9 @@ ledger's fingerprint, the check for existing files and the writing itself are al
 from the table.
 
 A writer takes the file's path and a :class:`Predicted` image, which gives the same
-things for a small image held whole (:class:`WholeImage`) and for
-a large one read window by window (:class:`cupre.inference.slides.SlideImage`). A writer
-that reads only windows (``windowed``) never holds a large image whole.
+things for a small image held whole (:class:`WholeImage`) and for a large one read window
+by window (:class:`cupre.inference.slides.SlideImage`). A writer reads the image and its
+labels through that interface only, so no writer holds a large image whole.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class OutputKind:
         suffix: the file is ``<image name><suffix>`` in the output folder.
         write: ``write(path, predicted)``.
         help: the flag's help; None for a kind always written.
-        windowed: the writer reads the image by windows (any size); False would hold it whole.
         needs: raises a one-line error when the writer's library is missing.
     """
 
@@ -56,7 +55,6 @@ class OutputKind:
     suffix: str
     write: Callable[[Path, Predicted], object]
     help: str | None = None
-    windowed: bool = True
     needs: Callable[[], None] | None = None
 
     @property
