@@ -46,7 +46,7 @@ def one_run(method: str, args: argparse.Namespace) -> None:
     from cupre.experiments.demo import demo_config
 
     if method == "spawn":
-        parallel._context = lambda: multiprocessing.get_context("spawn")
+        parallel._context = lambda on_cpu: multiprocessing.get_context("spawn")
     detector = demo_config(device="cpu").pretrain.detector.model_dump()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -336,6 +336,23 @@ def test_ctrl_c_stops_parallel_cells_cleanly_and_keeps_their_checkpoints(tmp_pat
     assert len(list(out.glob("cells/scratch/*/*/state.pt"))) == 2 and not list(out.rglob("model.safetensors"))
 
 
+def test_cpu_cells_fork_from_a_server_and_gpu_cells_start_afresh():
+    import multiprocessing
+
+    from cupre.experiments.parallel import _context, _on_cpu
+
+    assert _on_cpu("cpu") and not _on_cpu("cuda:1") and _on_cpu("auto") == (not torch_cuda())
+    assert _context(on_cpu=False).get_start_method() == "spawn"  # CUDA never meets a forked process
+    fork_server = "forkserver" in multiprocessing.get_all_start_methods()
+    assert _context(on_cpu=True).get_start_method() == ("forkserver" if fork_server else "spawn")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def test_a_failing_parallel_cell_is_named_and_stops_the_grid(tmp_path):
     from cupre.config import FinetuneConfig
     from cupre.experiments.parallel import run_cells

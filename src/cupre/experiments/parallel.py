@@ -61,14 +61,26 @@ def _cell_process(cfg, folder: Path, teacher: Path | None, threads: int, report)
         report.send(traceback.format_exc())
 
 
-def _context():
-    """How cell processes start. Where the platform has it (Linux, macOS), they fork from a
-    server process that imported torch and the training code once (``forkserver``), so a
-    cell starts in a fraction of a second instead of importing them again (about 7 s of one
-    core each on a laptop CPU); elsewhere they start as new interpreters (``spawn``). In both,
-    no process forks this one's torch thread pools. The server is started with this process's
-    environment at the first cell; it then serves every later grid this process runs."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+def _on_cpu(device: str) -> bool:
+    """Whether a cell with this ``device`` setting trains on the CPU (``auto``: without a GPU)."""
+    import torch
+
+    if device == "auto":
+        return not torch.cuda.is_available()
+    return torch.device(device).type == "cpu"
+
+
+def _context(on_cpu: bool):
+    """How cell processes start. CPU cells, where the platform has it (Linux, macOS), fork
+    from a server process that imported torch and the training code once
+    (``forkserver``), so a cell starts in a fraction of a second instead of importing them
+    again (about 7 s of one core each on a laptop CPU). GPU cells, and every cell where
+    there is no fork server (Windows), start as new interpreters (``spawn``): a GPU cell's
+    process then meets CUDA as a process of its own, whatever the server's imports did.
+    No cell forks this process's torch thread pools. The server is started with this
+    process's environment at the first cell; it then serves every later grid this process
+    runs."""
+    if not on_cpu or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(CELL_MODULES)
@@ -84,7 +96,7 @@ def run_cells(jobs: list[tuple[object, object, Path, Path | None]], *, parallel:
     Raises:
         CupreError: a cell failed (its folder and error named); the others were stopped.
     """
-    context = _context()
+    context = _context(all(_on_cpu(str(cfg.device)) for _, cfg, _, _ in jobs))
     pending = list(jobs)
     running: dict[object, tuple[object, Path, object, object]] = {}  # sentinel -> (key, folder, process, pipe)
     try:
