@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,16 +23,6 @@ import time
 from pathlib import Path
 
 START = time.perf_counter()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def one_run(method: str, args: argparse.Namespace) -> None:
@@ -77,6 +66,8 @@ def main() -> None:
     if args.one:
         one_run(args.one, args)
         return
+    from cupre.devices import cpu_name
+
     passed = [f"--cells={args.cells}", f"--parallel={args.parallel}", f"--iterations={args.iterations}"]
     results: dict[str, list[dict]] = {"forkserver": [], "spawn": []}
     for _ in range(args.repeats):

@@ -46,12 +46,18 @@ def check_device(name: str) -> torch.device | None:
     return device
 
 
+def device_kind(name: str) -> str:
+    """The kind of device ``name`` stands for (``cpu``, ``cuda``, ``mps``): ``auto`` is
+    ``cuda`` when available, else ``cpu``. Nothing is checked or set up."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA (this rank's GPU under torchrun) when available, else CPU; any other
     name checked by :func:`check_device`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = check_device(name)
+    device = check_device(device_kind(name) if name == "auto" else name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":

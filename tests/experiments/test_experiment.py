@@ -339,18 +339,16 @@ def test_ctrl_c_stops_parallel_cells_cleanly_and_keeps_their_checkpoints(tmp_pat
 def test_cpu_cells_fork_from_a_server_and_gpu_cells_start_afresh():
     import multiprocessing
 
-    from cupre.experiments.parallel import _context, _on_cpu
+    import torch
 
-    assert _on_cpu("cpu") and not _on_cpu("cuda:1") and _on_cpu("auto") == (not torch_cuda())
+    from cupre.devices import device_kind
+    from cupre.experiments.parallel import _context
+
+    assert device_kind("cpu") == "cpu" and device_kind("cuda:1") == "cuda"
+    assert device_kind("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert _context(on_cpu=False).get_start_method() == "spawn"  # CUDA never meets a forked process
     fork_server = "forkserver" in multiprocessing.get_all_start_methods()
     assert _context(on_cpu=True).get_start_method() == ("forkserver" if fork_server else "spawn")
-
-
-def torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def test_a_failing_parallel_cell_is_named_and_stops_the_grid(tmp_path):

@@ -61,15 +61,6 @@ def _cell_process(cfg, folder: Path, teacher: Path | None, threads: int, report)
         report.send(traceback.format_exc())
 
 
-def _on_cpu(device: str) -> bool:
-    """Whether a cell with this ``device`` setting trains on the CPU (``auto``: without a GPU)."""
-    import torch
-
-    if device == "auto":
-        return not torch.cuda.is_available()
-    return torch.device(device).type == "cpu"
-
-
 def _context(on_cpu: bool):
     """How cell processes start. CPU cells, where the platform has it (Linux, macOS), fork
     from a server process that imported torch and the training code once
@@ -96,7 +87,9 @@ def run_cells(jobs: list[tuple[object, object, Path, Path | None]], *, parallel:
     Raises:
         CupreError: a cell failed (its folder and error named); the others were stopped.
     """
-    context = _context(all(_on_cpu(str(cfg.device)) for _, cfg, _, _ in jobs))
+    from cupre.devices import device_kind
+
+    context = _context(all(device_kind(str(cfg.device)) == "cpu" for _, cfg, _, _ in jobs))
     pending = list(jobs)
     running: dict[object, tuple[object, Path, object, object]] = {}  # sentinel -> (key, folder, process, pipe)
     try:
