@@ -125,25 +125,41 @@ class CupreDetector(nn.Module):
                 only.
         """
         if self.training:
+            if scales is not None:
+                raise ValueError("scales are for eval; training crops arrive at the object scale")
             check_targets(targets)
+            with autocast(images[0].device if images else "cpu", self.precision):
+                batch, targets = self.transform(images, targets)
+                features = self.neck(as_feature_dict(self.backbone(batch.tensors)))
+                proposals, rpn_losses = self.head.rpn(batch, features, targets)
+                _, roi_losses = self.head.roi_heads(features, proposals, batch.image_sizes, targets)
+            return {**rpn_losses, **roi_losses}
         original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         if scales is not None:
-            if self.training:
-                raise ValueError("scales are for eval; training crops arrive at the object scale")
             images = [resize_image(image, float(f)) for image, f in zip(images, scales)]
+        results: list = [None] * len(images)
+        for ids in same_size_groups(images):  # never padded against another size (same_size_groups)
+            originals = [original_sizes[i] for i in ids]
+            keep = None if select is None else (lambda k, boxes, ids=ids: select(ids[k], boxes))
+            detections, image_sizes = self._detect([images[i] for i in ids], originals, keep)
+            for i, out in zip(ids, self.postprocess(detections, image_sizes, originals)):
+                results[i] = out
+        return results
+
+    def _detect(self, images: list[Tensor], original_sizes: list[tuple[int, int]],
+                select: Callable[[int, Tensor], Tensor] | None) -> tuple[list[dict[str, Tensor]], list]:
+        """Eval on images of one size, one batch: detections in the batch's pixels, with
+        their mask probabilities, and each image's size in that batch."""
         with autocast(images[0].device if images else "cpu", self.precision):
-            batch, targets = self.transform(images, targets)
+            batch, _ = self.transform(images, None)
             features = self.neck(as_feature_dict(self.backbone(batch.tensors)))
-            proposals, rpn_losses = self.head.rpn(batch, features, targets)
-            if self.training:
-                _, roi_losses = self.head.roi_heads(features, proposals, batch.image_sizes, targets)
-                return {**rpn_losses, **roi_losses}
+            proposals, _ = self.head.rpn(batch, features, None)
             heads = self.head.roi_heads
             detections = heads.detect_boxes(features, proposals, batch.image_sizes)
             if select is not None:
                 detections = self._select(detections, select, batch.image_sizes, original_sizes)
             heads.add_masks(features, detections, batch.image_sizes)
-        return self.postprocess(detections, batch.image_sizes, original_sizes)
+        return detections, batch.image_sizes
 
     @staticmethod
     def _select(detections, select, image_sizes, original_sizes) -> list[dict[str, Tensor]]:
@@ -176,6 +192,19 @@ class CupreDetector(nn.Module):
                     result.pop("masks"), boxes, (height, width), threshold=self.mask_threshold)
             results.append(result)
         return results
+
+
+def same_size_groups(images: list[Tensor]) -> list[list[int]]:
+    """Indices of ``images`` grouped by ``(height, width)``, in order of first appearance.
+
+    A batch pads its images to the largest, and GroupNorm's statistics then include the
+    padding: an image's detections, and so its object-scale factor, would depend on which
+    images share its batch. In eval each group of one size runs as its own batch.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+    return list(groups.values())
 
 
 def to_original(boxes: Tensor, size: tuple[int, int], original: tuple[int, int]) -> Tensor:
