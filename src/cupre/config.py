@@ -171,7 +171,9 @@ class DetectorConfig(ConfigBase):
     fpn_channels: Channels = 256
     object_size: Annotated[float, Field(gt=0, le=4096)] | None = None  # typical object diameter (px) the model
     # works at; None: native pixels
-    anchor_sizes: IntTuple = (8, 16, 32, 64, 128)  # one size per FPN level P2..P6
+    anchor_sizes: IntTuple | typing.Literal["auto"] = (8, 16, 32, 64, 128)  # one size per FPN level P2..P6, or
+    # auto: from object_size (0.8 x object_size on P2, doubling per level; cupre.models.anchors)
+    anchors_per_octave: Annotated[int, Field(ge=1, le=4)] = 1  # sizes per level, 2^(1/n) apart
     aspect_ratios: FloatTuple = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: Detections = 2000
     rpn_post_nms_top_n_train: Detections = 2000
@@ -327,6 +329,8 @@ class FinetuneConfig(ConfigBase):
         iterations=600, batch_size=2, optimizer="adamw", lr=5e-4, warmup_iterations=40, crop_size=256,
         scale_jitter=1.25))
     l2sp: L2SPConfig = Field(default_factory=lambda: L2SPConfig(weight=100.0))  # cupre++ (AdamW: ~100x SGD's)
+    augment: typing.Literal["basic", "acquisition"] = "basic"  # acquisition: grey<->colour, inversion, stain, hue,
+    # gamma, blur, noise and median padding as well (cupre.data.transforms.AcquisitionJitter)
     eval_every: Count = 300
     select_by: typing.Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks the kept model
     eval_batch_size: Count = 2

@@ -171,3 +171,42 @@ def test_without_background_the_crop_is_ignored_around_its_objects_unless_it_has
     empty = dict(target, masks=target["masks"][:0], labels=target["labels"][:0], boxes=target["boxes"][:0])
     _, out = only_objects(image, empty)
     assert out["ignore_boxes"].shape == (0, 4)  # nothing to learn but background: it is kept
+
+
+def test_acquisition_jitter_inverts_tints_and_greys_and_keeps_the_range():
+    from cupre.data.transforms import AcquisitionJitter, grey, stain_jitter
+
+    torch.manual_seed(0)
+    image = grey_image()
+    never = dict(p_grey=0, p_colour=0, p_invert=0, p_stain=0, p_hue=0, p_shuffle=0, p_gamma=0, p_blur=0, p_noise=0)
+    plain = AcquisitionJitter(**never)
+    plain.contrast = torch.nn.Identity()
+    assert torch.allclose(plain(image), image)
+    inverted = AcquisitionJitter(**{**never, "p_invert": 1.0})
+    inverted.contrast = torch.nn.Identity()
+    assert torch.allclose(inverted(image), 1 - image)
+    tinted = AcquisitionJitter(**{**never, "p_colour": 1.0})(image)
+    assert is_colour(tinted) and tinted.min() >= 0 and tinted.max() <= 1
+    assert not is_colour(AcquisitionJitter(**{**never, "p_grey": 1.0})(tinted))
+    assert torch.allclose(grey(image), image, atol=1e-6)
+    stained = stain_jitter(tinted)
+    assert stained.shape == tinted.shape and not torch.equal(stained, tinted)
+    for _ in range(20):  # everything on: shapes and range hold
+        out = AcquisitionJitter(**{k: 0.5 for k in never})(tinted)
+        assert out.shape == tinted.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_acquisition_augmentation_pads_with_the_median_and_leaves_masks_alone():
+    torch.manual_seed(0)
+    image, target = coded_sample(20, 24)
+    image = image + (image == 0) * 0.9  # a bright background: black padding would look like an object
+    target["masks"] = target["masks"][:, :20, :24]
+    target["boxes"] = torch.from_numpy(masks_to_boxes(target["masks"].numpy().astype(bool)))
+    transform = DetectionTrainTransform(crop_size=32, acquisition=True, flips=False, rot90=False)
+    transform.acquisition.p = {k: 0.0 for k in transform.acquisition.p}
+    transform.acquisition.contrast = torch.nn.Identity()
+    out_image, out = transform(image, target)
+    assert out_image.shape == (3, 32, 32)
+    assert float(out_image.min()) >= 0.2 - 1e-6  # padded with the image's median (0.9), never 0
+    assert float((out_image[0] == 0.9).float().mean()) > 0.5
+    check_consistent(out_image, out, min_area=4)

@@ -56,6 +56,79 @@ class RandomGamma(v2.Transform):
         return F.adjust_gamma(inpt, params["gamma"])
 
 
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, optical density per RGB channel
+HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+
+def grey(image: torch.Tensor) -> torch.Tensor:
+    """Luminance (ITU-R 601) of a ``3xHxW`` image, replicated to three channels."""
+    lum = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    return lum.expand(3, -1, -1).contiguous()
+
+
+def stain_jitter(image: torch.Tensor, sigma: float = 0.05, bias: float = 0.05) -> torch.Tensor:
+    """HED stain jitter (Tellez et al. 2018): each stain's optical density scaled by
+    ``1 + U(-sigma, sigma)`` and shifted by ``U(-bias, bias)``."""
+    stains = HED_FROM_RGB_INV / HED_FROM_RGB_INV.norm(dim=1, keepdim=True)
+    od = -torch.log(image.clamp(min=1e-3)).permute(1, 2, 0)  # HxWx3
+    hed = od @ torch.linalg.inv(stains)
+    alpha = 1 + (2 * torch.rand(3) - 1) * sigma
+    beta = (2 * torch.rand(3) - 1) * bias
+    od = (hed * alpha + beta) @ stains
+    return torch.exp(-od).permute(2, 0, 1).clamp(0.0, 1.0)
+
+
+class AcquisitionJitter:
+    """Photometric augmentation for acquisitions the labels do not show (images only).
+
+    Each step with its own probability, on a ``3xHxW`` image in [0, 1]: a colour image
+    made grey, or a grey one given a colour cast (a gamma per channel, as a stain tints
+    by intensity); intensity inversion (bright nuclei on dark <-> dark on bright); on
+    colour images HED stain jitter (Tellez et al. 2018), hue / saturation jitter and a
+    channel shuffle; then brightness / contrast, gamma, Gaussian blur and noise
+    (Cellpose's and StarDist's photometric augmentations, widened).
+    """
+
+    def __init__(self, *, p_grey: float = 0.2, p_colour: float = 0.2, p_invert: float = 0.25,
+                 p_stain: float = 0.5, p_hue: float = 0.5, p_shuffle: float = 0.1, p_gamma: float = 0.5,
+                 p_blur: float = 0.25, p_noise: float = 0.25) -> None:
+        self.p = dict(grey=p_grey, colour=p_colour, invert=p_invert, stain=p_stain, hue=p_hue, shuffle=p_shuffle,
+                      gamma=p_gamma, blur=p_blur, noise=p_noise)
+        self.hue = v2.ColorJitter(saturation=0.3, hue=0.05)
+        self.contrast = v2.ColorJitter(brightness=0.25, contrast=0.3)
+        self.gamma = RandomGamma((0.6, 1.6))
+        self.blur = v2.GaussianBlur(5, sigma=(0.1, 1.5))
+
+    def chance(self, name: str) -> bool:
+        return float(torch.rand(())) < self.p[name]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.as_subclass(torch.Tensor)
+        colour = is_colour(x)
+        if colour and self.chance("grey"):
+            x, colour = grey(x), False
+        elif not colour and self.chance("colour"):
+            x = x.clamp(0.0, 1.0) ** torch.exp((2 * torch.rand(3, 1, 1) - 1) * math.log(2.0))
+            colour = True
+        if self.chance("invert"):
+            x = 1.0 - x
+        if colour:
+            if self.chance("stain"):
+                x = stain_jitter(x)
+            if self.chance("hue"):
+                x = self.hue(x)
+            if self.chance("shuffle"):
+                x = x[torch.randperm(3)]
+        x = self.contrast(x)
+        if self.chance("gamma"):
+            x = self.gamma(x.clamp(0.0, 1.0))
+        if self.chance("blur"):
+            x = self.blur(x)
+        if self.chance("noise"):
+            x = x + torch.randn_like(x[:1] if not colour else x) * 0.03 * float(torch.rand(()))
+        return x.clamp(0.0, 1.0).contiguous()
+
+
 class TwoViews:
     """Two independent MoCo v2-style augmentations of one image (the query and key views).
 
@@ -184,6 +257,8 @@ class DetectionTrainTransform:
         strong: a student's strong augmentation on top (self-training; Unbiased
             Teacher's photometric part): stronger brightness/contrast, Gaussian blur
             and noise, each applied with probability 0.5.
+        acquisition: :class:`AcquisitionJitter` in place of the mild brightness/contrast,
+            and crops padded with the image's median instead of black.
         background: False to make the whole crop an ignore region where it holds an
             instance: only the instances teach (pseudo-labels, whose missed objects would
             otherwise teach background); a crop without any keeps its background.
@@ -201,18 +276,20 @@ class DetectionTrainTransform:
         intensity: bool = True,
         strong: bool = False,
         background: bool = True,
+        acquisition: bool = False,
         min_area: int = 4,
     ) -> None:
         if scale_jitter < 1.0:
             raise ValueError(f"scale_jitter must be >= 1, got {scale_jitter}")
         self.crop_size, self.object_size, self.scale_jitter = crop_size, object_size, scale_jitter
         self.min_area, self.background = min_area, background
+        self.acquisition = AcquisitionJitter() if acquisition else None
         steps: list[v2.Transform] = []
         if flips:
             steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
         if rot90:
             steps.append(RandomRot90())
-        if intensity:
+        if intensity and not acquisition:
             steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
         if strong:
             steps += [v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.5),
@@ -236,7 +313,10 @@ class DetectionTrainTransform:
             size = [max(1, round(s * factor)) for s in img.shape[-2:]]
             return v2.Resize(size, antialias=True)(img, boxes, masks)
         window = max(1, round(self.crop_size / factor))
-        img, boxes, masks = v2.RandomCrop(window, pad_if_needed=True, fill=0)(img, boxes, masks)
+        fill: Any = 0
+        if self.acquisition is not None:  # black padding looks like a nucleus on a bright background
+            fill = {tv_tensors.Image: [float(v) for v in img.flatten(1).median(dim=1).values], "others": 0}
+        img, boxes, masks = v2.RandomCrop(window, pad_if_needed=True, fill=fill)(img, boxes, masks)
         if window != self.crop_size:
             img, boxes, masks = v2.Resize((self.crop_size, self.crop_size), antialias=True)(img, boxes, masks)
         return img, boxes, masks
@@ -259,7 +339,10 @@ class DetectionTrainTransform:
         img, boxes, masks = self.rescale(img, boxes, masks, self.factor(target["boxes"]))
         if self.transform is not None:
             img, boxes, masks = self.transform(img, boxes, masks)
-        img = img.as_subclass(torch.Tensor).clamp(0.0, 1.0)
+        img = img.as_subclass(torch.Tensor)
+        if self.acquisition is not None:
+            img = self.acquisition(img)
+        img = img.clamp(0.0, 1.0)
         masks = masks.as_subclass(torch.Tensor)
         keep = masks.flatten(1).sum(dim=1) >= self.min_area  # N + K
         out = {k: v for k, v in target.items() if k != "ignore_masks"}

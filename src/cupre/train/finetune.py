@@ -91,6 +91,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
         validation.history = ctx.resume.get("history", [])
         run.drop_after(int(ctx.resume.get("iteration", 0)), ["val", "test"])
     keeper = Keeper(run, model, det_cfg, stage, validation)
+    if run.main and ctx.resume is None:
+        report_anchor_coverage(train, det_cfg, run)
     data, transform = training_data(cfg, train, det_cfg.object_size)
     run_stage(
         stage="finetune",
@@ -114,6 +116,25 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     ctx.finish()
     run.close()
     return best
+
+
+def report_anchor_coverage(train, det_cfg, run: Run, *, max_images: int = 50) -> None:
+    """Print (and log) how the RPN's anchors cover the training labels at the object scale
+    (:mod:`cupre.models.anchors`): objects no anchor overlaps at IoU 0.7 teach the RPN from
+    one low-quality match each."""
+    from cupre.data.sample import masks_to_boxes
+    from cupre.models.anchors import dataset_coverage, level_sizes
+
+    samples = []
+    for k in range(min(len(train), max_images)):
+        raw = train.read_raw(k)
+        masks = raw.masks[~raw.iscrowd]
+        samples.append(((masks.shape[1], masks.shape[2]), masks_to_boxes(masks)))
+    sizes = level_sizes(det_cfg.anchor_sizes, det_cfg.object_size, det_cfg.anchors_per_octave)
+    coverage = dataset_coverage(samples, det_cfg.object_size, sizes, det_cfg.aspect_ratios)
+    print(f"finetune: {coverage.line()} (sizes {[list(s) for s in sizes]})", flush=True)
+    run.log("anchors", 0, {"median_best_iou": coverage.median_best_iou,
+                           "share_with_positive": coverage.share_with_positive})
 
 
 def starting_model(cfg: FinetuneConfig, device: torch.device):
@@ -186,7 +207,8 @@ def training_data(cfg: FinetuneConfig, train, object_size: float | None):
     pseudo-labelled ones of ``cfg.pseudo_labels`` (a self-training student) when given."""
     def transform(strong: bool = False, background: bool = True) -> DetectionTrainTransform:
         return DetectionTrainTransform(crop_size=cfg.optim.crop_size, object_size=object_size,
-                                       scale_jitter=cfg.optim.scale_jitter, strong=strong, background=background)
+                                       scale_jitter=cfg.optim.scale_jitter, strong=strong, background=background,
+                                       acquisition=cfg.augment == "acquisition")
 
     if cfg.pseudo_labels is None:
         return train, transform()

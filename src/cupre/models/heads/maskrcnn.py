@@ -3,7 +3,7 @@
 All parts are torchvision's; this module only sizes them from :class:`DetectorConfig`
 and initialises them for training from scratch:
 
-* RPN: one anchor size per pyramid level (P2..P6) x ``aspect_ratios``, a one-conv
+* RPN: ``anchors_per_octave`` anchor sizes per pyramid level (P2..P6) x ``aspect_ratios``, a one-conv
   ``RPNHead`` (normal, std 0.01); low-quality anchor matches only where anchors overlap
   the box (:class:`~cupre.models.heads.boxes.OverlapMatcher`); anchors inside a target's
   ``ignore_boxes`` are never background (:mod:`cupre.models.heads.ignore`).
@@ -39,6 +39,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from cupre.config import DetectorConfig
 from cupre.errors import CupreError
+from cupre.models.anchors import level_sizes
 from cupre.models.heads.boxes import fp32_coder, overlap_matcher
 from cupre.models.heads.chunks import CHUNK, mask_logits, pooled_map
 from cupre.models.heads.ignore import IgnoringRoIHeads, IgnoringRPN
@@ -52,19 +53,13 @@ def build_rpn(cfg: DetectorConfig, *, in_channels: int) -> RegionProposalNetwork
     """Region proposal network over the 5 pyramid levels.
 
     Args:
-        cfg: reads ``anchor_sizes`` (one per level), ``aspect_ratios``, the RPN
+        cfg: reads ``anchor_sizes`` (one per level, or ``auto``: :mod:`cupre.models.anchors`),
+            ``anchors_per_octave``, ``aspect_ratios``, the RPN
             pre/post-NMS top-n for training and testing, ``rpn_batch_size_per_image``.
         in_channels: channels of every pyramid level.
     """
-    if len(cfg.anchor_sizes) != NUM_PYRAMID_LEVELS:
-        raise CupreError(
-            f"anchor_sizes: expected {NUM_PYRAMID_LEVELS} sizes (one per FPN level P2..P6), "
-            f"got {list(cfg.anchor_sizes)}"
-        )
-    anchors = AnchorGenerator(
-        sizes=tuple((size,) for size in cfg.anchor_sizes),
-        aspect_ratios=(tuple(cfg.aspect_ratios),) * NUM_PYRAMID_LEVELS,
-    )
+    sizes = level_sizes(cfg.anchor_sizes, cfg.object_size, cfg.anchors_per_octave)
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(cfg.aspect_ratios),) * NUM_PYRAMID_LEVELS)
     rpn = IgnoringRPN(
         anchor_generator=anchors,
         head=RPNHead(in_channels, anchors.num_anchors_per_location()[0], conv_depth=1),

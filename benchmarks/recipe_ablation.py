@@ -1,0 +1,166 @@
+"""Screen changes to the training recipe on validation: scratch, 5% labels, one fixed budget.
+
+Each variant is the CPU recipe (``configs/bbbc038-cpu.yaml``: BBBC038 stage1_train,
+partition 70/15/15 by imaging kind, 5% of the train part) with the ``scratch`` method
+only, ``--iterations`` fine-tuning steps scored on validation at the end, and a few keys
+changed. Every variant runs ``cupre experiment`` in a folder of its own under ``--work``
+(run again to continue: finished cells are skipped, stopped ones resume), ``--jobs``
+processes at a time on ``--threads`` threads each. The table is read on validation only;
+the test figures of a cell are in its own folder and are not printed here.
+
+Usage::
+
+    python benchmarks/recipe_ablation.py --work runs/ablation --variants base anchors \\
+        [--seeds 0 1] [--iterations 600] [--jobs 2] [--threads 1] [--precision auto]
+    python benchmarks/recipe_ablation.py --work runs/ablation --table   # the table of what has run
+
+A variant's seconds per step are its cell's training time over its steps (validation
+and test excluded), with the precision and threads it ran under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "configs" / "bbbc038-cpu.yaml"
+
+ANCHORS_16 = [16, 32, 64, 128, 256]  # the anchor rule of cupre.models.anchors at object_size 20
+# name -> (what it changes, {dotted key: value})
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "base": ("the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)", {}),
+    "anchors": ("anchors from the object scale (16..256)", {"finetune.detector.anchor_sizes": ANCHORS_16}),
+    "anchors2": ("anchors from the object scale, two per octave",
+                 {"finetune.detector.anchor_sizes": "auto2"}),
+    "rois512": ("512 sampled RoIs per image (detectron2)", {"finetune.detector.box_batch_size_per_image": 512}),
+    "jitter2": ("scale jitter up to 2x", {"finetune.optim.scale_jitter": 2.0}),
+    "acquisition": ("augmentation for other acquisitions (grey<->colour, inversion, stain/hue, gamma, blur, "
+                    "noise, median padding)", {"finetune.augment": "acquisition"}),
+    "anchors+rois": ("anchors 16..256 and 512 RoIs", {"finetune.detector.anchor_sizes": ANCHORS_16,
+                                                      "finetune.detector.box_batch_size_per_image": 512}),
+    "all": ("every change above", {"finetune.detector.anchor_sizes": ANCHORS_16,
+                                   "finetune.detector.box_batch_size_per_image": 512,
+                                   "finetune.optim.scale_jitter": 2.0, "finetune.augment": "acquisition"}),
+}
+
+
+def set_key(cfg: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        cfg = cfg.setdefault(key, {})
+    cfg[last] = value
+
+
+def absolute(cfg: dict) -> dict:
+    """The base config's relative dataset paths made absolute (the variant's file lives elsewhere)."""
+    base = BASE.parent
+    cfg["data"]["labeled"] = str((base / cfg["data"]["labeled"]).resolve())
+    for key in ("coco", "unlabeled"):
+        cfg["pretrain"][key] = [str((base / p).resolve()) for p in cfg["pretrain"].get(key, [])]
+    return cfg
+
+
+def variant_config(name: str, seeds: list[int], iterations: int) -> dict:
+    cfg = absolute(yaml.safe_load(BASE.read_text()))
+    cfg.update(methods=["scratch"], seeds=seeds, eval_every=iterations, parallel=1)
+    cfg["finetune"]["optim"]["iterations"] = iterations
+    cfg["overlays"] = {"images": 0}
+    for key, value in VARIANTS[name][1].items():
+        set_key(cfg, key, value)
+    return cfg
+
+
+def launch(work: Path, name: str, seed: int, iterations: int, threads: int, precision: str) -> subprocess.Popen:
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"s{seed}.yaml"
+    config.write_text(yaml.safe_dump(variant_config(name, [seed], iterations), sort_keys=False))
+    log = open(folder / f"s{seed}.log", "a")
+    cmd = [sys.executable, "-m", "cupre.cli", "experiment", str(config), "-o", str(folder / f"s{seed}"),
+           "--threads", str(threads), "--parallel", "1", "--precision", precision]
+    print("$ " + " ".join(cmd[2:]), flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def cell_rows(folder: Path) -> list[dict]:
+    results = folder / "results.csv"
+    if not results.is_file():
+        return []
+    with open(results, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == "val"]
+
+
+def seconds_per_step(folder: Path, iterations: int) -> float | None:
+    """Training seconds per step of the run's cell (its val_metrics.json), validation excluded."""
+    for metrics in folder.glob("cells/scratch/*/s*/val_metrics.json"):
+        training = json.loads(metrics.read_text()).get("seconds", {}).get("training")
+        if training:
+            return training / iterations
+    return None
+
+
+def table(work: Path) -> None:
+    print(f"{'variant':<14} {'seeds':<6} {'val AP_bbox':>12} {'val AP_segm':>12} {'s/step':>7}  what")
+    for name, (what, _) in VARIANTS.items():
+        runs = sorted((work / name).glob("s*/")) if (work / name).is_dir() else []
+        bbox, segm, steps = [], [], []
+        for run in runs:
+            rows = [r for r in cell_rows(run) if r["iteration"]]
+            if rows:
+                last = max(rows, key=lambda r: int(r["iteration"]))
+                bbox.append(100 * float(last["bbox_AP"]))
+                segm.append(100 * float(last["segm_AP"]))
+                steps.append(seconds_per_step(run, int(last["iteration"])))
+        if not bbox:
+            continue
+
+        def spread(xs: list[float]) -> str:
+            return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+
+        sps = [s for s in steps if s]
+        print(f"{name:<14} {len(bbox):<6} {spread(bbox):>12} {spread(segm):>12} "
+              f"{(statistics.mean(sps) if sps else float('nan')):>7.2f}  {what}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "ablation")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["base"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--jobs", type=int, default=2, help="cells at once")
+    parser.add_argument("--threads", type=int, default=1, help="threads per cell")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--table", action="store_true", help="print the table of what has run, run nothing")
+    args = parser.parse_args()
+    if not args.table:
+        from cupre.devices import cpu_name
+
+        print(f"CPU: {cpu_name()}; {args.jobs} cells at a time on {args.threads} thread(s) each; "
+              f"precision {args.precision}; {args.iterations} steps", flush=True)
+        queue = [(v, s) for s in args.seeds for v in args.variants]
+        running: list[subprocess.Popen] = []
+        start = time.time()
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                running.append(launch(args.work, *queue.pop(0), args.iterations, args.threads, args.precision))
+            time.sleep(5)
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                if p.returncode:
+                    print(f"a cell failed (exit {p.returncode}); see its log under {args.work}", flush=True)
+        print(f"ran in {(time.time() - start) / 60:.1f} min")
+    table(args.work)
+
+
+if __name__ == "__main__":
+    main()
