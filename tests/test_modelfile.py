@@ -118,6 +118,8 @@ def _with_metadata(path, tmp_path, name: str, **changes):
     ({"categories": "cells"}, "categories must be a list of {'id': int, 'name': str}"),
     ({"categories": [{"id": "1", "name": "cell"}]}, "categories must be a list"),
     ({"facts": [1, 2]}, "facts must be a mapping"),
+    ({"facts": {"score_threshold": "all"}}, "score_threshold must be a number in [0, 1]"),
+    ({"facts": {"score_threshold": 7}}, "score_threshold must be a number in [0, 1]"),
     ({"detector": {**TINY_DETECTOR, "fpn_channels": 10**9}}, "detector config).fpn_channels: input should be less"),
     ({"detector": {**TINY_DETECTOR, "detections_per_img": 10**9}}, "detections_per_img: input should be less"),
     ({"detector": {**TINY_DETECTOR, "backbone": 12}}, "detector config).backbone"),

@@ -142,6 +142,11 @@ def check_metadata(path: Path, detector: Any, categories: Any, facts: Any) -> No
         raise CupreError(f"{path}: damaged model metadata (categories must be a list of {{'id': int, 'name': str}})")
     if not isinstance(facts, dict) or set(facts) & {"model", "detector", "categories"}:
         raise CupreError(f"{path}: damaged model metadata (facts must be a mapping of other keys)")
+    threshold = facts.get("score_threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                                      and 0.0 <= threshold <= 1.0):
+        raise CupreError(f"{path}: damaged model metadata (score_threshold must be a number in [0, 1], "
+                         f"got {str(threshold)[:40]})")
 
 
 def check_state(path: str | Path, model: torch.nn.Module, state: dict[str, torch.Tensor], *, prefix: str = "") -> None:

@@ -236,6 +236,18 @@ def test_kept_model_is_the_validation_best(domains, pretrained, tmp_path):
     assert best["test"]["bbox"]["AP"] == pytest.approx(best["bbox"]["AP"], abs=1e-6)
     tested = json.loads((tmp_path / "predictions_test.json").read_text())
     assert [r["score"] for r in tested] == pytest.approx([r["score"] for r in kept], abs=1e-4)
+    # the kept model knows the score threshold of its best AP@0.5 on validation; test is read there too
+    from cupre.evaluation.matching import best_threshold
+    from cupre.inference.options import DetectionOptions
+
+    threshold = best["matching"]["score_threshold"]
+    assert ckpt["score_threshold"] == threshold == model.score_threshold
+    assert best["test"]["matching"]["score_threshold"] == threshold
+    from cupre.data.convert import dataset_to_coco
+
+    assert best_threshold(dataset_to_coco(val), kept)[0] == threshold
+    assert DetectionOptions().for_model(model).score_threshold == threshold
+    assert DetectionOptions(score_threshold=0.9).for_model(model).score_threshold == 0.9
 
 
 def test_finetune_evaluates_and_uses_l2sp_for_cupre_plus_plus(domains, pretrained, tmp_path):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from cupre.inference.options import DEFAULTS, DetectionOptions
+from cupre.inference.options import DEFAULTS, FALLBACK_SCORE_THRESHOLD, DetectionOptions
 
 
 def add_detection_arguments(parser: argparse.ArgumentParser, *, tiles: bool = True) -> None:
     parser.add_argument("--score-threshold", type=float, default=DEFAULTS.score_threshold,
-                        help=f"keep detections scoring above this (default {DEFAULTS.score_threshold:g})")
+                        help="keep detections scoring above this (default: the threshold validated with the model, "
+                             f"else {FALLBACK_SCORE_THRESHOLD:g})")
     parser.add_argument("--max-detections", type=int, default=DEFAULTS.max_detections,
                         help=f"most detections per image, or per tile of a tiled image "
                              f"(default {DEFAULTS.max_detections})")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import cupre.evaluation.groundtruth as _lib
 from cupre.evaluation.groundtruth import load_ground_truth
+from cupre.errors import CupreError
 from cupre.evaluation.livecell import PROTOCOLS, evaluate, format_table
+from cupre.evaluation.matching import matching_figures
 from cupre.evaluation.results import load_results
 from cupre.fileio import write_json_atomic
 
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the per-category and per-cell-type AP (faster)"
     )
+    parser.add_argument("--score-threshold", type=float, default=0.0,
+                        help="objects scoring above this count for AP@0.5, the Data Science Bowl score and F1 "
+                             "(default 0: every result, as cupre predict kept them)")
     parser.add_argument("--strict", action="store_true",
                         help="a malformed annotation or result is an error (default: warned about and skipped)")
 
@@ -34,7 +39,11 @@ def main(args: argparse.Namespace) -> int:
     gt = load_ground_truth(args.gt, strict=args.strict)
     dt = args.dt / "results_coco.json" if args.dt.is_dir() else args.dt
     results = load_results(dt, gt, strict=args.strict)
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise CupreError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     metrics = evaluate(gt, results, protocol=args.protocol, breakdown=not args.no_breakdown)
+    if any("segmentation" in r for r in results):
+        metrics["matching"] = matching_figures(gt, results, score_threshold=args.score_threshold)
     print(format_table(metrics))
     if args.out is not None:
         write_json_atomic(args.out, metrics, indent=2)

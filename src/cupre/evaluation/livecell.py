@@ -268,8 +268,24 @@ def format_table(metrics: dict) -> str:
             lines += ["", f"{heading:<{width}}" + "".join(f"{t:>8}" for t in IOU_TYPES)]
             for name, values in table.items():
                 lines.append(f"{'  ' + name:<{width}}" + "".join(f"{_pct(values.get(t)):>8}" for t in IOU_TYPES))
+    if metrics.get("matching"):
+        lines += ["", matching_table(metrics["matching"])]
     if any(" - " in f"{line} " for line in lines[2:]):
         lines.append("(- : no ground truth in that range, written as -1)")
+    return "\n".join(lines)
+
+
+def matching_table(matching: dict) -> str:
+    """The object figures of :func:`cupre.evaluation.matching.matching_figures`, x100."""
+    names = ("AP50", "DSB", "F1")
+    rows = [("all", matching)] + [(f"  {k}", v) for k, v in matching.get("per_cell_type", {}).items()]
+    width = max(12, *(len(name) + 1 for name, _ in rows))
+    lines = [f"Objects scoring above {matching['score_threshold']:g}, matched one to one by mask IoU: "
+             "AP@0.5 = TP/(TP+FP+FN) at IoU 0.5 (Cellpose, StarDist), DSB = its mean over IoU 0.5..0.95 "
+             "(Data Science Bowl 2018), F1 at IoU 0.5; means over images",
+             f"{'':<{width}}" + "".join(f"{n:>8}" for n in ("AP@0.5", "DSB", "F1"))]
+    for name, values in rows:
+        lines.append(f"{name:<{width}}" + "".join(f"{_pct(values.get(n)):>8}" for n in names))
     return "\n".join(lines)
 
 

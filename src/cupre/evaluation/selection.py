@@ -15,6 +15,7 @@ import torch
 
 from cupre.data.convert import dataset_to_coco
 from cupre.evaluation.livecell import evaluate
+from cupre.evaluation.matching import best_threshold, matching_figures
 from cupre.evaluation.model_eval import predict_dataset
 
 
@@ -35,7 +36,10 @@ class Validation:
     """The validation history of one fine-tuning run.
 
     ``history`` holds one entry per scored iteration (``{"iteration", "bbox", "segm",
-    "per_cell_type"}``, and ``"test"`` in the chosen one once :meth:`test` ran);
+    "per_cell_type", "matching"}``, and ``"test"`` in the chosen one once :meth:`test`
+    ran); ``matching`` holds the score threshold with the best AP@0.5 on validation
+    (:func:`~cupre.evaluation.matching.best_threshold`) and the object figures there,
+    which the test set is read at too;
     ``predictions[split]`` the latest COCO results of each split; ``seconds[split]`` the
     time spent predicting and scoring it. ``log(split, iteration, figures)`` receives
     every score.
@@ -72,15 +76,23 @@ class Validation:
         weights) into the best entry."""
         best = self.best()
         if self.data["test"] is not None and best:
-            best["test"] = self.split_scores("test", best["iteration"])
+            best["test"] = self.split_scores("test", best["iteration"], threshold=best["matching"]["score_threshold"])
 
-    def split_scores(self, split: str, iteration: int) -> dict:
+    def split_scores(self, split: str, iteration: int, threshold: float | None = None) -> dict:
+        """COCO AP of ``split`` and the object figures at ``threshold`` (None: the best
+        threshold on this split, which is validation's business alone)."""
         start = time.perf_counter()
         results = predict_dataset(self.model, self.data[split], device=self.device, batch_size=self.batch_size,
                                   progress=self.progress)
         metrics = evaluate(self.gt[split], results, protocol="livecell")
+        if threshold is None:
+            threshold, _ = best_threshold(self.gt[split], results)
+        matching = matching_figures(self.gt[split], results, score_threshold=threshold)
         if self.log is not None:
-            self.log(split, iteration, {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()})
+            figures = {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()}
+            figures.update({f"objects/{k}": matching[k] for k in ("AP50", "DSB", "F1", "score_threshold")})
+            self.log(split, iteration, figures)
         self.predictions[split] = results
         self.seconds[split] += time.perf_counter() - start
-        return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"]}
+        return {"bbox": metrics["bbox"], "segm": metrics["segm"], "per_cell_type": metrics["per_cell_type"],
+                "matching": matching}

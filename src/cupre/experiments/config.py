@@ -24,7 +24,7 @@ from cupre.config import (
     load_yaml,
 )
 from cupre.errors import CupreError
-from cupre.inference.options import DEFAULTS
+from cupre.inference.options import FALLBACK_SCORE_THRESHOLD
 from cupre.train.inits import INITS
 
 SELF_TRAIN = "+st"  # method suffix: the method's cell, then self-training on the train part's unlabeled images
@@ -73,7 +73,7 @@ class OverlayConfig(ConfigBase):
 
     images: NonNegative = 4
     methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
-    score_threshold: Fraction = DEFAULTS.score_threshold  # drawn: scoring above it, as cupre predict keeps
+    score_threshold: Fraction = FALLBACK_SCORE_THRESHOLD  # drawn: scoring above it
 
 
 class ExperimentConfig(ConfigBase):

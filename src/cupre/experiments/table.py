@@ -22,7 +22,8 @@ from cupre.fileio import write_text_atomic
 from cupre.modelfile import MODEL_FILE
 
 FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-METRICS = tuple(f"{t}_{k}" for t in ("bbox", "segm") for k in FIGURES)
+OBJECT_FIGURES = ("AP50", "DSB", "F1")  # at the validated score threshold (cupre.evaluation.matching)
+METRICS = tuple(f"{t}_{k}" for t in ("bbox", "segm") for k in FIGURES) + tuple(f"objects_{k}" for k in OBJECT_FIGURES)
 KEYS = ("dataset", "method", "fraction", "seed")
 COLUMNS = (*KEYS, "iteration", "split", *METRICS)
 Key = tuple[str, str, float, int]
@@ -48,6 +49,8 @@ def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[s
                 for t in ("bbox", "segm"):
                     for k in FIGURES:
                         row[f"{t}_{k}"] = scores.get(t, {}).get(k)
+                for k in OBJECT_FIGURES:
+                    row[f"objects_{k}"] = scores.get("matching", {}).get(k)
                 rows.append(row)
     return rows
 

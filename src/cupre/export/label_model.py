@@ -17,7 +17,7 @@ import torch
 
 from cupre.config import DetectorConfig
 from cupre.inference.arrays import segment_array
-from cupre.inference.options import DEFAULTS, DetectionOptions
+from cupre.inference.options import DEFAULTS, FALLBACK_SCORE_THRESHOLD, DetectionOptions
 from cupre.models.detector import build_detector
 
 
@@ -33,7 +33,7 @@ class LabelImageModel(torch.nn.Module):
         object_size: the name packages written before ``diameter`` used for it.
     """
 
-    def __init__(self, detector: dict[str, Any], score_threshold: float = DEFAULTS.score_threshold,
+    def __init__(self, detector: dict[str, Any], score_threshold: float = FALLBACK_SCORE_THRESHOLD,
                  diameter: float | None = None, tile_size: int = DEFAULTS.tile_size,
                  tile_overlap: int = DEFAULTS.tile_overlap, categories: list[dict] | None = None,
                  max_detections: int = DEFAULTS.max_detections, object_size: float | None = None) -> None:

@@ -105,6 +105,7 @@ def export_onnx(model_file: Path, out: Path, *, options: DetectionOptions = DEFA
     from cupre.models.paste import PIXEL_OFFSET
 
     net, _ = load_model(model_file, device=torch.device("cpu"), precision="fp32")
+    options = options.for_model(net)
     plain = scriptable(net, options)
     plain.heads.mask_head = NonEmpty(plain.heads.mask_head)
     module = OnnxDetector(net.transform, plain.body, plain.rpn, plain.heads).eval()

@@ -322,6 +322,7 @@ def export_torchscript(model_file: Path, out: Path, *, options: DetectionOptions
     from cupre.inference.predict import load_model
 
     net, categories = load_model(model_file, device=torch.device("cpu"), precision="fp32")
+    options = options.for_model(net)
     raw = sample_image(sample)
     with sample_fits(sample, raw):
         want, _, _ = segment_array(net, raw, device=torch.device("cpu"), categories=categories, options=options,

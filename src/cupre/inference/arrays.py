@@ -33,6 +33,7 @@ def segment_array(net, raw: np.ndarray, *, device: torch.device, categories: lis
         (:data:`cupre.inference.writers.CSV_COLUMNS`), the object-scale factor used).
     """
     image = normalize(np.asarray(raw), grey_view=True)
+    options = options.for_model(net)
     with detection_limits(net, options, precision):
         (objs,), (factor,) = predict_at_object_scale(net, [image], diameter=options.diameter,
                                                      tile_size=options.tile_size, overlap=options.tile_overlap,

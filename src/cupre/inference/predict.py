@@ -256,6 +256,7 @@ def run_predict(
         if isinstance(net, torch.nn.Module):
             net.eval().to(device)
     cats = categories or cats
+    options = options.for_model(net)
     done = ledger.start(resume=options.resume)
     todo = [job for job in jobs if job.image_id not in done]
     if done:

@@ -72,6 +72,8 @@ class CupreDetector(nn.Module):
         mask_threshold: probability above which a pasted mask pixel is foreground.
         object_size: the typical object side (px) the model works at, or None
             (:mod:`cupre.scale`).
+        score_threshold: the score threshold validated with the model (the best AP@0.5
+            on its validation images), or None; what prediction keeps by default.
         precision: ``fp32`` or ``bf16``: the autocast of :meth:`forward`.
     """
 
@@ -87,6 +89,7 @@ class CupreDetector(nn.Module):
     ) -> None:
         super().__init__()
         self.object_size = object_size
+        self.score_threshold: float | None = None
         self.transform = transform
         self.backbone = backbone
         self.neck = neck

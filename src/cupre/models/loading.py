@@ -31,4 +31,5 @@ def build_from_file(path: str | Path, *, overrides: dict[str, Any] | None = None
         raise CupreError(f"{path}: {exc}") from None
     check_state(path, model, ckpt["model"])
     model.load_state_dict(ckpt["model"], assign=True)
+    model.score_threshold = ckpt.get("score_threshold")  # validated with the model, where it was
     return model, cfg, ckpt

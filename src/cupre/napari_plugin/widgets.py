@@ -77,12 +77,13 @@ def _add_masks(viewer: Viewer, name: str, label: np.ndarray, rows: list[dict]) -
 @magic_factory(
     call_button="Segment",
     model={"label": "model file", "filter": MODEL_FILTER, "tooltip": "model.safetensors (or its run folder)"},
-    score_threshold={"min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "keep detections scoring above this"},
+    score_threshold={"min": 0.0, "max": 1.0, "step": 0.05,
+                     "tooltip": "keep detections scoring above this; 0: the threshold validated with the model"},
     diameter={"min": 0.0, "max": 2000.0, "tooltip": "typical cell diameter in pixels; 0: estimated by the model"},
     tile_size={"min": 64, "max": 8192, "step": 64, "tooltip": "larger images are predicted in tiles of this size"},
 )
 def segment_widget(viewer: Viewer, image: Image, model: Path = Path(),
-                   score_threshold: float = DEFAULTS.score_threshold, diameter: float = 0.0,
+                   score_threshold: float = 0.0, diameter: float = 0.0,
                    tile_size: int = DEFAULTS.tile_size):  # no return annotation: magicgui leaves it be
     """Segment the image layer; adds the Labels layer ``<image> masks`` with its features.
     Returns the started worker (FunctionWorker)."""
@@ -92,7 +93,8 @@ def segment_widget(viewer: Viewer, image: Image, model: Path = Path(),
 
     @thread_worker(progress={"total": 0, "desc": "cupre: segmenting"})
     def work():
-        options = DetectionOptions(score_threshold=score_threshold, diameter=diameter or None, tile_size=tile_size)
+        options = DetectionOptions(score_threshold=score_threshold or None, diameter=diameter or None,
+                                   tile_size=tile_size)
         return segment_layer(data, model, options)
 
     worker = work()

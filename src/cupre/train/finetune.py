@@ -170,7 +170,8 @@ class Keeper:
         other ranks are training)."""
         if distributed.is_main() and self.validation.score(iteration):
             write_model_file(self.run.path(MODEL_FILE), self.model, self.det_cfg, CELL, stage=self.stage,
-                             iteration=iteration, select_by=self.validation.select_by)
+                             iteration=iteration, select_by=self.validation.select_by,
+                             score_threshold=self.validation.best()["matching"]["score_threshold"])
             self.run.save_json(self.validation.predictions["val"], "predictions_val.json")
 
     def save(self, iteration: int) -> None:
