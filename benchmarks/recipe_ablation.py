@@ -34,21 +34,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "bbbc038-cpu.yaml"
 
-ANCHORS_16 = [16, 32, 64, 128, 256]  # the anchor rule of cupre.models.anchors at object_size 20
 # name -> (what it changes, {dotted key: value})
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)", {}),
-    "anchors": ("anchors from the object scale (16..256)", {"finetune.detector.anchor_sizes": ANCHORS_16}),
+    "anchors": ("anchors from the object scale (16..256)", {"pretrain.detector.anchor_sizes": "auto"}),
     "anchors2": ("anchors from the object scale, two per octave",
-                 {"finetune.detector.anchor_sizes": "auto2"}),
-    "rois512": ("512 sampled RoIs per image (detectron2)", {"finetune.detector.box_batch_size_per_image": 512}),
+                 {"pretrain.detector.anchor_sizes": "auto", "pretrain.detector.anchors_per_octave": 2}),
+    "rois512": ("512 sampled RoIs per image (detectron2)", {"pretrain.detector.box_batch_size_per_image": 512}),
     "jitter2": ("scale jitter up to 2x", {"finetune.optim.scale_jitter": 2.0}),
     "acquisition": ("augmentation for other acquisitions (grey<->colour, inversion, stain/hue, gamma, blur, "
                     "noise, median padding)", {"finetune.augment": "acquisition"}),
-    "anchors+rois": ("anchors 16..256 and 512 RoIs", {"finetune.detector.anchor_sizes": ANCHORS_16,
-                                                      "finetune.detector.box_batch_size_per_image": 512}),
-    "all": ("every change above", {"finetune.detector.anchor_sizes": ANCHORS_16,
-                                   "finetune.detector.box_batch_size_per_image": 512,
+    "balanced": ("imaging kinds sampled equally often", {"finetune.balance_kinds": True}),
+    "anchors+rois": ("anchors 16..256 and 512 RoIs", {"pretrain.detector.anchor_sizes": "auto",
+                                                      "pretrain.detector.box_batch_size_per_image": 512}),
+    "all": ("every change above", {"pretrain.detector.anchor_sizes": "auto",
+                                   "pretrain.detector.box_batch_size_per_image": 512,
                                    "finetune.optim.scale_jitter": 2.0, "finetune.augment": "acquisition"}),
 }
 

@@ -329,6 +329,7 @@ class FinetuneConfig(ConfigBase):
         iterations=600, batch_size=2, optimizer="adamw", lr=5e-4, warmup_iterations=40, crop_size=256,
         scale_jitter=1.25))
     l2sp: L2SPConfig = Field(default_factory=lambda: L2SPConfig(weight=100.0))  # cupre++ (AdamW: ~100x SGD's)
+    balance_kinds: bool = False  # each imaging kind (cell_type) of the labels seen equally often
     augment: typing.Literal["basic", "acquisition"] = "basic"  # acquisition: grey<->colour, inversion, stain, hue,
     # gamma, blur, noise and median padding as well (cupre.data.transforms.AcquisitionJitter)
     eval_every: Count = 300

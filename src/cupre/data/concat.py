@@ -87,3 +87,28 @@ class BySource:
 
     def __call__(self, image, target):
         return (self.pseudo if target.get("pseudo") else self.labeled)(image, target)
+
+
+class KindBalanced(Dataset):
+    """An annotated dataset whose imaging kinds (``cell_type`` of its records) are seen
+    equally often: each kind's images are repeated until it has as many items as the
+    commonest kind (an epoch is then ``kinds x largest`` items). A dataset of one kind, or
+    without kinds, is left as it is."""
+
+    def __init__(self, dataset: InstanceDataset) -> None:
+        self.dataset = dataset
+        by_kind: dict[str, list[int]] = {}
+        for i, rec in enumerate(dataset.records):
+            by_kind.setdefault(str(rec.cell_type), []).append(i)
+        largest = max((len(v) for v in by_kind.values()), default=0)
+        self.index = [ids[k % len(ids)] for ids in by_kind.values() for k in range(largest)]
+        if len(by_kind) <= 1:
+            self.index = list(range(len(dataset)))
+        self.records = dataset.records
+        self.categories = dataset.categories
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.index[index]]

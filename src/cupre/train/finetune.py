@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cupre.config import FinetuneConfig
-from cupre.data.concat import BySource, MixedDataset
+from cupre.data.concat import BySource, KindBalanced, MixedDataset
 from cupre.data.formats import open_dataset
 from cupre.data.sample import collate
 from cupre.data.splits import fewshot_split, load_split
@@ -211,6 +211,8 @@ def training_data(cfg: FinetuneConfig, train, object_size: float | None):
                                        scale_jitter=cfg.optim.scale_jitter, strong=strong, background=background,
                                        acquisition=cfg.augment == "acquisition")
 
+    if cfg.balance_kinds:
+        train = KindBalanced(train)
     if cfg.pseudo_labels is None:
         return train, transform()
     st = cfg.self_train
