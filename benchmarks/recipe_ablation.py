@@ -34,9 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "bbbc038-cpu.yaml"
 
-# name -> (what it changes, {dotted key: value})
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "base": ("the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)", {}),
+# one change -> (what it is, {dotted key: value}); a variant is "base" or changes joined by "+"
+CHANGES: dict[str, tuple[str, dict]] = {
     "anchors": ("anchors from the object scale (16..256)", {"pretrain.detector.anchor_sizes": "auto"}),
     "anchors2": ("anchors from the object scale, two per octave",
                  {"pretrain.detector.anchor_sizes": "auto", "pretrain.detector.anchors_per_octave": 2}),
@@ -45,12 +44,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "acquisition": ("augmentation for other acquisitions (grey<->colour, inversion, stain/hue, gamma, blur, "
                     "noise, median padding)", {"finetune.augment": "acquisition"}),
     "balanced": ("imaging kinds sampled equally often", {"finetune.balance_kinds": True}),
-    "anchors+rois": ("anchors 16..256 and 512 RoIs", {"pretrain.detector.anchor_sizes": "auto",
-                                                      "pretrain.detector.box_batch_size_per_image": 512}),
-    "all": ("every change above", {"pretrain.detector.anchor_sizes": "auto",
-                                   "pretrain.detector.box_batch_size_per_image": 512,
-                                   "finetune.optim.scale_jitter": 2.0, "finetune.augment": "acquisition"}),
 }
+SCREEN_ITERATIONS = 600
+BASE_WHAT = "the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)"
+
+
+def changes_of(variant: str) -> list[str]:
+    if variant == "base":
+        return []
+    names = variant.split("+")
+    unknown = [n for n in names if n not in CHANGES]
+    if unknown:
+        raise SystemExit(f"unknown change {unknown[0]!r}: choose from base, {', '.join(CHANGES)} (joined by +)")
+    return names
+
+
+def describe(variant: str) -> str:
+    return " + ".join(CHANGES[n][0] for n in changes_of(variant)) or BASE_WHAT
 
 
 def set_key(cfg: dict, dotted: str, value) -> None:
@@ -69,21 +79,28 @@ def absolute(cfg: dict) -> dict:
     return cfg
 
 
-def variant_config(name: str, seeds: list[int], iterations: int) -> dict:
+def variant_config(name: str, seeds: list[int], iterations: int, eval_every: int) -> dict:
     cfg = absolute(yaml.safe_load(BASE.read_text()))
-    cfg.update(methods=["scratch"], seeds=seeds, eval_every=iterations, parallel=1)
+    cfg.update(methods=["scratch"], seeds=seeds, eval_every=eval_every, parallel=1)
     cfg["finetune"]["optim"]["iterations"] = iterations
     cfg["overlays"] = {"images": 0}
-    for key, value in VARIANTS[name][1].items():
-        set_key(cfg, key, value)
+    for change in changes_of(name):
+        for key, value in CHANGES[change][1].items():
+            set_key(cfg, key, value)
     return cfg
 
 
-def launch(work: Path, name: str, seed: int, iterations: int, threads: int, precision: str) -> subprocess.Popen:
-    folder = work / name
+def folder_name(variant: str, iterations: int) -> str:
+    """A variant's folder: its name, with ``@ITERATIONS`` unless the screening budget."""
+    return variant if iterations == SCREEN_ITERATIONS else f"{variant}@{iterations}"
+
+
+def launch(work: Path, name: str, seed: int, iterations: int, eval_every: int, threads: int,
+           precision: str) -> subprocess.Popen:
+    folder = work / folder_name(name, iterations)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"s{seed}.yaml"
-    config.write_text(yaml.safe_dump(variant_config(name, [seed], iterations), sort_keys=False))
+    config.write_text(yaml.safe_dump(variant_config(name, [seed], iterations, eval_every), sort_keys=False))
     log = open(folder / f"s{seed}.log", "a")
     cmd = [sys.executable, "-m", "cupre.cli", "experiment", str(config), "-o", str(folder / f"s{seed}"),
            "--threads", str(threads), "--parallel", "1", "--precision", precision]
@@ -108,40 +125,57 @@ def seconds_per_step(folder: Path, iterations: int) -> float | None:
     return None
 
 
+def spread(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+
+
 def table(work: Path) -> None:
-    print(f"{'variant':<14} {'seeds':<6} {'val AP_bbox':>12} {'val AP_segm':>12} {'s/step':>7}  what")
-    for name, (what, _) in VARIANTS.items():
-        runs = sorted((work / name).glob("s*/")) if (work / name).is_dir() else []
-        bbox, segm, steps = [], [], []
-        for run in runs:
-            rows = [r for r in cell_rows(run) if r["iteration"]]
-            if rows:
-                last = max(rows, key=lambda r: int(r["iteration"]))
-                bbox.append(100 * float(last["bbox_AP"]))
-                segm.append(100 * float(last["segm_AP"]))
-                steps.append(seconds_per_step(run, int(last["iteration"])))
+    """Per variant: validation AP at the end of training (mean ± std over seeds), AP@0.5
+    of the objects above the validated threshold, training seconds per step; and for runs
+    scored more than once, validation AP_bbox at each scored iteration."""
+    print(f"{'variant':<26} {'seeds':<6} {'val AP_bbox':>12} {'val AP_segm':>12} {'AP@0.5':>8} {'s/step':>7}  what")
+    curves = []
+    for folder in sorted(p for p in work.iterdir() if p.is_dir()):
+        name, what = folder.name, describe(folder.name.split("@")[0])
+        bbox, segm, ap50, steps = [], [], [], []
+        for run in sorted(p for p in folder.glob("s*") if p.is_dir()):
+            rows = sorted((r for r in cell_rows(run) if r["iteration"]), key=lambda r: int(r["iteration"]))
+            if not rows:
+                continue
+            last = rows[-1]
+            bbox.append(100 * float(last["bbox_AP"]))
+            segm.append(100 * float(last["segm_AP"]))
+            if last.get("objects_AP50"):
+                ap50.append(100 * float(last["objects_AP50"]))
+            steps.append(seconds_per_step(run, int(last["iteration"])))
+            if len(rows) > 1:
+                curves.append(f"  {name} {run.name}: " + ", ".join(
+                    f"{r['iteration']}: {100 * float(r['bbox_AP']):.1f}" for r in rows))
         if not bbox:
             continue
-
-        def spread(xs: list[float]) -> str:
-            return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
-
         sps = [s for s in steps if s]
-        print(f"{name:<14} {len(bbox):<6} {spread(bbox):>12} {spread(segm):>12} "
+        print(f"{name:<26} {len(bbox):<6} {spread(bbox):>12} {spread(segm):>12} {spread(ap50) if ap50 else '-':>8} "
               f"{(statistics.mean(sps) if sps else float('nan')):>7.2f}  {what}")
+    if curves:
+        print("validation AP_bbox at each scored iteration:")
+        print("\n".join(curves))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "ablation")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["base"])
+    parser.add_argument("--variants", nargs="+", default=["base"],
+                        help=f"base, or changes joined by + ({', '.join(CHANGES)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=SCREEN_ITERATIONS)
+    parser.add_argument("--eval-every", type=int, default=None, help="validation interval (default: at the end)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per cell")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--table", action="store_true", help="print the table of what has run, run nothing")
     args = parser.parse_args()
+    for variant in args.variants:
+        changes_of(variant)
     if not args.table:
         from cupre.devices import cpu_name
 
@@ -152,7 +186,8 @@ def main() -> None:
         start = time.time()
         while queue or running:
             while queue and len(running) < args.jobs:
-                running.append(launch(args.work, *queue.pop(0), args.iterations, args.threads, args.precision))
+                running.append(launch(args.work, *queue.pop(0), args.iterations, args.eval_every or args.iterations,
+                                      args.threads, args.precision))
             time.sleep(5)
             for p in [p for p in running if p.poll() is not None]:
                 running.remove(p)
