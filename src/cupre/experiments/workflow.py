@@ -215,6 +215,13 @@ def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfi
     }
 
 
+def training_seconds(parts: dict[str, float], self_train: bool) -> float:
+    """What ``within_minutes`` bounds: pre-training, fine-tuning and (when it runs)
+    self-training; the masks of the unlabeled images are written after, on their own
+    estimate."""
+    return sum(v for k, v in parts.items() if k != "predict" and (self_train or k != "self-training"))
+
+
 def fit_schedule(pre: PretrainConfig, ft: FinetuneConfig, seconds: Callable[[PretrainConfig, FinetuneConfig], float],
                  minutes: float, *, floor: float = 0.25) -> tuple[PretrainConfig, FinetuneConfig, float]:
     """The schedule shortened so that its estimate (``seconds``) fits in ``minutes``: the
@@ -310,19 +317,19 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     if not self_train:
         plan["self-training"] = 0.0
         ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=False)
-    if cfg.within_minutes is not None:
-        full = sum(plan.values())
+    if cfg.within_minutes is not None:  # the training's budget: the masks of the unlabeled images come after it
+        full = training_seconds(plan, self_train)
 
         def seconds(p: PretrainConfig, f: FinetuneConfig) -> float:
             parts = estimate_seconds(cfg, p, f, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
-            return sum(parts.values()) - (0.0 if self_train else parts["self-training"])
+            return training_seconds(parts, self_train)
 
         pre, ft, share = fit_schedule(pre, ft, seconds, cfg.within_minutes)
         if share < 1.0:
             plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
             if not self_train:
                 plan["self-training"] = 0.0
-            print(f"train: the preset's whole schedule would take {format_minutes(full)} on this machine "
+            print(f"train: the preset's whole training would take {format_minutes(full)} on this machine "
                   f"({precision}); warm-up, COCO steps and fine-tuning are shortened to {share:.0%} of their "
                   f"iterations to fit its {cfg.within_minutes:g} min (within_minutes; a shorter schedule gives a "
                   "weaker model: set within_minutes: null in --config for the whole one)")
@@ -332,9 +339,12 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
         print("train: too few annotated images to hold some out "
               f"(fewer than {cfg.min_val_images}): the schedule runs to its end and nothing checks the model; "
               "give --val DATA to have it checked")
-    print(f"train: estimated {format_minutes(sum(plan.values()))} ("
-          + ", ".join(f"{k} {format_minutes(v)}" for k, v in plan.items())
-          + f"; measured per step on {timing.machine or 'an unnamed machine'})", flush=True)
+    training = {k: v for k, v in plan.items() if k != "predict"}
+    print(f"train: estimated {format_minutes(sum(training.values()))} of training ("
+          + ", ".join(f"{k} {format_minutes(v)}" for k, v in training.items())
+          + (f"), then about {format_minutes(plan['predict'])} for the masks of the {n_unlabeled} unlabeled images"
+             if plan["predict"] else ")")
+          + f"; from step times measured on {timing.machine or 'an unnamed machine'}, not on this one", flush=True)
     print(why, flush=True)
     started = time.time()
     if not pretrain_done(out / "pretrain", ["cupre"]):
@@ -349,6 +359,8 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     if cfg.predict and cfg.unlabeled and not (masks / "images.json").is_file():
         options = PredictOptions(device=cfg.device, precision=cfg.precision,
                                  resume=(masks / LEDGER / "run.json").is_file())
+        print(f"train: writing the masks of the unlabeled images into {masks} (about "
+              f"{format_minutes(plan['predict'])})", flush=True)
         summary = run_predict(model_file, list(cfg.unlabeled), out=masks, options=options)
         print(f"train: masks of {summary.predicted} images ({summary.objects} objects) in {masks} "
               f"after {format_minutes(time.time() - started)}")
