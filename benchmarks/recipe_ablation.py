@@ -70,17 +70,16 @@ def set_key(cfg: dict, dotted: str, value) -> None:
     cfg[last] = value
 
 
-def absolute(cfg: dict) -> dict:
+def absolute(cfg: dict, base: Path) -> dict:
     """The base config's relative dataset paths made absolute (the variant's file lives elsewhere)."""
-    base = BASE.parent
     cfg["data"]["labeled"] = str((base / cfg["data"]["labeled"]).resolve())
     for key in ("coco", "unlabeled"):
         cfg["pretrain"][key] = [str((base / p).resolve()) for p in cfg["pretrain"].get(key, [])]
     return cfg
 
 
-def variant_config(name: str, seeds: list[int], iterations: int, eval_every: int) -> dict:
-    cfg = absolute(yaml.safe_load(BASE.read_text()))
+def variant_config(name: str, seeds: list[int], iterations: int, eval_every: int, recipe: Path = BASE) -> dict:
+    cfg = absolute(yaml.safe_load(recipe.read_text()), recipe.resolve().parent)
     cfg.update(methods=["scratch"], seeds=seeds, eval_every=eval_every, parallel=1)
     cfg["finetune"]["optim"]["iterations"] = iterations
     cfg["overlays"] = {"images": 0}
@@ -96,11 +95,11 @@ def folder_name(variant: str, iterations: int) -> str:
 
 
 def launch(work: Path, name: str, seed: int, iterations: int, eval_every: int, threads: int,
-           precision: str) -> subprocess.Popen:
+           precision: str, recipe: Path) -> subprocess.Popen:
     folder = work / folder_name(name, iterations)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"s{seed}.yaml"
-    config.write_text(yaml.safe_dump(variant_config(name, [seed], iterations, eval_every), sort_keys=False))
+    config.write_text(yaml.safe_dump(variant_config(name, [seed], iterations, eval_every, recipe), sort_keys=False))
     log = open(folder / f"s{seed}.log", "a")
     cmd = [sys.executable, "-m", "cupre.cli", "experiment", str(config), "-o", str(folder / f"s{seed}"),
            "--threads", str(threads), "--parallel", "1", "--precision", precision]
@@ -108,12 +107,12 @@ def launch(work: Path, name: str, seed: int, iterations: int, eval_every: int, t
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def cell_rows(folder: Path) -> list[dict]:
+def cell_rows(folder: Path, split: str = "val") -> list[dict]:
     results = folder / "results.csv"
     if not results.is_file():
         return []
     with open(results, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r["split"] == "val"]
+        return [r for r in csv.DictReader(fh) if r["split"] == split]
 
 
 def seconds_per_step(folder: Path, iterations: int) -> float | None:
@@ -129,11 +128,12 @@ def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
 
 
-def table(work: Path) -> None:
+def table(work: Path, split: str = "val") -> None:
     """Per variant: validation AP at the end of training (mean ± std over seeds), AP@0.5
     of the objects above the validated threshold, training seconds per step; and for runs
     scored more than once, validation AP_bbox at each scored iteration."""
-    print(f"{'variant':<26} {'seeds':<6} {'val AP_bbox':>12} {'val AP_segm':>12} {'AP@0.5':>8} {'s/step':>7}  what")
+    print(f"{split} figures of each seed's validation-chosen model (test: once, never used for choices)")
+    print(f"{'variant':<26} {'seeds':<6} {'AP_bbox':>12} {'AP_segm':>12} {'AP@0.5':>8} {'s/step':>7}  what")
     curves = []
     for folder in sorted(p for p in work.iterdir() if p.is_dir()):
         name, what = folder.name, describe(folder.name.split("@")[0])
@@ -142,12 +142,16 @@ def table(work: Path) -> None:
             rows = sorted((r for r in cell_rows(run) if r["iteration"]), key=lambda r: int(r["iteration"]))
             if not rows:
                 continue
-            last = rows[-1]
+            chosen = max(rows, key=lambda r: (float(r["segm_AP"]), -int(r["iteration"])))  # the runner's select_by
+            tested = {r["iteration"]: r for r in cell_rows(run, "test")}
+            last = chosen if split == "val" else tested.get(chosen["iteration"])
+            if last is None:
+                continue
             bbox.append(100 * float(last["bbox_AP"]))
             segm.append(100 * float(last["segm_AP"]))
             if last.get("objects_AP50"):
                 ap50.append(100 * float(last["objects_AP50"]))
-            steps.append(seconds_per_step(run, int(last["iteration"])))
+            steps.append(seconds_per_step(run, int(rows[-1]["iteration"])))
             if len(rows) > 1:
                 curves.append(f"  {name} {run.name}: " + ", ".join(
                     f"{r['iteration']}: {100 * float(r['bbox_AP']):.1f}" for r in rows))
@@ -168,11 +172,15 @@ def main() -> None:
                         help=f"base, or changes joined by + ({', '.join(CHANGES)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--iterations", type=int, default=SCREEN_ITERATIONS)
+    parser.add_argument("--recipe", type=Path, default=BASE,
+                        help="the experiment config varied (default configs/bbbc038-cpu.yaml; e.g. "
+                             "configs/bbbc038-transfer-cpu.yaml, with another --work)")
     parser.add_argument("--eval-every", type=int, default=None, help="validation interval (default: at the end)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at once")
     parser.add_argument("--threads", type=int, default=1, help="threads per cell")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--table", action="store_true", help="print the table of what has run, run nothing")
+    parser.add_argument("--split", default="val", choices=("val", "test"), help="the table's figures")
     args = parser.parse_args()
     for variant in args.variants:
         changes_of(variant)
@@ -187,14 +195,14 @@ def main() -> None:
         while queue or running:
             while queue and len(running) < args.jobs:
                 running.append(launch(args.work, *queue.pop(0), args.iterations, args.eval_every or args.iterations,
-                                      args.threads, args.precision))
+                                      args.threads, args.precision, args.recipe))
             time.sleep(5)
             for p in [p for p in running if p.poll() is not None]:
                 running.remove(p)
                 if p.returncode:
                     print(f"a cell failed (exit {p.returncode}); see its log under {args.work}", flush=True)
         print(f"ran in {(time.time() - start) / 60:.1f} min")
-    table(args.work)
+    table(args.work, args.split)
 
 
 if __name__ == "__main__":
