@@ -31,7 +31,7 @@ def test_autocast_runs_bf16_only_when_asked():
         assert layer(x).dtype == torch.float32
 
 
-def test_set_threads(monkeypatch, capsys):
+def test_set_threads(monkeypatch):
     import cupre.devices as devices
 
     before = torch.get_num_threads()
@@ -39,11 +39,9 @@ def test_set_threads(monkeypatch, capsys):
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.setattr(devices, "busy_cores", lambda: 0)
         assert set_threads(None) == available_cores() == torch.get_num_threads()
-        assert capsys.readouterr().err == ""
         monkeypatch.setattr(devices, "available_cores", lambda: 2)
         monkeypatch.setattr(devices, "busy_cores", lambda: 1)  # another process on one of two cores
         assert set_threads(None) == 1
-        assert "1 of 2 CPU threads" in capsys.readouterr().err
         monkeypatch.setattr(devices, "busy_cores", lambda: 7)
         assert set_threads(None) == 1  # never fewer than one
         with pytest.raises(CupreError, match="--threads"):

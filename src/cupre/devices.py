@@ -7,6 +7,7 @@ import functools
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -230,9 +231,23 @@ def available_cores() -> int:
 MAX_THREADS_PER_CORE = 4  # --threads above this many per core only oversubscribes (and can exhaust memory)
 
 
-def busy_cores() -> int:
-    """Cores other processes keep busy: the one-minute load average, rounded (0 where the
-    system does not say)."""
+def busy_cores(interval: float = 0.2) -> int:
+    """Cores other processes keep busy now: the machine's CPU time over ``interval``
+    seconds while this process sleeps (``/proc/stat``), rounded; elsewhere the one-minute
+    load average; 0 where the system says neither."""
+    def times() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(interval)
+        total1, idle1 = times()
+        busy = 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+        return int(round(busy * (os.cpu_count() or 1)))
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(round(os.getloadavg()[0]))
     except (AttributeError, OSError):  # Windows
@@ -252,19 +267,12 @@ def default_threads() -> int:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads: ``threads``, or :func:`default_threads` when None
-    (said in one line when that is fewer than the cores).
+    """Set torch's intra-op threads: ``threads``, or :func:`default_threads` when None.
 
     Returns the number set. Under torchrun or with other heavy processes, give each a share.
     """
     cores = available_cores()
-    if threads is None:
-        count = default_threads()
-        if count < cores:
-            print(f"cupre: {count} of {cores} CPU threads: other processes keep {cores - count} busy "
-                  "(--threads N to choose)", file=sys.stderr)
-    else:
-        count = int(threads)
+    count = default_threads() if threads is None else int(threads)
     if count < 1:
         raise CupreError(f"--threads must be at least 1, got {threads}")
     if count > MAX_THREADS_PER_CORE * cores:
