@@ -46,6 +46,8 @@ CHANGES: dict[str, tuple[str, dict]] = {
     "balanced": ("imaging kinds sampled equally often", {"finetune.balance_kinds": True}),
 }
 SCREEN_ITERATIONS = 600
+# "base" is the CPU recipes as they were before these changes, whatever the config files say now
+OLD_RECIPE = {"pretrain.detector.anchor_sizes": [4, 8, 16, 32, 64]}
 BASE_WHAT = "the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)"
 
 
@@ -83,8 +85,8 @@ def variant_config(name: str, seeds: list[int], iterations: int, eval_every: int
     cfg.update(methods=["scratch"], seeds=seeds, eval_every=eval_every, parallel=1)
     cfg["finetune"]["optim"]["iterations"] = iterations
     cfg["overlays"] = {"images": 0}
-    for change in changes_of(name):
-        for key, value in CHANGES[change][1].items():
+    for change in [OLD_RECIPE] + [CHANGES[c][1] for c in changes_of(name)]:
+        for key, value in change.items():
             set_key(cfg, key, value)
     return cfg
 
