@@ -12,6 +12,15 @@ import torch
 from cupre.cli import main
 
 
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """The machine's load is not these tests' subject: on a busy machine ``cupre`` says how
+    many threads it takes in a line of its own, which would stand before the line tested."""
+    import cupre.devices
+
+    monkeypatch.setattr(cupre.devices, "busy_cores", lambda: 0)
+
+
 @pytest.mark.parametrize("command", ["predict", "finetune", "pretrain", "experiment", "train", "demo"])
 @pytest.mark.parametrize(("device", "said"), [
     ("cuda", "PyTorch sees no CUDA GPU on this machine"),
