@@ -251,6 +251,12 @@ def cases(work: Path) -> list[Case]:
     add("evaluate: --dt not JSON", "evaluate", "--gt", cells, "--dt", f"{w}/not.json")
     add("evaluate: --dt of the wrong shape", "evaluate", "--gt", cells, "--dt", f"{w}/wrong.json")
     add("evaluate: results for no ground-truth image", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json")
+    add("evaluate: --out exists, no --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", f"{w}/plain.txt")
+    add("evaluate: --out is its own --gt, --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", cells, "--overwrite")
+    add("evaluate: --out is its own --dt, --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", f"{w}/results_list.json", "--overwrite")
     add("evaluate: --protocol unknown", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
         "--protocol", "mine")
     # export
@@ -270,11 +276,19 @@ def cases(work: Path) -> list[Case]:
     add("convert: input missing", "convert", f"{w}/nowhere", "-o", f"{o}/v1.json")
     add("convert: folder of unknown layout", "convert", f"{w}/unknown_layout", "-o", f"{o}/v2.json")
     add("convert: COCO file of the wrong shape", "convert", f"{w}/wrong.json", "-o", f"{o}/v3.json")
-    add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust")
-    add("convert-model: a pickle without --trust", "convert-model", f"{w}/pickled.pt")
-    add("convert-model: file missing", "convert-model", f"{w}/none.pt")
+    add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
+    add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
+    add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",
+        "-o", f"{o}/cm1.safetensors")
+    add("convert-model: a pickle without --trust", "convert-model", f"{w}/pickled.pt", "-o", f"{o}/cm2.safetensors")
+    add("convert-model: file missing", "convert-model", f"{w}/none.pt", "-o", f"{o}/cm3.safetensors")
+    add("convert-model: model.safetensors beside it exists", "convert-model", f"{w}/pickled.pt", "--trust")
+    add("convert-model: -o is its own input, --overwrite", "convert-model", f"{w}/pickled.pt", "-o",
+        f"{w}/pickled.pt", "--overwrite", "--trust")
     add("split: dataset missing", "split", f"{w}/nowhere", "-o", f"{o}/s1.json", "--fraction", "0.5")
     add("split: --fraction 3", "split", cells, "-o", f"{o}/s2.json", "--fraction", "3")
+    add("split: -o exists, no --overwrite", "split", cells, "-o", f"{w}/plain.txt", "--fraction", "0.5")
+    add("split: -o is its own input, --overwrite", "split", cells, "-o", cells, "--fraction", "0.5", "--overwrite")
     add("synth: -o under a file", "synth", "cells", "-o", f"{w}/blocker/s", "--n", "1", "--size", "64")
     add("synth: --n -1", "synth", "cells", "-o", f"{o}/y1", "--n", "-1")
     add("synth: --size 0", "synth", "cells", "-o", f"{o}/y2", "--n", "1", "--size", "0")

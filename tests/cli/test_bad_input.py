@@ -358,3 +358,80 @@ def test_library_notices_go_to_the_log_and_cupre_warnings_to_the_user(caplog):
                  format_warning("image too large", UserWarning, str(Path(torch.__file__).parent / "x.py"), 1)]
     assert shown == ["", "", "cupre: warning: x.tif: NaN pixels\n", "cupre: warning: image too large\n"]
     assert len([r for r in caplog.records if r.name == "cupre.notices"]) == 2
+
+
+@pytest.fixture()
+def coco_pair(tmp_path):
+    """A ground-truth COCO file and a results file of the same objects."""
+    import json
+
+    from tests.evaluation.test_livecell import gt_as_results, make_gt
+
+    gt = make_gt(seed=3, n_images=2, n_objects=5, cell_types=["SHSY5Y"])
+    gt_path, dt_path = tmp_path / "gt.json", tmp_path / "results.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(gt_as_results(gt)))
+    return gt_path, dt_path
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) < 300, err
+    return err
+
+
+def test_evaluate_out_replaces_a_file_only_with_overwrite_and_never_its_inputs(tmp_path, coco_pair, capsys):
+    gt, dt = coco_pair
+    before = {p: p.read_bytes() for p in (gt, dt)}
+    mine = tmp_path / "notes.json"
+    mine.write_text("my notes")
+    evaluate = ["evaluate", "--gt", str(gt), "--dt", str(dt), "--no-breakdown", "--out"]
+    assert main([*evaluate, str(mine)]) == 2
+    assert _one_line(capsys) == f"cupre: error: {mine}: exists; pass --overwrite to replace it"
+    assert mine.read_text() == "my notes"
+    for own, flag in [(gt, "--gt"), (dt, "--dt")]:
+        assert main([*evaluate, str(own), "--overwrite"]) == 2
+        assert f"{own}: is the command's own input ({flag})" in _one_line(capsys)
+    assert {p: p.read_bytes() for p in (gt, dt)} == before
+    assert main([*evaluate, str(mine), "--overwrite"]) == 0
+    assert '"segm"' in mine.read_text()
+
+
+def test_evaluate_never_writes_over_the_results_of_a_predict_folder(tmp_path, coco_pair, capsys):
+    gt, dt = coco_pair
+    folder = tmp_path / "predicted"
+    folder.mkdir()
+    (folder / "results_coco.json").write_bytes(dt.read_bytes())
+    assert main(["evaluate", "--gt", str(gt), "--dt", str(folder), "--out", str(folder / "results_coco.json"),
+                 "--overwrite"]) == 2
+    assert "is the command's own input (--dt)" in _one_line(capsys)
+    assert (folder / "results_coco.json").read_bytes() == dt.read_bytes()
+
+
+def test_convert_and_split_replace_a_file_only_with_overwrite_and_never_their_input(tmp_path, capsys):
+    from cupre.data.synthetic import write_synthetic
+
+    gt = write_synthetic("cells", tmp_path / "cells", n_images=2, size=64, seed=0)
+    data = gt.read_bytes()
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    for command in (["convert", str(gt), "-o"], ["split", str(gt), "--fraction", "0.5", "-o"]):
+        assert main([*command, str(mine)]) == 2
+        assert _one_line(capsys) == f"cupre: error: {mine}: exists; pass --overwrite to replace it"
+        assert main([*command, str(gt), "--overwrite"]) == 2
+        assert f"{gt}: is the command's own input" in _one_line(capsys)
+        assert mine.read_text() == "mine" and gt.read_bytes() == data
+        assert main([*command, str(mine), "--overwrite"]) == 0
+        assert mine.read_text().startswith("{")
+        mine.write_text("mine")
+
+
+def test_convert_model_keeps_an_existing_model_file(tmp_path, capsys):
+    old, new = tmp_path / "model.pt", tmp_path / "model.safetensors"
+    old.write_bytes(b"an old model")
+    new.write_bytes(b"a model of mine")
+    assert main(["convert-model", str(old)]) == 2
+    assert _one_line(capsys) == f"cupre: error: {new}: exists; pass --overwrite to replace it"
+    assert main(["convert-model", str(old), "-o", str(old), "--overwrite"]) == 2
+    assert "is the command's own input (MODEL)" in _one_line(capsys)
+    assert new.read_bytes() == b"a model of mine" and old.read_bytes() == b"an old model"
