@@ -6,8 +6,9 @@ the catalogue: case, exit code, seconds, the first line cupre printed on stderr.
 Each case is its own ``python -m cupre.cli ...`` process on files this script makes in
 ``--work`` (a tiny untrained model, a few images, configs). A case passes when the
 command ends within the timeout, prints no traceback, exits with the code the case
-expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning) and
-leaves every file outside its ``-o`` folder as it was. Exit status: 1 if any case fails.
+expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning), prints
+no error or warning line over 300 characters (a list of the valid keys aside) and leaves every file outside its ``-o``
+folder as it was. Exit status: 1 if any case fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+LINE = 300  # characters: the longest error or warning line a case may print
 
 
 @dataclass
@@ -135,6 +139,10 @@ def configs(work: Path) -> None:
     write("exp_empty.yaml", {})
     write("exp_fraction.yaml", {"data": {"labeled": cells}, "methods": ["scratch"], "fractions": [1.5]})
     (work / "list.yaml").write_text("- just\n- a list\n")
+    for depth in (4, 9):  # "billion laughs": lists of ten aliases of the list before, under finetune.optim
+        levels = ["&l0 [ha, ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+        levels += [f"&l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, depth + 1)]
+        (work / f"laughs{depth}.yaml").write_text(f"finetune:\n  optim: {{iterations: [{', '.join(levels)}]}}\n")
 
 
 def cases(work: Path) -> list[Case]:
@@ -239,6 +247,9 @@ def cases(work: Path) -> list[Case]:
     add("experiment: empty config", "experiment", f"{w}/exp_empty.yaml", "-o", f"{o}/e3")
     add("experiment: fraction 1.5", "experiment", f"{w}/exp_fraction.yaml", "-o", f"{o}/e4")
     add("experiment: binary config", "experiment", f"{w}/binary.yaml", "-o", f"{o}/e5")
+    add("experiment: YAML alias bomb, 10^4 values under a typed key", "experiment", f"{w}/laughs4.yaml", "-o",
+        f"{o}/e6")
+    add("experiment: YAML alias bomb, 10^9 values", "experiment", f"{w}/laughs9.yaml", "-o", f"{o}/e7")
     # train
     add("train: --labels missing", "train", "--labels", f"{w}/nowhere", "-o", f"{o}/w1")
     add("train: --labels of unknown layout", "train", "--labels", f"{w}/unknown_layout", "-o", f"{o}/w2")
@@ -292,6 +303,9 @@ def cases(work: Path) -> list[Case]:
     add("synth: -o under a file", "synth", "cells", "-o", f"{w}/blocker/s", "--n", "1", "--size", "64")
     add("synth: --n -1", "synth", "cells", "-o", f"{o}/y1", "--n", "-1")
     add("synth: --size 0", "synth", "cells", "-o", f"{o}/y2", "--n", "1", "--size", "0")
+    add("synth: --size 100000", "synth", "cells", "-o", f"{o}/y3", "--n", "1", "--size", "100000")
+    add("synth: --size of 4,000 digits", "synth", "cells", "-o", f"{o}/y4", "--n", "1", "--size", "9" * 4000)
+    add("synth: --n 10^9", "synth", "cells", "-o", f"{o}/y5", "--n", "1000000000", "--size", "64")
     add("demo: --device cuda without a GPU", "demo", "-o", f"{o}/d1", "--device", "cuda")
     add("unknown subcommand", "segment", imgs)
     return c
@@ -319,8 +333,9 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
     seconds = time.perf_counter() - start
     after = fingerprint(work, work / "out")
     lines = [line for line in err.splitlines() if line.strip()]
-    first = next((line for line in lines if line.startswith("cupre:") or "error" in line.lower()),
-                 lines[0] if lines else "")
+    said = [line for line in lines if line.startswith(("cupre: error:", "cupre: warning:"))]
+    first = said[0] if said else next((line for line in lines if line.startswith("cupre:") or "error" in line.lower()),
+                                      lines[0] if lines else "")
     problems = []
     if code is None:
         problems.append("hang")
@@ -328,6 +343,8 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
         problems.append(f"exit {code}, expected {case.expect}")
     if "Traceback (most recent call last)" in err:
         problems.append("traceback")
+    if any(len(line.split("; valid keys: ")[0]) > LINE for line in said):  # the schema's key list is whole
+        problems.append(f"a line over {LINE} characters")
     if before != after:
         changed = sorted(set(before.items()) ^ set(after.items()))
         problems.append(f"files outside -o changed: {changed[0][0]}")

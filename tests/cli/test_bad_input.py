@@ -21,6 +21,13 @@ def quiet_machine(monkeypatch):
     monkeypatch.setattr(cupre.devices, "busy_cores", lambda: 0)
 
 
+def _one_line(capsys) -> str:
+    """What cupre printed on stderr, checked to be one line a reader takes in at once."""
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) < 300, err
+    return err
+
+
 @pytest.mark.parametrize("command", ["predict", "finetune", "pretrain", "experiment", "train", "demo"])
 @pytest.mark.parametrize(("device", "said"), [
     ("cuda", "PyTorch sees no CUDA GPU on this machine"),
@@ -65,6 +72,42 @@ def test_a_config_that_is_binary_deep_or_absurd_is_one_line(tmp_path, capsys, co
     assert main(["experiment", str(config), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert said in err and "\n" not in err and str(config) in err
+    assert not out.exists()
+
+
+def _laughs(depth: int) -> bytes:
+    """A YAML "billion laughs" under a typed key: each list holds ten aliases of the one
+    before, so ``depth`` levels expand to 10 ** ``depth`` values from a few hundred bytes."""
+    levels = ["&l0 [ha, ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+    levels += [f"&l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, depth + 1)]
+    return f"finetune:\n  optim: {{iterations: [{', '.join(levels)}]}}\n".encode()
+
+
+@pytest.mark.parametrize(("depth", "said"), [
+    (4, "finetune.optim.iterations: input should be a valid integer, got [['ha', "),  # 10^4 values: said in short
+    (9, "not a config (its aliases expand to more than 1,000,000 values)"),  # 10^9: refused as it is read
+])
+def test_a_yaml_alias_bomb_is_one_short_line_said_at_once(tmp_path, capsys, depth, said):
+    import time
+
+    config = tmp_path / "laughs.yaml"
+    config.write_bytes(_laughs(depth))
+    start = time.perf_counter()
+    assert main(["experiment", str(config), "-o", str(tmp_path / "out")]) == 2
+    err = _one_line(capsys)
+    assert said in err and str(config) in err and time.perf_counter() - start < 20
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--size", "100000"], "size must be from 32 to 8192 pixels, got 100,000"),
+    (["--size", "9" * 4000], "size must be from 32 to 8192 pixels, got a 4000-digit number"),
+    (["--n", "1000000000"], "n_images must be from 1 to 100,000, got 1,000,000,000"),
+])
+def test_synth_sizes_a_user_types_are_bounded(tmp_path, capsys, flags, said):
+    out = tmp_path / "synth"
+    assert main(["synth", "cells", "-o", str(out), "--n", "1", "--size", "64", *flags]) == 2
+    assert _one_line(capsys) == f"cupre: error: synthetic cells: {said}"
     assert not out.exists()
 
 
@@ -373,11 +416,6 @@ def coco_pair(tmp_path):
     dt_path.write_text(json.dumps(gt_as_results(gt)))
     return gt_path, dt_path
 
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and len(err) < 300, err
-    return err
 
 
 def test_evaluate_out_replaces_a_file_only_with_overwrite_and_never_its_inputs(tmp_path, coco_pair, capsys):
