@@ -109,6 +109,14 @@ def make_inputs(work: Path) -> None:
     with zipfile.ZipFile(work / "notorch.pt", "w") as zf:
         zf.writestr("hello.txt", "no torch here")
     (work / "blocker").write_text("a file where a folder should be\n")
+    binary = work / "binary_labels"  # a beginner's 0/255 mask of four nuclei as a label image
+    binary.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    mask = np.zeros((64, 64), np.uint8)
+    for cy, cx in [(12, 12), (12, 48), (48, 12), (46, 46)]:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 255
+    Image.fromarray(mask).save(binary / "a_masks.png")
+    Image.fromarray(mask // 2 + 20).save(binary / "a.png")
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -287,6 +295,8 @@ def cases(work: Path) -> list[Case]:
     add("convert: input missing", "convert", f"{w}/nowhere", "-o", f"{o}/v1.json")
     add("convert: folder of unknown layout", "convert", f"{w}/unknown_layout", "-o", f"{o}/v2.json")
     add("convert: COCO file of the wrong shape", "convert", f"{w}/wrong.json", "-o", f"{o}/v3.json")
+    add("convert: a 0/255 binary mask as a label image", "convert", f"{w}/binary_labels", "-o", f"{o}/v4.json",
+        expect=0)
     add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
     add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
     add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",

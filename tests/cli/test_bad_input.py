@@ -473,3 +473,40 @@ def test_convert_model_keeps_an_existing_model_file(tmp_path, capsys):
     assert main(["convert-model", str(old), "-o", str(old), "--overwrite"]) == 2
     assert "is the command's own input (MODEL)" in _one_line(capsys)
     assert new.read_bytes() == b"a model of mine" and old.read_bytes() == b"an old model"
+
+
+@pytest.mark.parametrize("on", [255, 1])
+def test_a_binary_mask_given_as_a_label_image_is_split_into_its_regions(tmp_path, capsys, on):
+    """A beginner's 0/255 (or 0/1) PNG of four nuclei as ``name_masks.png``: read as four
+    objects, not one, with one warning that says so and what to save instead."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    mask = np.zeros((64, 64), np.uint8)
+    for cy, cx in [(12, 12), (12, 48), (48, 12), (46, 46)]:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = on
+    Image.fromarray(mask).save(folder / "a_masks.png")
+    Image.fromarray((mask > 0).astype(np.uint8) * 120 + 20).save(folder / "a.png")
+    out = tmp_path / "a.json"
+    with pytest.warns(Warning) as said:
+        assert main(["convert", str(folder), "-o", str(out)]) == 0
+    lines = [str(w.message) for w in said if "binary mask" in str(w.message)]
+    assert lines == [f"{folder / 'a_masks.png'}: a binary mask (one value, {on}, over 4 separate regions), not a "
+                     "label image; read as 4 objects, one per region (save a label image, one id per cell, to keep "
+                     "touching cells apart)"]
+    assert len(json.loads(out.read_text())["annotations"]) == 4
+
+
+def test_a_label_image_of_one_connected_object_or_of_several_ids_is_read_as_it_is(tmp_path, recwarn):
+    from cupre.data.label_images import binary_as_objects
+
+    one = np.zeros((32, 32), np.uint16)
+    one[4:12, 4:12] = 7
+    two = one.copy()
+    two[20:28, 20:28] = 9
+    assert binary_as_objects(one, "one.tif") is one and binary_as_objects(two, "two.tif") is two
+    assert not [w for w in recwarn if "binary mask" in str(w.message)]
