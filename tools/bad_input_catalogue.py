@@ -262,6 +262,7 @@ def cases(work: Path) -> list[Case]:
     add("train: --labels missing", "train", "--labels", f"{w}/nowhere", "-o", f"{o}/w1")
     add("train: --labels of unknown layout", "train", "--labels", f"{w}/unknown_layout", "-o", f"{o}/w2")
     add("train: --unlabeled missing", "train", "--labels", cells, "--unlabeled", f"{w}/nowhere", "-o", f"{o}/w3")
+    add("train: --lables (misspelt), so no --labels", "train", "--lables", cells, "-o", f"{o}/w6")
     add("train: --preset unknown", "train", "--labels", cells, "--preset", "huge", "-o", f"{o}/w4")
     add("train: --config binary", "train", "--config", f"{w}/binary.yaml", "--labels", cells, "-o", f"{o}/w5")
     # evaluate

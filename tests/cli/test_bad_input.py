@@ -510,3 +510,16 @@ def test_a_label_image_of_one_connected_object_or_of_several_ids_is_read_as_it_i
     two[20:28, 20:28] = 9
     assert binary_as_objects(one, "one.tif") is one and binary_as_objects(two, "two.tif") is two
     assert not [w for w in recwarn if "binary mask" in str(w.message)]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["train", "--lables", "my_labels"], "cupre train: error: unrecognized arguments: --lables my_labels"),
+    (["evaluate", "--gtt", "gt.json", "--dt", "r.json"], "cupre evaluate: error: unrecognized arguments: --gtt gt.json"),
+    (["train"], "cupre train: error: the following arguments are required: --labels, -o/--out"),
+])
+def test_a_misspelt_flag_is_named_before_a_missing_one(tmp_path, capsys, argv, said):
+    """argparse alone says "--labels is required" for ``--lables``, hiding the typo."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == said
