@@ -523,3 +523,29 @@ def test_a_misspelt_flag_is_named_before_a_missing_one(tmp_path, capsys, argv, s
         main(argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == said
+
+
+def test_predict_takes_a_train_run_folder_and_finds_its_model(tmp_path, tiny_model, capsys):
+    """``cupre predict my-run ...`` with the folder ``cupre train`` wrote: its model is
+    ``finetune/model.safetensors`` (or, after self-training, ``finetune/selftrain/``'s)."""
+    import shutil
+
+    from PIL import Image
+
+    from cupre.modelfile import resolve_model_file
+
+    run = tmp_path / "my-run"
+    (run / "finetune").mkdir(parents=True)
+    (run / "pretrain").mkdir()
+    shutil.copy(tiny_model, run / "finetune" / "model.safetensors")
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "new.png")
+    assert main(["predict", str(run), str(tmp_path / "new.png"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "new_masks.tif").is_file()
+    capsys.readouterr()  # the progress bar
+    (run / "finetune" / "selftrain").mkdir()
+    shutil.copy(tiny_model, run / "finetune" / "selftrain" / "model.safetensors")
+    assert resolve_model_file(run) == run / "finetune" / "selftrain" / "model.safetensors"
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert main(["predict", str(empty), str(tmp_path / "new.png"), "-o", str(tmp_path / "out2")]) == 2
+    assert "empty-run: run folder holds no model.safetensors (nor finetune/model.safetensors" in _one_line(capsys)
