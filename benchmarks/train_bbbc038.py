@@ -93,7 +93,7 @@ def main() -> None:
           "--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json"),
           "-o", str(run), *preset, *threads, *precision)
     minutes = (time.perf_counter() - start) / 60
-    cupre("convert", str(work / "test"), "-o", str(work / "test.json"))
+    cupre("convert", str(work / "test"), "-o", str(work / "test.json"), "--overwrite")  # a rerun continues
     models = {"fine-tuned": run / "finetune" / "model.safetensors"}
     if (run / "finetune" / "selftrain" / "model.safetensors").is_file():
         models["after self-training"] = run / "finetune" / "selftrain" / "model.safetensors"
@@ -103,7 +103,8 @@ def main() -> None:
         if not (masks / "images.json").is_file():
             cupre("predict", str(model), str(work / "test"), "-o", str(masks), *threads, *precision)
         out = masks.with_name(masks.name + "-metrics.json")
-        cupre("evaluate", "--gt", str(work / "test.json"), "--dt", str(masks / "results_coco.json"), "--out", str(out))
+        cupre("evaluate", "--gt", str(work / "test.json"), "--dt", str(masks / "results_coco.json"), "--out", str(out),
+              "--overwrite")
         metrics = json.loads(out.read_text())
         scores.append(f"{name}: test AP_bbox {100 * metrics['bbox']['AP']:.1f}, AP_segm {100 * metrics['segm']['AP']:.1f}")
     print(f"cupre train: {minutes:.1f} min wall (this call; a continued run counts only what it ran) | "

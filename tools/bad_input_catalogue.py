@@ -6,8 +6,9 @@ the catalogue: case, exit code, seconds, the first line cupre printed on stderr.
 Each case is its own ``python -m cupre.cli ...`` process on files this script makes in
 ``--work`` (a tiny untrained model, a few images, configs). A case passes when the
 command ends within the timeout, prints no traceback, exits with the code the case
-expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning) and
-leaves every file outside its ``-o`` folder as it was. Exit status: 1 if any case fails.
+expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning), prints
+no error or warning line over 300 characters (a list of the valid keys aside) and leaves every file outside its ``-o``
+folder as it was. Exit status: 1 if any case fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+LINE = 300  # characters: the longest error or warning line a case may print
 
 
 @dataclass
@@ -105,6 +109,14 @@ def make_inputs(work: Path) -> None:
     with zipfile.ZipFile(work / "notorch.pt", "w") as zf:
         zf.writestr("hello.txt", "no torch here")
     (work / "blocker").write_text("a file where a folder should be\n")
+    binary = work / "binary_labels"  # a beginner's 0/255 mask of four nuclei as a label image
+    binary.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    mask = np.zeros((64, 64), np.uint8)
+    for cy, cx in [(12, 12), (12, 48), (48, 12), (46, 46)]:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 255
+    Image.fromarray(mask).save(binary / "a_masks.png")
+    Image.fromarray(mask // 2 + 20).save(binary / "a.png")
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -135,6 +147,10 @@ def configs(work: Path) -> None:
     write("exp_empty.yaml", {})
     write("exp_fraction.yaml", {"data": {"labeled": cells}, "methods": ["scratch"], "fractions": [1.5]})
     (work / "list.yaml").write_text("- just\n- a list\n")
+    for depth in (4, 9):  # "billion laughs": lists of ten aliases of the list before, under finetune.optim
+        levels = ["&l0 [ha, ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+        levels += [f"&l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, depth + 1)]
+        (work / f"laughs{depth}.yaml").write_text(f"finetune:\n  optim: {{iterations: [{', '.join(levels)}]}}\n")
 
 
 def cases(work: Path) -> list[Case]:
@@ -239,10 +255,14 @@ def cases(work: Path) -> list[Case]:
     add("experiment: empty config", "experiment", f"{w}/exp_empty.yaml", "-o", f"{o}/e3")
     add("experiment: fraction 1.5", "experiment", f"{w}/exp_fraction.yaml", "-o", f"{o}/e4")
     add("experiment: binary config", "experiment", f"{w}/binary.yaml", "-o", f"{o}/e5")
+    add("experiment: YAML alias bomb, 10^4 values under a typed key", "experiment", f"{w}/laughs4.yaml", "-o",
+        f"{o}/e6")
+    add("experiment: YAML alias bomb, 10^9 values", "experiment", f"{w}/laughs9.yaml", "-o", f"{o}/e7")
     # train
     add("train: --labels missing", "train", "--labels", f"{w}/nowhere", "-o", f"{o}/w1")
     add("train: --labels of unknown layout", "train", "--labels", f"{w}/unknown_layout", "-o", f"{o}/w2")
     add("train: --unlabeled missing", "train", "--labels", cells, "--unlabeled", f"{w}/nowhere", "-o", f"{o}/w3")
+    add("train: --lables (misspelt), so no --labels", "train", "--lables", cells, "-o", f"{o}/w6")
     add("train: --preset unknown", "train", "--labels", cells, "--preset", "huge", "-o", f"{o}/w4")
     add("train: --config binary", "train", "--config", f"{w}/binary.yaml", "--labels", cells, "-o", f"{o}/w5")
     # evaluate
@@ -251,6 +271,12 @@ def cases(work: Path) -> list[Case]:
     add("evaluate: --dt not JSON", "evaluate", "--gt", cells, "--dt", f"{w}/not.json")
     add("evaluate: --dt of the wrong shape", "evaluate", "--gt", cells, "--dt", f"{w}/wrong.json")
     add("evaluate: results for no ground-truth image", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json")
+    add("evaluate: --out exists, no --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", f"{w}/plain.txt")
+    add("evaluate: --out is its own --gt, --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", cells, "--overwrite")
+    add("evaluate: --out is its own --dt, --overwrite", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
+        "--out", f"{w}/results_list.json", "--overwrite")
     add("evaluate: --protocol unknown", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
         "--protocol", "mine")
     # export
@@ -270,14 +296,27 @@ def cases(work: Path) -> list[Case]:
     add("convert: input missing", "convert", f"{w}/nowhere", "-o", f"{o}/v1.json")
     add("convert: folder of unknown layout", "convert", f"{w}/unknown_layout", "-o", f"{o}/v2.json")
     add("convert: COCO file of the wrong shape", "convert", f"{w}/wrong.json", "-o", f"{o}/v3.json")
-    add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust")
-    add("convert-model: a pickle without --trust", "convert-model", f"{w}/pickled.pt")
-    add("convert-model: file missing", "convert-model", f"{w}/none.pt")
+    add("convert: a 0/255 binary mask as a label image", "convert", f"{w}/binary_labels", "-o", f"{o}/v4.json",
+        expect=0)
+    add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
+    add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
+    add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",
+        "-o", f"{o}/cm1.safetensors")
+    add("convert-model: a pickle without --trust", "convert-model", f"{w}/pickled.pt", "-o", f"{o}/cm2.safetensors")
+    add("convert-model: file missing", "convert-model", f"{w}/none.pt", "-o", f"{o}/cm3.safetensors")
+    add("convert-model: model.safetensors beside it exists", "convert-model", f"{w}/pickled.pt", "--trust")
+    add("convert-model: -o is its own input, --overwrite", "convert-model", f"{w}/pickled.pt", "-o",
+        f"{w}/pickled.pt", "--overwrite", "--trust")
     add("split: dataset missing", "split", f"{w}/nowhere", "-o", f"{o}/s1.json", "--fraction", "0.5")
     add("split: --fraction 3", "split", cells, "-o", f"{o}/s2.json", "--fraction", "3")
+    add("split: -o exists, no --overwrite", "split", cells, "-o", f"{w}/plain.txt", "--fraction", "0.5")
+    add("split: -o is its own input, --overwrite", "split", cells, "-o", cells, "--fraction", "0.5", "--overwrite")
     add("synth: -o under a file", "synth", "cells", "-o", f"{w}/blocker/s", "--n", "1", "--size", "64")
     add("synth: --n -1", "synth", "cells", "-o", f"{o}/y1", "--n", "-1")
     add("synth: --size 0", "synth", "cells", "-o", f"{o}/y2", "--n", "1", "--size", "0")
+    add("synth: --size 100000", "synth", "cells", "-o", f"{o}/y3", "--n", "1", "--size", "100000")
+    add("synth: --size of 4,000 digits", "synth", "cells", "-o", f"{o}/y4", "--n", "1", "--size", "9" * 4000)
+    add("synth: --n 10^9", "synth", "cells", "-o", f"{o}/y5", "--n", "1000000000", "--size", "64")
     add("demo: --device cuda without a GPU", "demo", "-o", f"{o}/d1", "--device", "cuda")
     add("unknown subcommand", "segment", imgs)
     return c
@@ -305,8 +344,9 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
     seconds = time.perf_counter() - start
     after = fingerprint(work, work / "out")
     lines = [line for line in err.splitlines() if line.strip()]
-    first = next((line for line in lines if line.startswith("cupre:") or "error" in line.lower()),
-                 lines[0] if lines else "")
+    said = [line for line in lines if line.startswith(("cupre: error:", "cupre: warning:"))]
+    first = said[0] if said else next((line for line in lines if line.startswith("cupre:") or "error" in line.lower()),
+                                      lines[0] if lines else "")
     problems = []
     if code is None:
         problems.append("hang")
@@ -314,6 +354,8 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
         problems.append(f"exit {code}, expected {case.expect}")
     if "Traceback (most recent call last)" in err:
         problems.append("traceback")
+    if any(len(line.split("; valid keys: ")[0]) > LINE for line in said):  # the schema's key list is whole
+        problems.append(f"a line over {LINE} characters")
     if before != after:
         changed = sorted(set(before.items()) ^ set(after.items()))
         problems.append(f"files outside -o changed: {changed[0][0]}")

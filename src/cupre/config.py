@@ -8,6 +8,7 @@ defaults (or a ``base``), nested mappings override only what they name.
 
 from __future__ import annotations
 
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -55,7 +56,7 @@ class ConfigBase(BaseModel):
         defaults), so a partial nested mapping overrides only what it names."""
         where = where or cls.__name__
         if data is not None and not isinstance(data, dict):
-            raise CupreError(f"{where}: expected a mapping, got {data!r}")
+            raise CupreError(cut(f"{where}: expected a mapping, got {short_repr(data)}"))
         start = (base if base is not None else cls()).to_dict()
         try:
             return cls.model_validate(_merge(start, dict(data or {})))
@@ -109,23 +110,46 @@ def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def _one_line(cls: type[BaseModel], exc: ValidationError, where: str) -> str:
+    """The first problem of ``exc`` as one line of at most :data:`LINE` characters, but
+    for an unknown key's line, whose list of the valid keys (the schema's, not the
+    user's) is given whole."""
     errors = exc.errors()
     first = errors[0]
     loc = tuple(first["loc"])
     dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
     if first["type"] == "extra_forbidden":
         parent = loc[:-1]
-        unknown = sorted(str(e["loc"][-1]) for e in errors
+        unknown = sorted(cut(str(e["loc"][-1]), 40) for e in errors
                          if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == parent)
+        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
         model = _model_at(cls, parent)
         valid = ", ".join(sorted(model.model_fields)) if model is not None else "?"
         at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parent)
-        return f"{where}{at}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}"
+        return f"{cut(where + at)}: unknown key(s) {', '.join(unknown[:4])}{more}; valid keys: {valid}"
     if first["type"] == "value_error":  # a rule of cupre's own, already a sentence
-        return f"{where}{dotted}: {first.get('ctx', {}).get('error', first['msg'])}"
+        return cut(f"{where}{dotted}: {first.get('ctx', {}).get('error', first['msg'])}")
     if first["type"] == "literal_error":
-        return f"{where}{dotted}: {first['input']!r} is not one of {first['ctx']['expected']}"
-    return f"{where}{dotted}: {first['msg'].lower()}, got {first['input']!r}"
+        return cut(f"{where}{dotted}: {short_repr(first['input'])} is not one of {first['ctx']['expected']}")
+    return cut(f"{where}{dotted}: {first['msg'].lower()}, got {short_repr(first['input'])}")
+
+
+LINE = 280  # characters of an error's message: with "cupre: error: " before it, a line under 300
+_REPR = reprlib.Repr()  # its limits as attributes: Python 3.11 takes no keyword arguments
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of a value a user typed, at most a few dozen characters however large the
+    value: a YAML of 1 KB whose aliases repeat aliases expands to hundreds of MB, which
+    a plain ``repr`` would build in memory before the line could be printed."""
+    return _REPR.repr(value)
+
+
+def cut(line: str, limit: int = LINE) -> str:
+    """``line`` cut to ``limit`` characters, an ellipsis saying it was (a path or a value
+    the user gave can be of any length)."""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -148,7 +172,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise CupreError(f"{path}: expected a mapping at the top level")
+    if expanded_size(data, limit=MAX_VALUES) > MAX_VALUES:
+        raise CupreError(f"{path}: not a config (its aliases expand to more than {MAX_VALUES:,} values)")
     return data
+
+
+MAX_VALUES = 1_000_000  # values in a config, aliases expanded; real configs hold hundreds
+
+
+def expanded_size(data: Any, *, limit: int) -> int:
+    """How many values ``data`` holds when every YAML alias is counted where it is used,
+    counted up to just past ``limit`` (so the count takes at most ``limit`` steps).
+
+    ``yaml.safe_load`` shares one object per anchor, so an alias bomb loads small; what
+    walks it later (validation, printing, writing the resolved config) walks it whole.
+    """
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.values())
+            stack.extend(value.keys())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return count
 
 
 class DetectorConfig(ConfigBase):

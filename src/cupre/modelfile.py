@@ -32,6 +32,9 @@ from cupre.errors import CupreError, file_error
 from cupre.fileio import atomic_path
 
 MODEL_FILE = "model.safetensors"
+# Where a `cupre train` run folder keeps its model (cupre.experiments.workflow): the
+# self-trained one when self-training ran, else the fine-tuned one.
+TRAIN_RUN_MODELS = ("finetune/selftrain", "finetune")
 FORMAT = "cupre-detector/1"
 LEGACY_DETECTOR_KEYS = ("min_size", "max_size")  # resize settings before the object-scale rule
 
@@ -165,12 +168,15 @@ def check_state(path: str | Path, model: torch.nn.Module, state: dict[str, torch
 
 
 def resolve_model_file(model: str | Path) -> Path:
-    """A model file, or ``<folder>/model.safetensors`` for a run folder."""
+    """A model file, or a run folder's: ``<folder>/model.safetensors`` (a ``cupre
+    finetune`` run), else the model a ``cupre train`` run keeps (:data:`TRAIN_RUN_MODELS`)."""
     path = Path(model)
     if path.is_dir():
-        if not (path / MODEL_FILE).is_file():
-            raise file_error(path, f"run folder holds no {MODEL_FILE}")
-        return path / MODEL_FILE
+        for inside in (path / MODEL_FILE, *(path / sub / MODEL_FILE for sub in TRAIN_RUN_MODELS)):
+            if inside.is_file():
+                return inside
+        raise file_error(path, f"run folder holds no {MODEL_FILE} (nor finetune/{MODEL_FILE}, as a cupre train "
+                               "run folder would)")
     if not path.is_file():
         raise file_error(path, "model file not found")
     return path

@@ -12,6 +12,22 @@ import torch
 from cupre.cli import main
 
 
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """The machine's load is not these tests' subject: on a busy machine ``cupre`` says how
+    many threads it takes in a line of its own, which would stand before the line tested."""
+    import cupre.devices
+
+    monkeypatch.setattr(cupre.devices, "busy_cores", lambda: 0)
+
+
+def _one_line(capsys) -> str:
+    """What cupre printed on stderr, checked to be one line a reader takes in at once."""
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) < 300, err
+    return err
+
+
 @pytest.mark.parametrize("command", ["predict", "finetune", "pretrain", "experiment", "train", "demo"])
 @pytest.mark.parametrize(("device", "said"), [
     ("cuda", "PyTorch sees no CUDA GPU on this machine"),
@@ -56,6 +72,42 @@ def test_a_config_that_is_binary_deep_or_absurd_is_one_line(tmp_path, capsys, co
     assert main(["experiment", str(config), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert said in err and "\n" not in err and str(config) in err
+    assert not out.exists()
+
+
+def _laughs(depth: int) -> bytes:
+    """A YAML "billion laughs" under a typed key: each list holds ten aliases of the one
+    before, so ``depth`` levels expand to 10 ** ``depth`` values from a few hundred bytes."""
+    levels = ["&l0 [ha, ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+    levels += [f"&l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, depth + 1)]
+    return f"finetune:\n  optim: {{iterations: [{', '.join(levels)}]}}\n".encode()
+
+
+@pytest.mark.parametrize(("depth", "said"), [
+    (4, "finetune.optim.iterations: input should be a valid integer, got [['ha', "),  # 10^4 values: said in short
+    (9, "not a config (its aliases expand to more than 1,000,000 values)"),  # 10^9: refused as it is read
+])
+def test_a_yaml_alias_bomb_is_one_short_line_said_at_once(tmp_path, capsys, depth, said):
+    import time
+
+    config = tmp_path / "laughs.yaml"
+    config.write_bytes(_laughs(depth))
+    start = time.perf_counter()
+    assert main(["experiment", str(config), "-o", str(tmp_path / "out")]) == 2
+    err = _one_line(capsys)
+    assert said in err and str(config) in err and time.perf_counter() - start < 20
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--size", "100000"], "size must be from 32 to 8192 pixels, got 100,000"),
+    (["--size", "9" * 4000], "size must be from 32 to 8192 pixels, got a 4000-digit number"),
+    (["--n", "1000000000"], "n_images must be from 1 to 100,000, got 1,000,000,000"),
+])
+def test_synth_sizes_a_user_types_are_bounded(tmp_path, capsys, flags, said):
+    out = tmp_path / "synth"
+    assert main(["synth", "cells", "-o", str(out), "--n", "1", "--size", "64", *flags]) == 2
+    assert _one_line(capsys) == f"cupre: error: synthetic cells: {said}"
     assert not out.exists()
 
 
@@ -349,3 +401,151 @@ def test_library_notices_go_to_the_log_and_cupre_warnings_to_the_user(caplog):
                  format_warning("image too large", UserWarning, str(Path(torch.__file__).parent / "x.py"), 1)]
     assert shown == ["", "", "cupre: warning: x.tif: NaN pixels\n", "cupre: warning: image too large\n"]
     assert len([r for r in caplog.records if r.name == "cupre.notices"]) == 2
+
+
+@pytest.fixture()
+def coco_pair(tmp_path):
+    """A ground-truth COCO file and a results file of the same objects."""
+    import json
+
+    from tests.evaluation.test_livecell import gt_as_results, make_gt
+
+    gt = make_gt(seed=3, n_images=2, n_objects=5, cell_types=["SHSY5Y"])
+    gt_path, dt_path = tmp_path / "gt.json", tmp_path / "results.json"
+    gt_path.write_text(json.dumps(gt))
+    dt_path.write_text(json.dumps(gt_as_results(gt)))
+    return gt_path, dt_path
+
+
+
+def test_evaluate_out_replaces_a_file_only_with_overwrite_and_never_its_inputs(tmp_path, coco_pair, capsys):
+    gt, dt = coco_pair
+    before = {p: p.read_bytes() for p in (gt, dt)}
+    mine = tmp_path / "notes.json"
+    mine.write_text("my notes")
+    evaluate = ["evaluate", "--gt", str(gt), "--dt", str(dt), "--no-breakdown", "--out"]
+    assert main([*evaluate, str(mine)]) == 2
+    assert _one_line(capsys) == f"cupre: error: {mine}: exists; pass --overwrite to replace it"
+    assert mine.read_text() == "my notes"
+    for own, flag in [(gt, "--gt"), (dt, "--dt")]:
+        assert main([*evaluate, str(own), "--overwrite"]) == 2
+        assert f"{own}: is the command's own input ({flag})" in _one_line(capsys)
+    assert {p: p.read_bytes() for p in (gt, dt)} == before
+    assert main([*evaluate, str(mine), "--overwrite"]) == 0
+    assert '"segm"' in mine.read_text()
+
+
+def test_evaluate_never_writes_over_the_results_of_a_predict_folder(tmp_path, coco_pair, capsys):
+    gt, dt = coco_pair
+    folder = tmp_path / "predicted"
+    folder.mkdir()
+    (folder / "results_coco.json").write_bytes(dt.read_bytes())
+    assert main(["evaluate", "--gt", str(gt), "--dt", str(folder), "--out", str(folder / "results_coco.json"),
+                 "--overwrite"]) == 2
+    assert "is the command's own input (--dt)" in _one_line(capsys)
+    assert (folder / "results_coco.json").read_bytes() == dt.read_bytes()
+
+
+def test_convert_and_split_replace_a_file_only_with_overwrite_and_never_their_input(tmp_path, capsys):
+    from cupre.data.synthetic import write_synthetic
+
+    gt = write_synthetic("cells", tmp_path / "cells", n_images=2, size=64, seed=0)
+    data = gt.read_bytes()
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    for command in (["convert", str(gt), "-o"], ["split", str(gt), "--fraction", "0.5", "-o"]):
+        assert main([*command, str(mine)]) == 2
+        assert _one_line(capsys) == f"cupre: error: {mine}: exists; pass --overwrite to replace it"
+        assert main([*command, str(gt), "--overwrite"]) == 2
+        assert f"{gt}: is the command's own input" in _one_line(capsys)
+        assert mine.read_text() == "mine" and gt.read_bytes() == data
+        assert main([*command, str(mine), "--overwrite"]) == 0
+        assert mine.read_text().startswith("{")
+        mine.write_text("mine")
+
+
+def test_convert_model_keeps_an_existing_model_file(tmp_path, capsys):
+    old, new = tmp_path / "model.pt", tmp_path / "model.safetensors"
+    old.write_bytes(b"an old model")
+    new.write_bytes(b"a model of mine")
+    assert main(["convert-model", str(old)]) == 2
+    assert _one_line(capsys) == f"cupre: error: {new}: exists; pass --overwrite to replace it"
+    assert main(["convert-model", str(old), "-o", str(old), "--overwrite"]) == 2
+    assert "is the command's own input (MODEL)" in _one_line(capsys)
+    assert new.read_bytes() == b"a model of mine" and old.read_bytes() == b"an old model"
+
+
+@pytest.mark.parametrize("on", [255, 1])
+def test_a_binary_mask_given_as_a_label_image_is_split_into_its_regions(tmp_path, capsys, on):
+    """A beginner's 0/255 (or 0/1) PNG of four nuclei as ``name_masks.png``: read as four
+    objects, not one, with one warning that says so and what to save instead."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    mask = np.zeros((64, 64), np.uint8)
+    for cy, cx in [(12, 12), (12, 48), (48, 12), (46, 46)]:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = on
+    Image.fromarray(mask).save(folder / "a_masks.png")
+    Image.fromarray((mask > 0).astype(np.uint8) * 120 + 20).save(folder / "a.png")
+    out = tmp_path / "a.json"
+    with pytest.warns(Warning) as said:
+        assert main(["convert", str(folder), "-o", str(out)]) == 0
+    lines = [str(w.message) for w in said if "binary mask" in str(w.message)]
+    assert lines == [f"{folder / 'a_masks.png'}: a binary mask (one value, {on}, over 4 separate regions), not a "
+                     "label image; read as 4 objects, one per region (save a label image, one id per cell, to keep "
+                     "touching cells apart)"]
+    assert len(json.loads(out.read_text())["annotations"]) == 4
+
+
+def test_a_label_image_of_one_connected_object_or_of_several_ids_is_read_as_it_is(tmp_path, recwarn):
+    from cupre.data.label_images import binary_as_objects
+
+    one = np.zeros((32, 32), np.uint16)
+    one[4:12, 4:12] = 7
+    two = one.copy()
+    two[20:28, 20:28] = 9
+    assert binary_as_objects(one, "one.tif") is one and binary_as_objects(two, "two.tif") is two
+    assert not [w for w in recwarn if "binary mask" in str(w.message)]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["train", "--lables", "my_labels"], "cupre train: error: unrecognized arguments: --lables my_labels"),
+    (["evaluate", "--gtt", "gt.json", "--dt", "r.json"], "cupre evaluate: error: unrecognized arguments: --gtt gt.json"),
+    (["train"], "cupre train: error: the following arguments are required: --labels, -o/--out"),
+])
+def test_a_misspelt_flag_is_named_before_a_missing_one(tmp_path, capsys, argv, said):
+    """argparse alone says "--labels is required" for ``--lables``, hiding the typo."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == said
+
+
+def test_predict_takes_a_train_run_folder_and_finds_its_model(tmp_path, tiny_model, capsys):
+    """``cupre predict my-run ...`` with the folder ``cupre train`` wrote: its model is
+    ``finetune/model.safetensors`` (or, after self-training, ``finetune/selftrain/``'s)."""
+    import shutil
+
+    from PIL import Image
+
+    from cupre.modelfile import resolve_model_file
+
+    run = tmp_path / "my-run"
+    (run / "finetune").mkdir(parents=True)
+    (run / "pretrain").mkdir()
+    shutil.copy(tiny_model, run / "finetune" / "model.safetensors")
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "new.png")
+    assert main(["predict", str(run), str(tmp_path / "new.png"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "new_masks.tif").is_file()
+    capsys.readouterr()  # the progress bar
+    (run / "finetune" / "selftrain").mkdir()
+    shutil.copy(tiny_model, run / "finetune" / "selftrain" / "model.safetensors")
+    assert resolve_model_file(run) == run / "finetune" / "selftrain" / "model.safetensors"
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert main(["predict", str(empty), str(tmp_path / "new.png"), "-o", str(tmp_path / "out2")]) == 2
+    assert "empty-run: run folder holds no model.safetensors (nor finetune/model.safetensors" in _one_line(capsys)

@@ -124,6 +124,27 @@ def add_compute_arguments(parser: argparse.ArgumentParser, *, training: bool = F
                                  "model files each); by default it goes once the part has written its model")
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str], *, command: str) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but a misspelt flag is named before a missing one.
+
+    argparse checks a subcommand's required arguments before it looks at the words it
+    did not know, so ``cupre train --lables X`` would say "--labels is required", hiding
+    the typo. A first pass with nothing required finds the unknown words and says them.
+    """
+    sub = next((a.choices.get(command) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    required = [a for a in (sub._actions if sub is not None else ()) if a.required]
+    for action in required:
+        action.required = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    finally:
+        for action in required:
+            action.required = True
+    if unknown:
+        (sub or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return parser.parse_args(argv)
+
+
 LIBRARY_NOTICE = re.compile(r"`torch\.jit\.\w+` is deprecated")
 LIBRARIES = ("torch", "torchvision", "timm")
 
@@ -151,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
         skip_gpu_compiler()  # before the command's module imports torchvision
     parser = build_parser(only=only)
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, command=only)
     if getattr(args, "_module", None) is None:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

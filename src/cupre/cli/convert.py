@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 import cupre.data.convert as _lib
+from cupre.cli.outfile import check_output_file
 from cupre.data.convert import dataset_to_coco
 from cupre.data.formats import FORMATS, open_dataset
-from cupre.errors import file_error
 from cupre.fileio import write_json_atomic
 
 DESCRIPTION = _lib.__doc__
@@ -21,9 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
     parser.add_argument("--class-agnostic", action="store_true", help="write every instance as category 'cell'")
     parser.add_argument("--image-root", default=None, help="COCO input: the folder its file names are relative to")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never the input)")
 
 
 def main(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    check_output_file(out, overwrite=args.overwrite, inputs=[("INPUT", Path(args.input))])
     dataset = open_dataset(
         args.input,
         format=args.format,
@@ -31,9 +34,6 @@ def main(args: argparse.Namespace) -> int:
         strict=args.strict,
         image_root=args.image_root,
     )
-    out = Path(args.output)
-    if out.is_dir():
-        raise file_error(out, "output is a folder; give a .json file name")
     coco = dataset_to_coco(dataset, relative_to=out.resolve().parent, progress=True)
     write_json_atomic(out, coco)
     n_crowd = sum(a["iscrowd"] for a in coco["annotations"])

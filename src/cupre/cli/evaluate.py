@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import cupre.evaluation.groundtruth as _lib
+from cupre.cli.outfile import check_output_file
 from cupre.evaluation.groundtruth import load_ground_truth
 from cupre.errors import CupreError
 from cupre.evaluation.livecell import PROTOCOLS, evaluate, format_table
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol", choices=sorted(PROTOCOLS), default="livecell", help="evaluation protocol (default: livecell)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON to this file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never --gt or --dt)")
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the per-category and per-cell-type AP (faster)"
     )
@@ -36,8 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    gt = load_ground_truth(args.gt, strict=args.strict)
     dt = args.dt / "results_coco.json" if args.dt.is_dir() else args.dt
+    if args.out is not None:
+        index = args.dt / "images.json" if args.dt.is_dir() else None  # a predict folder's names, read too
+        check_output_file(args.out, overwrite=args.overwrite,
+                          inputs=[("--gt", args.gt), ("--dt", dt), ("--dt", index)])
+    gt = load_ground_truth(args.gt, strict=args.strict)
     results = load_results(dt, gt, strict=args.strict)
     if not 0.0 <= args.score_threshold <= 1.0:
         raise CupreError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")

@@ -14,7 +14,8 @@ DESCRIPTION = _lib.__doc__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
+    parser.add_argument("model", help="model file (model.safetensors), or a run folder: a cupre finetune run's, "
+                                      "or a cupre train run's (its finetune/ model)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     add_detection_arguments(parser)

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import cupre.data.splits as _lib
+from cupre.cli.outfile import check_output_file
 from cupre.data.sample import ImageRecord
 from cupre.data.splits import UNKNOWN_TYPE, _describe, fewshot_split, partition
 from cupre.errors import CupreError, file_error
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="split JSON to write")
     parser.add_argument("--partition", default=None, help="comma-separated part fractions, e.g. 0.8,0.2")
     parser.add_argument("--names", default=None, help="comma-separated part names (default train,val[,test])")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing split file (never the dataset)")
 
 
 def _parse_partition(text: str, names_text: str | None) -> tuple[list[float], list[str]]:
@@ -74,6 +76,8 @@ def main(args: argparse.Namespace) -> int:
         out["fraction"] = float(args.fraction)
         out.update(_describe(ids, by_id, base))
         _print_counts(f"few-shot {args.fraction:g}", ids, by_id, Counter(r.cell_type or UNKNOWN_TYPE for r in pool))
+    # checked after the split (seconds at most), so that a wrong --fraction is said first
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[("DATA", data)])
     write_json_atomic(args.out, out, indent=1)
     print(args.out)
     return 0

@@ -20,10 +20,9 @@ from cupre.data.sample import InstanceDataset
 from cupre.errors import CupreError, file_error
 
 FORMATS = ("coco", "bbbc038", "ctc", "label-images")
-LOOKED_FOR = (
-    "coco (a .json file), bbbc038 (<id>/images + <id>/masks folders), "
-    "ctc (NN + NN_GT or NN_ST folders), label-images (name.tif, .tiff, .png or .jpg beside a label image "
-    "name_masks.tif or name_mask.tif, .tiff or .png; Cellpose's name_cp_masks.png)"
+LOOKED_FOR = (  # said in an error line with a path and a hint: kept short, so that line stays under 300
+    "coco (a .json file), bbbc038 (<id>/images + <id>/masks), ctc (NN + NN_GT or NN_ST), "
+    "label-images (name.tif/.png/.jpg + name_masks.tif or name_mask.tif/.png, or name_cp_masks.png)"
 )
 
 

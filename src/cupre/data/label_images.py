@@ -2,9 +2,11 @@
 
 A folder holds ``name.tif`` (or ``.tiff``, ``.png``, ``.jpg``) next to
 ``name_masks.tif`` or ``name_mask.tif`` (or ``.tiff``, ``.png``): an integer image (uint8, uint16 or uint32)
-in which every nonzero value is one instance and 0 is background. The Cellpose GUI's
-``name_cp_masks.png`` (or ``.tif``) is read the same way (its ``name_seg.npy`` is a
-pickle and is never read); when an image has both, ``name_masks`` is used. Images
+in which every nonzero value is one instance and 0 is background. A binary mask (one
+value over several separate regions) is read as one object per region, with a
+warning. The Cellpose GUI's ``name_cp_masks.png`` (or ``.tif``) is read the same way
+(its ``name_seg.npy`` is a pickle and is never read); when an image has both,
+``name_masks`` is used. Images
 without a ``_masks`` file are not part of the labeled dataset (use
 :class:`cupre.data.unlabeled.UnlabeledImages` for them).
 
@@ -14,6 +16,7 @@ Cell Tracking Challenge reader, whose ``man_seg`` files are label images too.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +31,7 @@ from cupre.data.sample import (
     InstanceDataset,
     RawInstances,
 )
-from cupre.errors import file_error, warn_or_raise
+from cupre.errors import CupreWarning, file_error, warn_or_raise
 
 MASK_SUFFIXES = ("_masks", "_mask")  # the label image's name: the image's stem with one of these
 CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
@@ -99,6 +102,32 @@ def label_image_to_masks(label: np.ndarray, path: str | Path) -> np.ndarray:
         if window is not None:
             masks[i][window] = dense[window] == i + 1
     return masks
+
+
+def binary_as_objects(label: np.ndarray, path: str | Path) -> np.ndarray:
+    """A label image whose one non-zero value covers several separate regions, as a label
+    image with one id per region.
+
+    Such a file is a binary mask (0/255 or 0/1, as thresholding or a paint program saves
+    it), not a label image: read as it is, every nucleus in it would be one object. Its
+    regions (8-connected) become the objects, said in a warning; touching cells stay one
+    object, which only a label image keeps apart. A label image of two or more ids, or of
+    one connected region, is returned as it is.
+    """
+    label = np.asarray(label)
+    plane = label[..., 0] if label.ndim == 3 and label.shape[-1] == 1 else label
+    if plane.ndim != 2 or plane.dtype.kind not in "iub":
+        return label  # label_image_to_masks names what is wrong with it
+    values = plane[plane != 0]
+    if values.size == 0 or np.any(values != values[0]):  # one pass, no sort: one value or several
+        return label
+    regions, n = ndimage.label(plane != 0, structure=np.ones((3, 3), bool))
+    if n < 2:
+        return label
+    warnings.warn(f"{path}: a binary mask (one value, {values[0]}, over {n} separate regions), not a label "
+                  f"image; read as {n} objects, one per region (save a label image, one id per cell, to keep "
+                  "touching cells apart)", CupreWarning, stacklevel=2)
+    return regions
 
 
 def find_label_pairs(root: Path, *, recursive: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
@@ -190,7 +219,7 @@ class LabelImageDataset(InstanceDataset):
     def read_raw(self, index: int) -> RawInstances:
         rec = self.records[index]
         label_file = rec.extra["label"]
-        masks = label_image_to_masks(read_image(label_file), label_file)
+        masks = label_image_to_masks(binary_as_objects(read_image(label_file), label_file), label_file)
         if masks.shape[1:] != (rec.height, rec.width):
             h, w = masks.shape[1:]
             raise file_error(label_file, f"label image is {h}x{w} but its image is {rec.height}x{rec.width}")
@@ -212,4 +241,4 @@ def _checked_pair_size(image: Path, label: Path, *, strict: bool) -> tuple[int, 
     return size
 
 
-__all__ = ["LabelImageDataset", "label_image_to_masks", "image_size", "find_label_pairs"]
+__all__ = ["LabelImageDataset", "binary_as_objects", "label_image_to_masks", "image_size", "find_label_pairs"]

@@ -22,6 +22,16 @@ from cupre.fileio import write_json_atomic
 
 KINDS = ("cells", "objects")
 _IMAGE_NAME = re.compile(r"^\d{6}\.png$")
+# Bounds on what a typed number can ask for: 8192 px is 64 MP per image (GBs of arrays
+# while drawing), 100,000 images a dataset far beyond any use here (and below the
+# six-digit names' 999,999).
+MAX_SIZE = 8192
+MAX_IMAGES = 100_000
+
+
+def _typed(number: int) -> str:
+    """A number as typed, kept short: a 4,000-digit one is named by its length."""
+    return f"{number:,}" if abs(number) < 10**15 else f"a {len(str(abs(number)))}-digit number"
 
 
 def render_image(kind: str, *, index: int, size: int = 256, seed: int = 0) -> SynthImage:
@@ -82,8 +92,8 @@ def write_synthetic(kind: str, out_dir: str | Path, *, n_images: int, size: int 
     Args:
         kind: ``"cells"`` or ``"objects"``.
         out_dir: output folder (created).
-        n_images: number of images (>= 1).
-        size: image height and width in pixels (>= 32). Cells keep their pixel size
+        n_images: number of images (1 to :data:`MAX_IMAGES`).
+        size: image height and width in pixels (32 to :data:`MAX_SIZE`). Cells keep their pixel size
             (a larger image holds more cells); objects scale with the image.
         seed: random seed; the same seed writes byte-identical files.
 
@@ -91,10 +101,10 @@ def write_synthetic(kind: str, out_dir: str | Path, *, n_images: int, size: int 
         The path of the annotations JSON.
     """
     module = _generator(kind)
-    if n_images < 1:
-        raise CupreError(f"synthetic {kind}: n_images must be >= 1, got {n_images}")
-    if size < 32:
-        raise CupreError(f"synthetic {kind}: size must be >= 32 pixels, got {size}")
+    if not 1 <= n_images <= MAX_IMAGES:
+        raise CupreError(f"synthetic {kind}: n_images must be from 1 to {MAX_IMAGES:,}, got {_typed(n_images)}")
+    if not 32 <= size <= MAX_SIZE:
+        raise CupreError(f"synthetic {kind}: size must be from 32 to {MAX_SIZE} pixels, got {_typed(size)}")
     if seed < 0:
         raise CupreError(f"synthetic {kind}: seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)

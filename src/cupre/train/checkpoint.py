@@ -6,7 +6,10 @@ renamed over the old one, so a run killed while saving never leaves a truncated 
 
 from __future__ import annotations
 
+import errno
 import random
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,43 @@ from cupre.fileio import atomic_path
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
+    """``torch.save`` to ``path`` atomically (temp file + fsync + rename).
+
+    Raises:
+        CupreError: ``<path>: cannot write (...)`` when the folder cannot be written or the
+            disk fills up while writing (which torch reports as a RuntimeError).
+    """
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            if not write_failed(exc):
+                raise
+            raise write_error(exc, tmp) from None
     return Path(path)
+
+
+WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+def write_failed(exc: RuntimeError) -> bool:
+    """torch's zip writer failed on the file itself (a full disk, a lost network share):
+    its C++ ``PytorchStreamWriter`` raises a RuntimeError where Python would an OSError."""
+    return any(words in str(exc) for words in WRITE_FAILED)
+
+
+def write_error(exc: RuntimeError, tmp: Path) -> OSError:
+    """The OSError the failed write would have been, which :func:`cupre.fileio.atomic_path`
+    turns into one line naming the file: the disk is full where it has less than 64 MiB
+    left, else torch's words."""
+    try:
+        full = shutil.disk_usage(tmp.parent).free < 64 * 2**20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, "no space left on the disk; free some, then run the same command again")
+    said = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", " ".join(str(exc).split("\n")[0].split()))
+    return OSError(errno.EIO, f"torch: {said[:160]}")
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
