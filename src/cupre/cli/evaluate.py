@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise CupreError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     dt = args.dt / "results_coco.json" if args.dt.is_dir() else args.dt
     if args.out is not None:
         index = args.dt / "images.json" if args.dt.is_dir() else None  # a predict folder's names, read too
@@ -45,8 +47,6 @@ def main(args: argparse.Namespace) -> int:
                           inputs=[("--gt", args.gt), ("--dt", dt), ("--dt", index)])
     gt = load_ground_truth(args.gt, strict=args.strict)
     results = load_results(dt, gt, strict=args.strict)
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise CupreError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     metrics = evaluate(gt, results, protocol=args.protocol, breakdown=not args.no_breakdown)
     if any("segmentation" in r for r in results):
         metrics["matching"] = matching_figures(gt, results, score_threshold=args.score_threshold)
