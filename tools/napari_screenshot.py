@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("image", type=Path)
     parser.add_argument("-o", "--out", type=Path, default=Path("napari.png"))
-    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--score-threshold", type=float, default=0.0, help="0: the model's own validated threshold")
     args = parser.parse_args()
 
     viewer = napari.Viewer(show=True)

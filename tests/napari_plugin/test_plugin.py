@@ -79,15 +79,15 @@ def test_segment_widget_adds_labels_whose_ids_match_cupre_predicts_table(viewer,
     (layer,) = viewer.open_sample("cupre", "cells")
     widget = segment_widget()
     qtbot.addWidget(widget.native)
-    worker = widget(viewer=viewer, image=layer, model=tiny_model, score_threshold=0.0, diameter=0.0,
-                    tile_size=1024)
+    worker = widget(viewer=viewer, image=layer, model=tiny_model, score_threshold=0.01, diameter=0.0,
+                    tile_size=1024)  # 0 would be the model's own validated threshold
     _wait(qtbot, worker)
     labels = viewer.layers["synthetic cells masks"]
     assert isinstance(labels, napari.layers.Labels)
 
     tifffile.imwrite(tmp_path / "cells.tif", layer.data)  # the same image through cupre predict
     run_predict(tiny_model, [tmp_path / "cells.tif"], out=tmp_path / "out", progress=False,
-                options=PredictOptions(score_threshold=0.0, device="cpu"))
+                options=PredictOptions(score_threshold=0.01, device="cpu"))
     assert np.array_equal(labels.data, tifffile.imread(tmp_path / "out" / "cells_masks.tif"))
     with open(tmp_path / "out" / "cells_objects.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -133,7 +133,7 @@ def test_the_viewer_draws_the_labels_the_widget_adds(viewer, qtbot, tiny_model):
     (image,) = viewer.open_sample("cupre", "cells")
     widget = segment_widget()
     viewer.window.add_dock_widget(widget, name="Segment cells")
-    _wait(qtbot, widget(viewer=viewer, image=image, model=tiny_model, score_threshold=0.0, diameter=0.0,
+    _wait(qtbot, widget(viewer=viewer, image=image, model=tiny_model, score_threshold=0.01, diameter=0.0,
                         tile_size=1024))
     labels = viewer.layers["synthetic cells masks"]
     image.visible = False
@@ -175,7 +175,7 @@ def test_segment_runs_in_a_napari_process_that_drew_first(tiny_model, tmp_path):
     tifffile.imwrite(tmp_path / "cells.tif", image)
     tool = Path(__file__).resolve().parents[2] / "tools" / "napari_screenshot.py"
     done = subprocess.run([sys.executable, str(tool), str(tiny_model), str(tmp_path / "cells.tif"),
-                           "-o", str(tmp_path / "shot.png"), "--score-threshold", "0"],
+                           "-o", str(tmp_path / "shot.png"), "--score-threshold", "0.01"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "objects in" in done.stdout
