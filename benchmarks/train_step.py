@@ -21,6 +21,7 @@ Printed per precision:
   bound.
 
     python benchmarks/train_step.py [--threads 2] [--steps 10] [--config CONFIG] [--precisions fp32 bf16]
+        [--set anchor_sizes=[4,8,16,32,64] ...]
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ REPO = Path(__file__).resolve().parents[1]
 NUCLEI = REPO / "src" / "cupre" / "presets" / "nuclei" / "annotated"
 
 
-def detector_config(path: Path):
+def detector_config(path: Path, overrides: list[str] = ()):
+    """The config's detector, with ``KEY=VALUE`` overrides (values read as YAML)."""
     from cupre.config import DetectorConfig
 
     raw = yaml.safe_load(path.read_text())
-    det = (raw.get("pretrain") or {}).get("detector") or raw.get("detector") or {}
+    det = dict((raw.get("pretrain") or {}).get("detector") or raw.get("detector") or {})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        det[key] = yaml.safe_load(value)
     return DetectorConfig.from_dict({**det, "num_classes": 1}, where=str(path))
 
 
@@ -180,6 +185,8 @@ def measure(cfg, precision: str, steps: int, warmup: int, crop: int, batch_size:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "bbbc038-cpu.yaml")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="detector keys changed, e.g. anchor_sizes=[4,8,16,32,64] box_batch_size_per_image=512")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -190,7 +197,7 @@ def main() -> None:
     from cupre.devices import cpu_has_bf16, cpu_name
 
     torch.set_num_threads(args.threads)
-    cfg = detector_config(args.config)
+    cfg = detector_config(args.config, args.set)
     precisions = args.precisions or (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
     print(f"CPU: {cpu_name()}; {args.threads} threads; torch {torch.__version__}; model of {args.config.name}: "
           f"{cfg.backbone}, {cfg.norm}, FPN {cfg.fpn_channels}, anchors {cfg.anchor_sizes} x{cfg.anchors_per_octave}, "
