@@ -117,6 +117,22 @@ def make_inputs(work: Path) -> None:
         mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 255
     Image.fromarray(mask).save(binary / "a_masks.png")
     Image.fromarray(mask // 2 + 20).save(binary / "a.png")
+    img = np.zeros((32, 32), np.uint8)  # named pipes named like a mask (BBBC038) or label image (CTC)
+    img[4:10, 4:10] = 200
+    bbbc = work / "fifo_bbbc038" / "s1"
+    (bbbc / "images").mkdir(parents=True)
+    (bbbc / "masks").mkdir()
+    Image.fromarray(img).save(bbbc / "images" / "s1.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(bbbc / "masks" / "m1.png")
+    ctc = work / "fifo_ctc"
+    (ctc / "01").mkdir(parents=True)
+    (ctc / "01_GT" / "SEG").mkdir(parents=True)
+    for t in range(2):
+        tifffile.imwrite(ctc / "01" / f"t00{t}.tif", img)
+    tifffile.imwrite(ctc / "01_GT" / "SEG" / "man_seg000.tif", (img > 0).astype(np.uint16))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(bbbc / "masks" / "m2.png")
+        os.mkfifo(ctc / "01_GT" / "SEG" / "man_seg001.tif")
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -298,6 +314,10 @@ def cases(work: Path) -> list[Case]:
     add("convert: COCO file of the wrong shape", "convert", f"{w}/wrong.json", "-o", f"{o}/v3.json")
     add("convert: a 0/255 binary mask as a label image", "convert", f"{w}/binary_labels", "-o", f"{o}/v4.json",
         expect=0)
+    add("convert: a named pipe as a BBBC038 mask", "convert", f"{w}/fifo_bbbc038", "-o", f"{o}/v5.json", expect=0)
+    add("convert: a named pipe as a BBBC038 mask, --strict", "convert", f"{w}/fifo_bbbc038", "-o", f"{o}/v6.json",
+        "--strict")
+    add("convert: a named pipe as a CTC label image", "convert", f"{w}/fifo_ctc", "-o", f"{o}/v7.json", expect=0)
     add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
     add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
     add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",

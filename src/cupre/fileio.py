@@ -8,11 +8,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from cupre.errors import file_error
+
+
+def not_regular(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file (``"a named pipe"``, ``"a
+    folder"`` ...), else None. Opening a named pipe waits for a writer: readers skip such
+    entries instead of opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def read_json(path: str | Path, *, missing: str = "file not found") -> Any:

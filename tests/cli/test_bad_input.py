@@ -549,3 +549,63 @@ def test_predict_takes_a_train_run_folder_and_finds_its_model(tmp_path, tiny_mod
     empty.mkdir()
     assert main(["predict", str(empty), str(tmp_path / "new.png"), "-o", str(tmp_path / "out2")]) == 2
     assert "empty-run: run folder holds no model.safetensors (nor finetune/model.safetensors" in _one_line(capsys)
+
+
+def _cupre(*args: str, timeout: float = 120) -> "subprocess.CompletedProcess":
+    """``python -m cupre.cli ...`` in its own process, so that a hang fails the test (the
+    timeout) instead of stopping the suite."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "cupre.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _fifo_layouts(tmp_path: Path, layout: str) -> tuple[Path, Path]:
+    """A BBBC038 or CTC dataset of one object, plus a named pipe named like a mask or
+    label image beside the real one; returns ``(dataset root, the pipe)``."""
+    import os
+
+    import tifffile
+    from PIL import Image
+
+    img = np.zeros((32, 32), np.uint8)
+    img[4:10, 4:10] = 200
+    if layout == "bbbc038":
+        root = tmp_path / "stage1_train"
+        (root / "s1" / "images").mkdir(parents=True)
+        (root / "s1" / "masks").mkdir()
+        Image.fromarray(img).save(root / "s1" / "images" / "s1.png")
+        Image.fromarray((img > 0).astype(np.uint8) * 255).save(root / "s1" / "masks" / "m1.png")
+        pipe = root / "s1" / "masks" / "m2.png"
+    else:
+        root = tmp_path / "Fluo-N2DH-X"
+        (root / "01").mkdir(parents=True)
+        (root / "01_GT" / "SEG").mkdir(parents=True)
+        for t in range(2):
+            tifffile.imwrite(root / "01" / f"t00{t}.tif", img)
+        tifffile.imwrite(root / "01_GT" / "SEG" / "man_seg000.tif", (img > 0).astype(np.uint16))
+        pipe = root / "01_GT" / "SEG" / "man_seg001.tif"
+    os.mkfifo(pipe)
+    return root, pipe
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("layout", ["bbbc038", "ctc"])
+def test_a_named_pipe_named_like_a_mask_is_skipped_not_opened(tmp_path, layout):
+    """Opening a named pipe waits for a writer forever: the readers skip it with a warning
+    (``--strict``: one line naming it) and read the rest."""
+    import json
+
+    root, pipe = _fifo_layouts(tmp_path, layout)
+    what = "mask file" if layout == "bbbc038" else "label image"
+    done = _cupre("convert", str(root), "-o", str(tmp_path / "a.json"))
+    assert done.returncode == 0, done.stderr
+    assert f"cupre: warning: {pipe}: a named pipe, not a {what} (skipped" in done.stderr
+    assert len(json.loads((tmp_path / "a.json").read_text())["annotations"]) == 1
+    done = _cupre("convert", str(root), "-o", str(tmp_path / "b.json"), "--strict")
+    assert done.returncode == 2 and done.stderr.strip() == f"cupre: error: {pipe}: a named pipe, not a {what}"
+    assert not (tmp_path / "b.json").exists()

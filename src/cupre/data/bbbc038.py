@@ -29,7 +29,7 @@ from cupre.data.sample import (
     RawInstances,
 )
 from cupre.errors import file_error, warn_or_raise
-from cupre.fileio import read_json
+from cupre.fileio import not_regular, read_json
 
 SUMMARY_NAME = "summary.json"
 
@@ -123,7 +123,16 @@ class Bbbc038Dataset(InstanceDataset):
         masks_dir = self.records[index].extra["masks_dir"]
         if masks_dir is None:
             return []
-        return sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = []
+        for p in sorted(masks_dir.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            kind = not_regular(p)
+            if kind is not None:  # a named pipe would block the reader
+                warn_or_raise(p, f"{kind}, not a mask file", strict=self.strict)
+            else:
+                files.append(p)
+        return files
 
     def read_image_array(self, index: int) -> np.ndarray:
         return read_image(self.records[index].file)
@@ -157,7 +166,7 @@ def _image_of(folder: Path) -> Path | None:
     preferred = images / f"{folder.name}.png"
     if preferred.is_file():
         return preferred
-    found = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return found[0] if len(found) == 1 else None
 
 

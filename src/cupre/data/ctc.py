@@ -31,6 +31,7 @@ from cupre.data.sample import (
     RawInstances,
 )
 from cupre.errors import file_error, warn_or_raise
+from cupre.fileio import not_regular
 
 SEQUENCE = re.compile(r"^\d{2,3}$")
 FRAME = re.compile(r"^t(\d{3,4})\.tiff?$")
@@ -53,14 +54,18 @@ def list_frames(sequence: Path) -> dict[int, Path]:
     return frames
 
 
-def list_segmentations(folder: Path) -> dict[int, list[tuple[Path, int | None]]]:
-    """``{frame: [(man_seg file, z-slice or None), ...]}`` of one ``NN_GT/SEG`` folder."""
+def list_segmentations(folder: Path, *, strict: bool = False) -> dict[int, list[tuple[Path, int | None]]]:
+    """``{frame: [(man_seg file, z-slice or None), ...]}`` of one ``NN_GT/SEG`` folder.
+    Entries that are no regular file (a named pipe would block the reader) are skipped
+    with a warning (an error when ``strict``)."""
     out: dict[int, list[tuple[Path, int | None]]] = {}
     if not folder.is_dir():
         return out
     for path in sorted(folder.iterdir()):
         match = SEG.match(path.name)
-        if match:
+        if match and (kind := not_regular(path)) is not None:
+            warn_or_raise(path, f"{kind}, not a label image", strict=strict)
+        elif match:
             z = int(match.group(2)) if match.group(2) is not None else None
             out.setdefault(int(match.group(1)), []).append((path, z))
     return out
@@ -117,7 +122,8 @@ class CtcDataset(InstanceDataset):
 
     def _sequence_records(self, sequence: Path, cell_type: str, *, first_id: int) -> list[ImageRecord]:
         frames = list_frames(sequence)
-        segs = {kind: list_segmentations(sequence.parent / f"{sequence.name}_{kind}" / "SEG") for kind in ("GT", "ST")}
+        segs = {kind: list_segmentations(sequence.parent / f"{sequence.name}_{kind}" / "SEG", strict=self.strict)
+                for kind in ("GT", "ST")}
         records = []
         for t in sorted(set(segs["GT"]) | set(segs["ST"])):
             kind = next((k for k in TRUTHS[self.truth] if t in segs[k]), None)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cupre.errors import CupreWarning, file_error
+from cupre.fileio import not_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -43,7 +44,8 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
         except ValueError as exc:
             raise file_error(path, str(exc)) from None
     if not path.is_file():
-        raise file_error(path, "image file not found")
+        kind = not_regular(path)
+        raise file_error(path, f"{kind}, not an image file" if kind else "image file not found")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile_said() as said:

@@ -32,6 +32,7 @@ from cupre.data.sample import (
     RawInstances,
 )
 from cupre.errors import CupreWarning, file_error, warn_or_raise
+from cupre.fileio import not_regular
 
 MASK_SUFFIXES = ("_masks", "_mask")  # the label image's name: the image's stem with one of these
 CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
@@ -47,7 +48,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise file_error(path, "image file not found")
+        kind = not_regular(path)
+        raise file_error(path, f"{kind}, not an image file" if kind else "image file not found")
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
