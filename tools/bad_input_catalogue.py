@@ -133,6 +133,15 @@ def make_inputs(work: Path) -> None:
     if hasattr(os, "mkfifo"):
         os.mkfifo(bbbc / "masks" / "m2.png")
         os.mkfifo(ctc / "01_GT" / "SEG" / "man_seg001.tif")
+    bomb = work / "bomb_labels"  # a 1-bit PNG of 20000 x 20000 zeros: a few tens of KB, 4e8 pixels
+    bomb.mkdir()
+    Image.new("L", (16, 16)).save(bomb / "a.png")
+    Image.new("1", (20000, 20000)).save(bomb / "a_masks.png")
+    bomb = work / "bomb_bbbc038" / "s1"
+    (bomb / "images").mkdir(parents=True)
+    (bomb / "masks").mkdir()
+    Image.new("L", (16, 16)).save(bomb / "images" / "s1.png")
+    Image.new("1", (20000, 20000)).save(bomb / "masks" / "m.png")
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -318,6 +327,8 @@ def cases(work: Path) -> list[Case]:
     add("convert: a named pipe as a BBBC038 mask, --strict", "convert", f"{w}/fifo_bbbc038", "-o", f"{o}/v6.json",
         "--strict")
     add("convert: a named pipe as a CTC label image", "convert", f"{w}/fifo_ctc", "-o", f"{o}/v7.json", expect=0)
+    add("convert: a PNG decompression bomb as a label image", "convert", f"{w}/bomb_labels", "-o", f"{o}/v8.json")
+    add("convert: a PNG decompression bomb as a BBBC038 mask", "convert", f"{w}/bomb_bbbc038", "-o", f"{o}/v9.json")
     add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
     add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
     add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",

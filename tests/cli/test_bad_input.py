@@ -609,3 +609,55 @@ def test_a_named_pipe_named_like_a_mask_is_skipped_not_opened(tmp_path, layout):
     done = _cupre("convert", str(root), "-o", str(tmp_path / "b.json"), "--strict")
     assert done.returncode == 2 and done.stderr.strip() == f"cupre: error: {pipe}: a named pipe, not a {what}"
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("layout", ["label-images", "bbbc038"])
+def test_a_png_decompression_bomb_as_a_label_image_or_mask_is_one_line(tmp_path, capsys, layout):
+    """A 1-bit PNG of 20000 x 20000 zeros is a few tens of KB and declares 4e8 pixels, over
+    Pillow's limit: one line naming the file, no traceback, nothing written."""
+    from PIL import Image
+
+    if layout == "label-images":
+        root = tmp_path / "labels"
+        root.mkdir()
+        Image.new("L", (16, 16)).save(root / "a.png")
+        bomb = root / "a_masks.png"
+    else:
+        root = tmp_path / "stage1_train"
+        (root / "s1" / "images").mkdir(parents=True)
+        (root / "s1" / "masks").mkdir()
+        Image.new("L", (16, 16)).save(root / "s1" / "images" / "s1.png")
+        bomb = root / "s1" / "masks" / "m.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    assert bomb.stat().st_size < 200_000
+    out = tmp_path / "a.json"
+    assert main(["convert", str(root), "-o", str(out)]) == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"cupre: error: {bomb}: cannot read ") and "DecompressionBombError" in err
+    assert not out.exists()
+
+
+def test_pillows_decompression_bomb_warning_made_an_error_is_one_line_too(tmp_path):
+    """Between one and two times ``Image.MAX_IMAGE_PIXELS`` Pillow only warns; where that
+    warning is an error (``-W error``) the readers name the file all the same."""
+    import warnings
+
+    from PIL import Image
+
+    from cupre.data.bbbc038 import read_mask_png
+    from cupre.data.imageio import read_image
+    from cupre.data.label_images import image_size
+    from cupre.errors import CupreError
+
+    path = tmp_path / "big.png"
+    Image.new("1", (16, 16)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = 200  # 256 pixels: over once, under twice
+        try:
+            for read in (read_mask_png, read_image, image_size):
+                with pytest.raises(CupreError, match=r"big\.png: cannot read .*DecompressionBombWarning"):
+                    read(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cupre.data.imageio import IMAGE_SUFFIXES, Normalization, read_image
+from cupre.data.imageio import DECOMPRESSION_BOMB, IMAGE_SUFFIXES, Normalization, read_image
 from cupre.data.label_images import image_size
 from cupre.data.sample import (
     CELL_CATEGORIES,
@@ -62,7 +62,7 @@ def read_mask_png(path: Path) -> np.ndarray:
             if im.mode not in ("1", "L", "I", "I;16", "F"):
                 im = im.convert("L")
             return np.asarray(im) > 0
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, *DECOMPRESSION_BOMB) as exc:
         raise file_error(path, f"cannot read mask ({exc.__class__.__name__}: {exc})") from None
 
 

@@ -26,6 +26,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
+# Pillow refuses an image whose header declares more pixels than ``Image.MAX_IMAGE_PIXELS``
+# twice over (and warns from once over; an error under ``-W error``): a few KB of PNG can
+# declare 20000 x 20000 pixels. Readers catch both and name the file in one line.
+DECOMPRESSION_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
 def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     """Read one image as a numpy array ``HxW`` or ``HxWxC`` in its stored dtype.
 
@@ -62,7 +68,8 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
                 elif im.mode in ("I;16", "I;16B", "I;16L"):
                     return np.array(im, dtype=np.uint16)
                 arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, IndexError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, IndexError, KeyError, EOFError,
+            *DECOMPRESSION_BOMB) as exc:
         raise file_error(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise file_error(path, f"unsupported image shape {arr.shape}")
@@ -125,7 +132,7 @@ def _read_tiff(path: Path, page: int | None) -> np.ndarray:
         except ValueError as exc:
             try:
                 return _read_pil_frame(path, page)
-            except (OSError, ValueError, SyntaxError, UnidentifiedImageError):
+            except (OSError, ValueError, SyntaxError, UnidentifiedImageError, *DECOMPRESSION_BOMB):
                 raise exc from None
         return _tiff_page(arr, series.axes, page)
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from cupre.data.imageio import TIFF_SUFFIXES, Normalization, count_pages, read_image
+from cupre.data.imageio import DECOMPRESSION_BOMB, TIFF_SUFFIXES, Normalization, count_pages, read_image
 from cupre.data.sample import (
     CELL_CATEGORIES,
     ImageRecord,
@@ -60,7 +60,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 return int(dims["Y"]), int(dims["X"])
         with Image.open(path) as im:
             return im.height, im.width
-    except (OSError, ValueError, KeyError, IndexError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, UnidentifiedImageError, *DECOMPRESSION_BOMB) as exc:
         raise file_error(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
 
 
