@@ -142,6 +142,10 @@ def make_inputs(work: Path) -> None:
     (bomb / "masks").mkdir()
     Image.new("L", (16, 16)).save(bomb / "images" / "s1.png")
     Image.new("1", (20000, 20000)).save(bomb / "masks" / "m.png")
+    many = work / "many_ids"  # 70,000 ids in 300 x 300 pixels: a 5.9 GiB mask stack if read
+    many.mkdir()
+    tifffile.imwrite(many / "a.tif", np.zeros((300, 300), np.uint8))
+    tifffile.imwrite(many / "a_masks.tif", np.arange(90000, dtype=np.uint32).reshape(300, 300) % 70000 + 1)
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -329,6 +333,7 @@ def cases(work: Path) -> list[Case]:
     add("convert: a named pipe as a CTC label image", "convert", f"{w}/fifo_ctc", "-o", f"{o}/v7.json", expect=0)
     add("convert: a PNG decompression bomb as a label image", "convert", f"{w}/bomb_labels", "-o", f"{o}/v8.json")
     add("convert: a PNG decompression bomb as a BBBC038 mask", "convert", f"{w}/bomb_bbbc038", "-o", f"{o}/v9.json")
+    add("convert: a label image of 70,000 ids in 300 x 300 px", "convert", f"{w}/many_ids", "-o", f"{o}/v10.json")
     add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
     add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
     add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",

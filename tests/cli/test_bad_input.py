@@ -661,3 +661,30 @@ def test_pillows_decompression_bomb_warning_made_an_error_is_one_line_too(tmp_pa
                     read(path)
         finally:
             Image.MAX_IMAGE_PIXELS = old
+
+
+@pytest.mark.parametrize("layout", ["label-images", "ctc"])
+def test_a_label_image_of_more_ids_than_it_can_hold_is_refused_before_its_mask_stack(tmp_path, capsys, layout):
+    """300 x 300 pixels of 70,000 distinct ids would be a 70,000 x 300 x 300 mask stack
+    (5.9 GiB): refused in one line, as no label image, before anything is allocated."""
+    import tifffile
+
+    label = (np.arange(300 * 300, dtype=np.uint32).reshape(300, 300) % 70000) + 1
+    image = np.zeros((300, 300), np.uint8)
+    if layout == "label-images":
+        root = tmp_path / "labels"
+        root.mkdir()
+        tifffile.imwrite(root / "a.tif", image)
+        bad = root / "a_masks.tif"
+    else:
+        root = tmp_path / "Fluo-N2DH-X"
+        (root / "01").mkdir(parents=True)
+        (root / "01_GT" / "SEG").mkdir(parents=True)
+        tifffile.imwrite(root / "01" / "t000.tif", image)
+        bad = root / "01_GT" / "SEG" / "man_seg000.tif"
+    tifffile.imwrite(bad, label)
+    out = tmp_path / "a.json"
+    assert main(["convert", str(root), "-o", str(out)]) == 2
+    assert _one_line(capsys) == (f"cupre: error: {bad}: label image holds 70000 distinct ids in 300x300 pixels, more "
+                                 "than one per 4 pixels: not instance labels (an intensity image saved as one?)")
+    assert not out.exists()

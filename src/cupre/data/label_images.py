@@ -37,6 +37,7 @@ from cupre.fileio import not_regular
 MASK_SUFFIXES = ("_masks", "_mask")  # the label image's name: the image's stem with one of these
 CELLPOSE_SUFFIX = "_cp_masks"  # what the Cellpose GUI saves
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+MIN_MEAN_AREA = 4  # pixels per instance id, at the least: more ids than that is no label image
 PAIR_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
@@ -75,7 +76,9 @@ def label_image_to_masks(label: np.ndarray, path: str | Path) -> np.ndarray:
         bool ``NxHxW``, instances in increasing label order.
 
     Raises:
-        CupreError: the label image is not 2-D or holds non-integer values.
+        CupreError: the label image is not 2-D, holds non-integer values, or more distinct
+            ids than one per ``MIN_MEAN_AREA`` pixels (no label image: its mask stack would
+            not fit in memory).
     """
     label = np.asarray(label)
     if label.ndim == 3 and label.shape[-1] == 1:
@@ -99,6 +102,10 @@ def label_image_to_masks(label: np.ndarray, path: str | Path) -> np.ndarray:
     if not has_background:
         dense = dense + 1
     n = int(ids.size) - int(has_background)
+    if n > label.size // MIN_MEAN_AREA:  # one bool plane per id: 70,000 ids of 300x300 would be 5.9 GiB
+        h, w = label.shape
+        raise file_error(path, f"label image holds {n} distinct ids in {h}x{w} pixels, more than one per "
+                               f"{MIN_MEAN_AREA} pixels: not instance labels (an intensity image saved as one?)")
     masks = np.zeros((n, *label.shape), dtype=bool)
     for i, window in enumerate(ndimage.find_objects(dense, max_label=n)):
         if window is not None:
