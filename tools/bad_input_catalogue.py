@@ -146,6 +146,18 @@ def make_inputs(work: Path) -> None:
     many.mkdir()
     tifffile.imwrite(many / "a.tif", np.zeros((300, 300), np.uint8))
     tifffile.imwrite(many / "a_masks.tif", np.arange(90000, dtype=np.uint32).reshape(300, 300) % 70000 + 1)
+    far = work / "far_polygon"  # a polygon point at 1e9 in a 32 x 32 image (pycocotools: SIGSEGV)
+    far.mkdir()
+    Image.new("L", (32, 32)).save(far / "a.png")
+    good, wild = [10, 10, 20, 10, 20, 20, 10, 20], [10, 10, 1e9, 10, 20, 20, 10, 20]
+    ann = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "area": 100, "iscrowd": 0}
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+          "categories": [{"id": 1, "name": "cell"}],
+          "annotations": [{**ann, "id": 1, "segmentation": [good]}, {**ann, "id": 2, "segmentation": [wild]}]}
+    (far / "gt.json").write_text(json.dumps(gt))
+    (far / "gt_ok.json").write_text(json.dumps({**gt, "annotations": gt["annotations"][:1]}))
+    (far / "dt.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": s, "segmentation": [q]}
+                                             for s, q in ((0.9, good), (0.8, wild))]))
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
@@ -308,6 +320,10 @@ def cases(work: Path) -> list[Case]:
         "--out", f"{w}/results_list.json", "--overwrite")
     add("evaluate: --protocol unknown", "evaluate", "--gt", cells, "--dt", f"{w}/results_list.json",
         "--protocol", "mine")
+    add("evaluate: a result polygon point at 1e9", "evaluate", "--gt", f"{w}/far_polygon/gt_ok.json", "--dt",
+        f"{w}/far_polygon/dt.json", expect=0)
+    add("evaluate: a ground-truth polygon point at 1e9", "evaluate", "--gt", f"{w}/far_polygon/gt.json", "--dt",
+        f"{w}/far_polygon/dt.json", expect=0)
     # export
     add("export: model missing", "export", f"{w}/none.safetensors", "-o", f"{o}/x1.zip")
     add("export: bioimage.io of a model that finds nothing", "export", weak, "-o", f"{o}/x2.zip")
@@ -334,6 +350,9 @@ def cases(work: Path) -> list[Case]:
     add("convert: a PNG decompression bomb as a label image", "convert", f"{w}/bomb_labels", "-o", f"{o}/v8.json")
     add("convert: a PNG decompression bomb as a BBBC038 mask", "convert", f"{w}/bomb_bbbc038", "-o", f"{o}/v9.json")
     add("convert: a label image of 70,000 ids in 300 x 300 px", "convert", f"{w}/many_ids", "-o", f"{o}/v10.json")
+    add("convert: a polygon point at 1e9", "convert", f"{w}/far_polygon/gt.json", "-o", f"{o}/v11.json", expect=0)
+    add("convert: a polygon point at 1e9, --strict", "convert", f"{w}/far_polygon/gt.json", "-o", f"{o}/v12.json",
+        "--strict")
     add("convert: -o exists, no --overwrite", "convert", cells, "-o", f"{w}/plain.txt")
     add("convert: -o is its own input, --overwrite", "convert", cells, "-o", cells, "--overwrite")
     add("convert-model: a zip that is no torch file, --trust", "convert-model", f"{w}/notorch.pt", "--trust",

@@ -138,18 +138,24 @@ def is_number(v: Any) -> bool:
 def segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
     """Why a COCO segmentation cannot be used on a ``height x width`` image, or None."""
     if isinstance(segmentation, list):
-        return clean_polygons(segmentation)[1]
+        return clean_polygons(segmentation, height, width)[1]
     if isinstance(segmentation, dict):
         return rle_problem(segmentation, height, width)
     return "segmentation is neither polygons nor an RLE"
 
 
-def clean_polygons(seg: list) -> tuple[list, str | None]:
-    """Drop polygon parts with fewer than 3 points or zero area; problem if none is left."""
+def clean_polygons(seg: list, height: int | None = None, width: int | None = None) -> tuple[list, str | None]:
+    """Drop polygon parts with fewer than 3 points or zero area; problem if none is left,
+    or (given the image's size) if a point lies far outside the image."""
     parts = []
     for poly in seg:
         if not isinstance(poly, list) or not all(is_number(v) for v in poly):
             return seg, "segmentation is neither a list of polygons nor an RLE"
+    if height is not None and width is not None:
+        problem = polygon_range_problem(seg, height, width)
+        if problem:
+            return seg, problem
+    for poly in seg:
         if len(poly) >= 6 and len(poly) % 2 == 0:
             xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
             area = 0.5 * abs(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1)))
@@ -158,6 +164,23 @@ def clean_polygons(seg: list) -> tuple[list, str | None]:
     if not parts:
         return seg, "degenerate polygon (fewer than 3 points or zero area)"
     return (seg if len(parts) == len(seg) else parts), None
+
+
+def polygon_range_problem(seg: list, height: int, width: int) -> str | None:
+    """A point of the polygons (lists of finite numbers ``[x1, y1, x2, ...]``) beyond the
+    ``height x width`` image by more than its size, or None. pycocotools rasterises
+    polygons at their coordinates' scale: a point at 1e9 makes it crash (SIGSEGV, or
+    ``vector::reserve``), not clip."""
+    for poly in seg:
+        xy = np.asarray(poly, dtype=np.float64)
+        xs, ys = xy[0::2], xy[1::2]
+        bad = (xs < -width) | (xs > 2 * width)
+        bad[: ys.size] |= (ys < -height) | (ys > 2 * height)
+        if bad.any():
+            k = int(np.argmax(bad))
+            y = ys[k] if k < ys.size else float("nan")
+            return f"polygon point ({xs[k]:g}, {y:g}) lies far outside the {height}x{width} image"
+    return None
 
 
 def rle_problem(seg: dict, height: int, width: int) -> str | None:

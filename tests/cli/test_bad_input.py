@@ -688,3 +688,53 @@ def test_a_label_image_of_more_ids_than_it_can_hold_is_refused_before_its_mask_s
     assert _one_line(capsys) == (f"cupre: error: {bad}: label image holds 70000 distinct ids in 300x300 pixels, more "
                                  "than one per 4 pixels: not instance labels (an intensity image saved as one?)")
     assert not out.exists()
+
+
+@pytest.fixture()
+def far_polygon(tmp_path):
+    """A COCO file of a 32 x 32 image with a good polygon and one with a point at 1e9
+    (pycocotools' rasteriser crashes on it: SIGSEGV in ``cupre convert``, ``vector::reserve``
+    in ``cupre evaluate``); and a results file holding both polygons."""
+    import json
+
+    from PIL import Image
+
+    Image.new("L", (32, 32)).save(tmp_path / "a.png")
+    good, far = [10, 10, 20, 10, 20, 20, 10, 20], [10, 10, 1e9, 10, 20, 20, 10, 20]
+    ann = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "area": 100, "iscrowd": 0}
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+          "categories": [{"id": 1, "name": "cell"}],
+          "annotations": [{**ann, "id": 1, "segmentation": [good]}, {**ann, "id": 2, "segmentation": [far]}]}
+    paths = {name: tmp_path / f"{name}.json" for name in ("gt", "gt_ok", "dt")}
+    paths["gt"].write_text(json.dumps(gt))
+    paths["gt_ok"].write_text(json.dumps({**gt, "annotations": gt["annotations"][:1]}))
+    paths["dt"].write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": s, "segmentation": [p]}
+                                       for s, p in ((0.9, good), (0.8, far))]))
+    return paths
+
+
+FAR = "polygon point (1e+09, 10) lies far outside the 32x32 image"
+
+
+def test_a_polygon_point_far_outside_its_image_is_a_malformed_annotation_in_convert(tmp_path, far_polygon):
+    import json
+
+    gt = far_polygon["gt"]
+    done = _cupre("convert", str(gt), "-o", str(tmp_path / "a.json"))
+    assert done.returncode == 0, done.stderr
+    assert f"cupre: warning: {gt}: annotation id 2: {FAR} (skipped" in done.stderr
+    assert [a["id"] for a in json.loads((tmp_path / "a.json").read_text())["annotations"]] == [1]
+    done = _cupre("convert", str(gt), "-o", str(tmp_path / "b.json"), "--strict")
+    assert done.returncode == 2 and done.stderr.strip() == f"cupre: error: {gt}: annotation id 2: {FAR}"
+
+
+def test_a_polygon_point_far_outside_its_image_is_a_malformed_result_or_annotation_in_evaluate(far_polygon):
+    gt, gt_ok, dt = far_polygon["gt"], far_polygon["gt_ok"], far_polygon["dt"]
+    done = _cupre("evaluate", "--gt", str(gt_ok), "--dt", str(dt))
+    assert done.returncode == 0, done.stderr
+    assert f"cupre: warning: {dt}: result #1 (image_id 1): {FAR} (skipped)" in done.stderr
+    done = _cupre("evaluate", "--gt", str(gt_ok), "--dt", str(dt), "--strict")
+    assert done.returncode == 2 and done.stderr.strip() == f"cupre: error: {dt}: result #1 (image_id 1): {FAR}"
+    done = _cupre("evaluate", "--gt", str(gt), "--dt", str(dt))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"cupre: warning: {gt}: annotations[1] (id 2): {FAR} (skipped)" in done.stderr

@@ -287,7 +287,7 @@ class AnnotationChecker:
             return None
         seg = ann.get("segmentation")
         if isinstance(seg, list):
-            seg, text = clean_polygons(seg)
+            seg, text = clean_polygons(seg, height, width)
         elif isinstance(seg, dict):
             text = rle_problem(seg, height, width)
         else:

@@ -29,7 +29,7 @@ from pycocotools import mask as pycoco_mask
 from cupre.errors import CupreError, CupreWarning, file_error
 from cupre.evaluation.pairing import pair_by_name, result_names
 from cupre.fileio import read_json
-from cupre.masks import compressed, rle_problem
+from cupre.masks import compressed, polygon_range_problem, rle_problem
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
 
@@ -170,6 +170,9 @@ def _check_segmentation(segm: Any, size: tuple[int, int] | None, where: str) -> 
         )
         if not segm or not polys_ok:
             raise SegmentationProblem(f"{where}: segmentation is neither an RLE dict nor a list of polygons [x1, y1, x2, ...]")
+        problem = polygon_range_problem(segm, h, w)
+        if problem:
+            raise SegmentationProblem(f"{where}: {problem}")
         return compressed(pycoco_mask.merge(pycoco_mask.frPyObjects(segm, h, w)))
     if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
         raise SegmentationProblem(f"{where}: segmentation must be an RLE dict with 'size' and 'counts'")
