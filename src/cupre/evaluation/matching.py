@@ -115,11 +115,12 @@ def _mean(rows) -> dict[str, float]:
 CANDIDATES = tuple(float(t) for t in np.round(np.arange(0.3, 0.96, 0.05), 2))
 
 
-def best_threshold(gt: dict, results: list[dict], candidates=CANDIDATES) -> tuple[float, float]:
+def best_threshold(gt: dict, results: list[dict], candidates=CANDIDATES, *,
+                   matches: dict[int, ImageMatch] | None = None) -> tuple[float, float]:
     """The score threshold whose objects give the highest ``AP50`` (TP / (TP + FP + FN) at
     IoU 0.5) on ``gt``, and that figure: the validated threshold StarDist stores with its
     model. The lowest of equal ones wins."""
-    matches = match_images(gt, results)
+    matches = match_images(gt, results) if matches is None else matches
     best = (float(candidates[0]), -1.0)
     for t in candidates:
         figure = matching_figures(gt, results, score_threshold=float(t), matches=matches)["AP50"]

@@ -15,7 +15,7 @@ import torch
 
 from cupre.data.convert import dataset_to_coco
 from cupre.evaluation.livecell import evaluate
-from cupre.evaluation.matching import best_threshold, matching_figures
+from cupre.evaluation.matching import best_threshold, match_images, matching_figures
 from cupre.evaluation.model_eval import predict_dataset
 
 
@@ -85,9 +85,10 @@ class Validation:
         results = predict_dataset(self.model, self.data[split], device=self.device, batch_size=self.batch_size,
                                   progress=self.progress)
         metrics = evaluate(self.gt[split], results, protocol="livecell")
+        matches = match_images(self.gt[split], results)  # decoded and paired once, read at every threshold
         if threshold is None:
-            threshold, _ = best_threshold(self.gt[split], results)
-        matching = matching_figures(self.gt[split], results, score_threshold=threshold)
+            threshold, _ = best_threshold(self.gt[split], results, matches=matches)
+        matching = matching_figures(self.gt[split], results, score_threshold=threshold, matches=matches)
         if self.log is not None:
             figures = {f"{t}/{k}": v for t in ("bbox", "segm") for k, v in metrics[t].items()}
             figures.update({f"objects/{k}": matching[k] for k in ("AP50", "DSB", "F1", "score_threshold")})

@@ -32,7 +32,7 @@ import torch
 
 from cupre.errors import CupreError
 from cupre.export.sample import sample_fits, sample_image
-from cupre.inference.options import DEFAULTS, FALLBACK_SCORE_THRESHOLD, DetectionOptions
+from cupre.inference.options import DEFAULTS, DetectionOptions
 
 PAPER = ("Liao W., Li X., Wang Q., Xu Y., Yin Z., Xiong H. CUPre: Cross-domain Unsupervised Pre-training for "
          "Few-Shot Cell Segmentation. arXiv:2310.03981, 2023.")
@@ -99,9 +99,7 @@ def export_bioimageio(model_file: Path, out: Path, *, sample: Path | None = None
     from cupre.modelfile import load_model_file
 
     ckpt = load_model_file(model_file)
-    own = ckpt.get("score_threshold")
-    if options.score_threshold is None:  # the threshold validated with the model, written into the package
-        options = dataclasses.replace(options, score_threshold=FALLBACK_SCORE_THRESHOLD if own is None else float(own))
+    options = options.with_own_threshold(ckpt.get("score_threshold"))  # written into the package
     kwargs = {"detector": dict(ckpt["detector"]), **dataclasses.asdict(options),
               "categories": list(ckpt.get("categories") or DEFAULT_CATEGORIES)}
     module = LabelImageModel(**kwargs)

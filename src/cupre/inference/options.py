@@ -58,9 +58,13 @@ class DetectionOptions:
     def for_model(self, net) -> "DetectionOptions":
         """These options with the score threshold resolved for ``net``: the one given,
         else the model's validated one, else ``FALLBACK_SCORE_THRESHOLD``."""
+        return self.with_own_threshold(getattr(net, "score_threshold", None))
+
+    def with_own_threshold(self, own: float | None) -> "DetectionOptions":
+        """These options with the threshold resolved: the one given, else ``own`` (the
+        model's validated threshold, as its file stores it), else ``FALLBACK_SCORE_THRESHOLD``."""
         if self.score_threshold is not None:
             return self
-        own = getattr(net, "score_threshold", None)
         return replace(self, score_threshold=FALLBACK_SCORE_THRESHOLD if own is None else float(own))
 
 
