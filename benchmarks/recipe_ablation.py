@@ -44,6 +44,7 @@ CHANGES: dict[str, tuple[str, dict]] = {
     "acquisition": ("augmentation for other acquisitions (grey<->colour, inversion, stain/hue, gamma, blur, "
                     "noise, median padding)", {"finetune.augment": "acquisition"}),
     "balanced": ("imaging kinds sampled equally often", {"finetune.balance_kinds": True}),
+    "invert": ("a bright background inverted before the backbone", {"pretrain.detector.invert_bright": True}),
 }
 SCREEN_ITERATIONS = 600
 # "base" is the CPU recipes as they were before these changes, whatever the config files say now

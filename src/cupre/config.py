@@ -223,6 +223,8 @@ class DetectorConfig(ConfigBase):
     # auto: from object_size (0.8 x object_size on P2, doubling per level; cupre.models.anchors)
     anchors_per_octave: Annotated[int, Field(ge=1, le=4)] = 1  # sizes per level, 2^(1/n) apart
     aspect_ratios: FloatTuple = (0.5, 1.0, 2.0)
+    invert_bright: bool = False  # an image with a bright background is inverted before the backbone, in
+    # training and inference alike (cupre.models.intensity)
     rpn_pre_nms_top_n_train: Detections = 2000
     rpn_post_nms_top_n_train: Detections = 2000
     rpn_pre_nms_top_n_test: Detections = 3000

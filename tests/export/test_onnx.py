@@ -23,8 +23,9 @@ onnx = pytest.importorskip("onnx")  # installed by the test extra: never skipped
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
-def test_onnx_detections_equal_cupres_at_any_size(tmp_path, capsys):
-    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "object_size": 12.0})
+@pytest.mark.parametrize("invert_bright", [False, True])
+def test_onnx_detections_equal_cupres_at_any_size(tmp_path, capsys, invert_bright):
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "object_size": 12.0, "invert_bright": invert_bright})
     torch.manual_seed(0)
     net = build_detector(cfg).eval()
     save_model(tmp_path / "model.safetensors", net, cfg, [{"id": 1, "name": "cell"}])
@@ -39,7 +40,9 @@ def test_onnx_detections_equal_cupres_at_any_size(tmp_path, capsys):
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(3)
     for height, width in ((200, 232), (256, 160)):  # neither is the size it was exported at
-        raw = (rng.random((height, width)) * 3000).astype(np.uint16)
+        raw = (rng.random((height, width)) ** 3 * 3000).astype(np.uint16)  # a dark background
+        if invert_bright and height == 256:
+            raw = 3000 - raw  # a bright one: the exported graph keeps the detector's inversion
         image = normalize(raw)
         boxes, scores, labels, masks = session.run(None, {"image": image[None].numpy()})
         with torch.no_grad(), detection_limits(net, DetectionOptions(score_threshold=0.0)):

@@ -41,19 +41,21 @@ def test_percentile_is_numpys():
     ({}, None),  # the tiny model has no object size: native pixels, one pass
     ({"object_size": 6.0, "fpn_channels": 128, "norm": "frozen_bn"}, None),  # estimated factor; channels-last
     ({"object_size": 30.0}, 12.0),  # a given object size
+    ({"invert_bright": True}, None),  # a bright background inverted, as the detector's transform does
 ])
 def test_scripted_labels_equal_cupre_predicts(changes, given):
     net = _net(**changes)
     rgb = render(np.random.default_rng(0), size=256, index=1, seed=0).image
     grey = (np.random.default_rng(1).random((200, 232)) * 3000).astype(np.uint16)
+    bright = 255 - rgb  # a bright background
     scripted = torch.jit.script(scriptable(net, DetectionOptions(score_threshold=0.0, diameter=given)))
-    for raw in (rgb, grey):
+    for raw in (rgb, grey, bright):
         want, _, factor = segment_array(net, raw, device=CPU, precision="fp32",
                                         options=DetectionOptions(score_threshold=0.0, diameter=given))
         got = scripted(image_batch(raw))
         assert got.shape == (1, 1, *raw.shape[:2]) and got.dtype == torch.int32
         assert want.max() > 0 and np.array_equal(got[0, 0].numpy(), want)
-        if changes:
+        if "object_size" in changes:
             assert factor != 1.0  # the second pass, at the object scale, was taken
     batch = scripted(torch.stack([image_batch(grey)[0], image_batch(grey)[0]]))
     assert batch.shape == (2, 1, *grey.shape) and torch.equal(batch[0], batch[1])

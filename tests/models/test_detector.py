@@ -266,3 +266,47 @@ def test_rpn_box_that_no_anchor_overlaps_makes_no_positives():
     alone = positives(stock, [nucleus])
     assert 0 < positives(ours, [nucleus, sliver]) == alone < 10
     assert positives(stock, [nucleus, sliver]) > len(anchors) // 2
+
+
+def test_invert_bright_sees_a_bright_background_image_as_its_inverse():
+    """With ``invert_bright`` the detector's own transform inverts an image with a bright
+    background (in training and in eval), and leaves a dark-background image alone."""
+    torch.manual_seed(0)
+    plain = build_detector(tiny_config())
+    inverting = build_detector(tiny_config(invert_bright=True))
+    inverting.load_state_dict(plain.state_dict())
+    dark = torch.rand(3, 64, 80) * 0.3
+    bright = 1.0 - dark
+    target = make_target(64, 80, 3)
+    for net in (plain, inverting):
+        net.train()
+    torch.manual_seed(1)
+    want = plain([dark], [target])
+    torch.manual_seed(1)
+    got = inverting([bright], [target])
+    assert all(torch.allclose(got[k], want[k]) for k in want)
+    plain.eval(), inverting.eval()
+    with torch.no_grad():
+        want, got, same = plain([dark])[0], inverting([bright])[0], inverting([dark])[0]
+        changed = plain([bright])[0]
+    assert len(want["boxes"]) > 0 and torch.equal(got["boxes"], want["boxes"])
+    assert torch.equal(same["boxes"], want["boxes"])  # a dark background is left alone
+    assert len(changed["boxes"]) != len(want["boxes"]) or not torch.equal(changed["boxes"], want["boxes"])
+
+
+def test_invert_bright_rule_splits_the_real_nuclei_kinds():
+    """On the package's real BBBC038 images the rule inverts the brightfield kinds (colour,
+    grey bright-background) and none of the fluorescence ones."""
+    from pathlib import Path
+
+    from cupre.data.imageio import normalize, read_image
+    from cupre.models.intensity import dark_background
+
+    folder = Path(__file__).resolve().parents[2] / "src" / "cupre" / "presets" / "nuclei"
+    files = [p for p in folder.rglob("*.png") if not p.stem.endswith("_masks")]
+    kinds = {p.name.split("-")[0].split("_")[0] for p in files}
+    assert {"fluo", "colour", "bright"} <= kinds, kinds
+    for path in files:
+        image = normalize(read_image(path))
+        inverted = not torch.equal(dark_background(image), image)
+        assert inverted == (not path.name.startswith("fluo")), path.name

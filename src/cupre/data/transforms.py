@@ -240,8 +240,8 @@ class DetectionTrainTransform:
     ``object_size / typical object size`` (measured on its boxes; 1 when
     ``object_size`` is None), times a factor drawn log-uniformly in
     ``[1/scale_jitter, scale_jitter]``. With ``crop_size`` the rescale is applied to a
-    random window of ``crop_size / factor`` pixels (zero-padded where the image is
-    smaller), so the output is always ``crop_size`` square. Then flips, 90-degree
+    random window of ``crop_size / factor`` pixels (padded with the image's median where
+    it is smaller: black padding looks like a nucleus on a bright background), so the output is always ``crop_size`` square. Then flips, 90-degree
     rotations and mild brightness/contrast. Boxes are recomputed from the transformed
     masks (tight, exclusive max) and instances with fewer than ``min_area`` mask pixels
     are dropped, labels kept aligned. Other target keys (``image_id``, ``file``,
@@ -257,8 +257,7 @@ class DetectionTrainTransform:
         strong: a student's strong augmentation on top (self-training; Unbiased
             Teacher's photometric part): stronger brightness/contrast, Gaussian blur
             and noise, each applied with probability 0.5.
-        acquisition: :class:`AcquisitionJitter` in place of the mild brightness/contrast,
-            and crops padded with the image's median instead of black.
+        acquisition: :class:`AcquisitionJitter` in place of the mild brightness/contrast.
         background: False to make the whole crop an ignore region where it holds an
             instance: only the instances teach (pseudo-labels, whose missed objects would
             otherwise teach background); a crop without any keeps its background.
@@ -313,9 +312,8 @@ class DetectionTrainTransform:
             size = [max(1, round(s * factor)) for s in img.shape[-2:]]
             return v2.Resize(size, antialias=True)(img, boxes, masks)
         window = max(1, round(self.crop_size / factor))
-        fill: Any = 0
-        if self.acquisition is not None:  # black padding looks like a nucleus on a bright background
-            fill = {tv_tensors.Image: [float(v) for v in img.flatten(1).median(dim=1).values], "others": 0}
+        # padded with the image's median: black padding looks like a nucleus on a bright background
+        fill: Any = {tv_tensors.Image: [float(v) for v in img.flatten(1).median(dim=1).values], "others": 0}
         img, boxes, masks = v2.RandomCrop(window, pad_if_needed=True, fill=fill)(img, boxes, masks)
         if window != self.crop_size:
             img, boxes, masks = v2.Resize((self.crop_size, self.crop_size), antialias=True)(img, boxes, masks)

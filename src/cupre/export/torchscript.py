@@ -46,6 +46,7 @@ from cupre.errors import CupreError
 from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.heads.chunks import CHUNK, deconv_as_convs
+from cupre.models.intensity import BRIGHT_BACKGROUND, dark_background
 from cupre.models.paste import PIXEL_OFFSET, crop_windows, sample_windows
 from cupre.scale import (
     MIN_LOOK_SIDE,
@@ -86,8 +87,10 @@ class ScriptedSegmenter(nn.Module):
 
     def __init__(self, body: nn.Module, rpn: nn.Module, heads: RoIHeads, *, object_size: Optional[float],
                  mask_threshold: float, chunk_size: int = CHUNK, diameter: Optional[float] = None,
-                 low: float = Normalization.low, high: float = Normalization.high) -> None:
+                 low: float = Normalization.low, high: float = Normalization.high,
+                 invert_bright: bool = False) -> None:
         super().__init__()
+        self.invert_bright = invert_bright
         self.body = body
         self.rpn = rpn
         self.heads = heads
@@ -99,6 +102,7 @@ class ScriptedSegmenter(nn.Module):
         self.high = high
         # cupre's constants, as attributes: TorchScript reads no float globals
         self.min_score, self.pixel_offset = float(MIN_SCORE), float(PIXEL_OFFSET)
+        self.bright_background = float(BRIGHT_BACKGROUND)
         self.probe_factors: List[float] = [float(f) for f in PROBE_FACTORS]
         self.probe_window = int(PROBE_WINDOW)
         self.min_look_side = int(MIN_LOOK_SIDE)
@@ -179,6 +183,8 @@ class ScriptedSegmenter(nn.Module):
         if hi - lo < 1e-6:
             hi = lo + 1.0
         scaled = ((a - lo) / (hi - lo)).clamp(0.0, 1.0)
+        if self.invert_bright:  # the detector's own transform does this (cupre.models.intensity)
+            scaled = dark_background(scaled, self.bright_background)
         return scaled.expand(3, -1, -1)
 
     def detect(self, image: Tensor, factor: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -300,7 +306,7 @@ def scriptable(net: nn.Module, options: DetectionOptions = DEFAULTS) -> Scripted
         mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head, mask_predictor=heads.mask_predictor)
     return ScriptedSegmenter(Body(net.backbone, net.neck), rpn, plain, object_size=net.object_size,
                              mask_threshold=float(net.mask_threshold), chunk_size=int(heads.chunk_size),
-                             diameter=options.diameter)
+                             diameter=options.diameter, invert_bright=bool(net.transform.invert_bright))
 
 
 def export_torchscript(model_file: Path, out: Path, *, options: DetectionOptions = DEFAULTS,

@@ -44,17 +44,24 @@ from cupre.devices import autocast
 from cupre.models import PIXEL_MEAN, PIXEL_STD
 from cupre.models.backbone import backbone_channels, build_backbone, group_norm
 from cupre.models.heads import TwoStageHead, build_head
+from cupre.models.intensity import dark_background
 from cupre.models.neck import as_feature_dict, build_fpn
 from cupre.models.paste import paste_masks_in_boxes
 from cupre.scale import resize_image
 
 
 class NativeTransform(GeneralizedRCNNTransform):
-    """torchvision's transform without its resize: standardise and batch only."""
+    """torchvision's transform without its resize: standardise and batch only (and, with
+    ``invert_bright``, a bright background made dark first: :mod:`cupre.models.intensity`)."""
 
-    def __init__(self, *, image_mean: list[float], image_std: list[float], size_divisible: int = 32) -> None:
+    def __init__(self, *, image_mean: list[float], image_std: list[float], size_divisible: int = 32,
+                 invert_bright: bool = False) -> None:
         super().__init__(min_size=1, max_size=1, image_mean=image_mean, image_std=image_std,
                          size_divisible=size_divisible)
+        self.invert_bright = invert_bright
+
+    def normalize(self, image: Tensor) -> Tensor:
+        return super().normalize(dark_background(image) if self.invert_bright else image)
 
     def resize(self, image: Tensor, target: dict | None = None) -> tuple[Tensor, dict | None]:
         return image, target
@@ -304,7 +311,8 @@ def build_detector(cfg: DetectorConfig) -> CupreDetector:
     neck = build_fpn(
         in_channels_list=backbone_channels(backbone), out_channels=cfg.fpn_channels, norm_layer=head_norm
     )
-    transform = NativeTransform(image_mean=list(PIXEL_MEAN), image_std=list(PIXEL_STD))
+    transform = NativeTransform(image_mean=list(PIXEL_MEAN), image_std=list(PIXEL_STD),
+                                invert_bright=cfg.invert_bright)
     detector = CupreDetector(
         transform=transform,
         backbone=backbone,
