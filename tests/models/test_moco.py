@@ -232,3 +232,21 @@ def test_each_moco_step_covers_every_unlabeled_image():
     cfg = MocoConfig.from_dict({"optim": {"iterations": 40, "batch_size": 16}})
     assert moco_covering(cfg, 667).optim.iterations == 42  # 640 views would miss 27 of 667 images
     assert moco_covering(cfg, 100).optim.iterations == 40
+
+
+def test_invert_bright_views_reach_the_body_as_the_detector_sees_them():
+    """With ``invert_bright`` a bright-background view is inverted before the body (as the
+    detector's transform does), a dark one left alone."""
+    torch.manual_seed(0)
+    plain = make_moco().eval()
+    inverting = make_moco().eval()
+    inverting.load_state_dict(plain.state_dict())
+    inverting.invert_bright = True
+    dark = torch.rand(2, 3, 64, 64) * 0.3
+    bright = torch.cat([1.0 - dark[:1], dark[1:]])  # one bright view, one dark
+    with torch.no_grad():
+        want = plain._maps(plain.backbone, dark)
+        got = inverting._maps(inverting.backbone, bright)
+        plain_bright = plain._maps(plain.backbone, bright)
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
+    assert not torch.allclose(plain_bright[-1][0], want[-1][0])

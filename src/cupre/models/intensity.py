@@ -6,7 +6,8 @@ brightfield (stained or not). With ``DetectorConfig.invert_bright`` the detector
 an image whose mean intensity (of the [0, 1] image, all channels) is above
 ``BRIGHT_BACKGROUND``, so both kinds reach the backbone as bright objects on a dark
 field. The rule lives in the detector's own transform, so that training, evaluation,
-``cupre predict``, napari and the exports apply it alike.
+``cupre predict``, napari and the exports apply it alike, and the backbone's unsupervised
+pre-training (MoCo, DenseCL) sees its views as the detector will.
 
 On BBBC038 stage1_train, percentile-normalised, the mean is 0.01..0.26 on the 541 grey
 fluorescence images and 0.57..0.85 on the 123 brightfield ones (colour and grey): the
@@ -22,7 +23,8 @@ BRIGHT_BACKGROUND = 0.5
 
 
 def dark_background(image: Tensor, threshold: float = BRIGHT_BACKGROUND) -> Tensor:
-    """``1 - image`` where the ``C x H x W`` [0, 1] image's mean is above ``threshold``,
-    else the image (one ``where``, so that a traced export keeps the decision)."""
-    bright = image.float().mean() > threshold
+    """``1 - image`` where the [0, 1] image's mean (over its last three dims: a ``C x H x
+    W`` image, or each of a ``B x C x H x W`` batch) is above ``threshold``, else the
+    image (one ``where``, so that a traced export keeps the decision)."""
+    bright = image.float().mean(dim=[-3, -2, -1], keepdim=True) > threshold
     return torch.where(bright, 1.0 - image, image)

@@ -28,6 +28,7 @@ from torch import nn
 
 from cupre.losses.contrastive import info_nce
 from cupre.models import PIXEL_MEAN, PIXEL_STD
+from cupre.models.intensity import dark_background
 
 
 @torch.no_grad()
@@ -75,6 +76,8 @@ class MoCo(nn.Module):
         momentum: ``m`` of the key encoder update ``k = m*k + (1-m)*q`` (the base value
             of the cosine schedule, :meth:`set_progress`).
         temperature: ``tau`` of InfoNCE.
+        invert_bright: a view with a bright background is inverted before the body, as
+            the detector's transform does (:mod:`cupre.models.intensity`).
     """
 
     def __init__(
@@ -87,8 +90,10 @@ class MoCo(nn.Module):
         queue_size: int = 65536,
         momentum: float = 0.999,
         temperature: float = 0.2,
+        invert_bright: bool = False,
     ) -> None:
         super().__init__()
+        self.invert_bright = invert_bright
         if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0:
             raise ValueError(f"MoCo: bad queue_size={queue_size}, momentum={momentum} or temperature={temperature}")
         self.base_momentum = self.momentum = momentum
@@ -141,6 +146,8 @@ class MoCo(nn.Module):
 
     def _maps(self, body: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
         """``Bx3xHxW`` images in [0, 1] -> the body's feature maps, shallow to deep."""
+        if self.invert_bright:
+            images = dark_background(images)
         feats = body((images - self.pixel_mean) / self.pixel_std)
         return list(feats.values()) if isinstance(feats, dict) else list(feats)
 

@@ -24,7 +24,7 @@ def build_objective(model: torch.nn.Module, cfg: MocoConfig) -> MoCo:
     """MoCo v2 or DenseCL whose query encoder is ``model.backbone`` itself (no key renaming, ever)."""
     common = dict(backbone=model.backbone, in_channels=model.backbone_out_channels, dim=cfg.dim,
                   hidden_dim=cfg.hidden_dim, queue_size=cfg.queue_size, momentum=cfg.momentum,
-                  temperature=cfg.temperature)
+                  temperature=cfg.temperature, invert_bright=model.transform.invert_bright)
     if cfg.objective == "densecl":
         return DenseCL(level_channels=list(model.backbone.feature_info.channels()), levels=cfg.dense_levels,
                        dense_weight=cfg.dense_weight, **common)
