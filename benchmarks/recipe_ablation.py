@@ -127,6 +127,16 @@ def seconds_per_step(folder: Path, iterations: int) -> float | None:
     return None
 
 
+def kind_figures(folder: Path, iteration: str, split: str) -> dict[str, float]:
+    """AP_bbox x100 per imaging kind of the run's cell at ``iteration`` (its val_metrics.json)."""
+    for metrics in folder.glob("cells/scratch/*/s*/val_metrics.json"):
+        for entry in json.loads(metrics.read_text()).get("history", []):
+            if str(entry.get("iteration")) == iteration:
+                kinds = (entry.get("test") or {}) if split == "test" else entry
+                return {k: 100 * v["bbox"] for k, v in kinds.get("per_cell_type", {}).items()}
+    return {}
+
+
 def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
 
@@ -137,10 +147,10 @@ def table(work: Path, split: str = "val") -> None:
     scored more than once, validation AP_bbox at each scored iteration."""
     print(f"{split} figures of each seed's validation-chosen model (test: once, never used for choices)")
     print(f"{'variant':<26} {'seeds':<6} {'AP_bbox':>12} {'AP_segm':>12} {'AP@0.5':>8} {'s/step':>7}  what")
-    curves = []
+    curves, per_kind = [], []
     for folder in sorted(p for p in work.iterdir() if p.is_dir()):
         name, what = folder.name, describe(folder.name.split("@")[0])
-        bbox, segm, ap50, steps = [], [], [], []
+        bbox, segm, ap50, steps, kinds = [], [], [], [], {}
         for run in sorted(p for p in folder.glob("s*") if p.is_dir()):
             rows = sorted((r for r in cell_rows(run) if r["iteration"]), key=lambda r: int(r["iteration"]))
             if not rows:
@@ -155,6 +165,8 @@ def table(work: Path, split: str = "val") -> None:
             if last.get("objects_AP50"):
                 ap50.append(100 * float(last["objects_AP50"]))
             steps.append(seconds_per_step(run, int(rows[-1]["iteration"])))
+            for kind, ap in kind_figures(run, chosen["iteration"], split).items():
+                kinds.setdefault(kind, []).append(ap)
             if len(rows) > 1:
                 curves.append(f"  {name} {run.name}: " + ", ".join(
                     f"{r['iteration']}: {100 * float(r['bbox_AP']):.1f}" for r in rows))
@@ -163,6 +175,11 @@ def table(work: Path, split: str = "val") -> None:
         sps = [s for s in steps if s]
         print(f"{name:<26} {len(bbox):<6} {spread(bbox):>12} {spread(segm):>12} {spread(ap50) if ap50 else '-':>8} "
               f"{(statistics.mean(sps) if sps else float('nan')):>7.2f}  {what}")
+        if kinds:
+            per_kind.append(f"  {name}: " + ", ".join(f"{k} {spread(v)}" for k, v in sorted(kinds.items())))
+    if per_kind:
+        print("AP_bbox per imaging kind:")
+        print("\n".join(per_kind))
     if curves:
         print("validation AP_bbox at each scored iteration:")
         print("\n".join(curves))
