@@ -35,3 +35,29 @@ def read_results_csv(path: Path) -> list[dict]:
             row.update({m: float(raw[m]) if raw.get(m) else None for m in METRICS})
             rows.append(row)
     return rows
+
+
+def write_tiny_model(path: Path, *, seed: int = 0, **detector) -> Path:
+    """An untrained tiny detector (at native pixels, ``detector`` keys on top; weights drawn
+    with ``seed``) as a model file."""
+    import torch
+
+    from cupre.config import DetectorConfig
+    from cupre.models.detector import build_detector
+    from cupre.train.weights import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = DetectorConfig.from_dict({**TINY_DETECTOR, "object_size": None, **detector})
+    torch.manual_seed(seed)
+    save_model(path, build_detector(cfg), cfg, [{"id": 1, "name": "nucleus"}], stage="tiny-test")
+    return path
+
+
+def install_shipped_model(monkeypatch, package: Path, **detector) -> Path:
+    """A tiny model (:func:`write_tiny_model`) as the shipped ``nuclei`` model: written where
+    the registry (:mod:`cupre.shipped`) looks once its package folder is ``package``."""
+    import cupre.shipped
+
+    path = write_tiny_model(package / cupre.shipped.SHIPPED["nuclei"], **detector)
+    monkeypatch.setattr(cupre.shipped, "PACKAGE", package)
+    return path

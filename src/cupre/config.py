@@ -364,7 +364,7 @@ class FinetuneConfig(ConfigBase):
 
     init: InitName = "cupre"
     pretrain_dir: str | None = None  # the pretrain run folder (all inits but scratch)
-    from_model: str | None = None  # or: continue a trained cell model (model file or run folder); init is not used
+    from_model: str | None = None  # or: continue a trained cell model (model file, run folder or shipped name: nuclei)
     detector: dict[str, Any] = Field(default_factory=dict)  # DetectorConfig keys overriding the init's
     train: str = ""  # dataset (any supported format)
     split: str | None = None  # split JSON from `cupre split` (None: the whole train set)

@@ -547,6 +547,7 @@ def test_predict_takes_a_train_run_folder_and_finds_its_model(tmp_path, tiny_mod
     assert resolve_model_file(run) == run / "finetune" / "selftrain" / "model.safetensors"
     empty = tmp_path / "empty-run"
     empty.mkdir()
+    (empty / "config.yaml").write_text("seed: 0\n")  # a run that has not written its model yet
     assert main(["predict", str(empty), str(tmp_path / "new.png"), "-o", str(tmp_path / "out2")]) == 2
     assert "empty-run: run folder holds no model.safetensors (nor finetune/model.safetensors" in _one_line(capsys)
 

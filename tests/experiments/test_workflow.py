@@ -183,3 +183,73 @@ def test_a_schedule_over_its_time_is_shortened_to_fit_and_said_so():
     assert short_ft.optim.iterations == round(ft.optim.iterations * share)
     assert short_pre.warmup.iterations == round(pre.warmup.iterations * share)
     assert short_pre.amt2.moco == pre.amt2.moco and short_pre.amt2.rounds == pre.amt2.rounds
+
+
+def test_init_nuclei_fine_tunes_and_self_trains_from_the_shipped_model_with_no_pre_training(data, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """``cupre train --init nuclei``: no COCO stage, no AMT2, no synthetic objects; the
+    fine-tuning starts from the shipped weights with the shipped detector config, and
+    self-training (on in the tiny preset) from the fine-tuned model."""
+    import cupre.train.pretrain
+    from cupre.modelfile import load_model_file
+    from tests.helpers import install_shipped_model, write_tiny_model
+
+    shipped = install_shipped_model(monkeypatch, tmp_path / "package")
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("pre-training ran")
+
+    monkeypatch.setattr(cupre.train.pretrain, "run_pretrain", no_pretraining)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(tiny_workflow(data)), "--init", "nuclei",
+                     "--labels", str(data / "labeled" / "annotations.json"),
+                     "--unlabeled", str(data / "unlabeled" / "images"), "-o", str(run)]) == 0
+    said = capsys.readouterr().out
+    assert f"fine-tuning from cupre's shipped nuclei model ({shipped}), no pre-training" in said
+    [estimate] = [line for line in said.splitlines() if line.startswith("train: estimated")]
+    assert "pretrain" not in estimate and "finetune" in estimate
+    assert not (run / "pretrain").exists() and not (run / "data").exists()
+    ft = load_yaml(run / "finetune" / "config.yaml")
+    assert ft["from_model"] == "nuclei" and ft["detector"] == {}
+    start = load_model_file(shipped)["model"]
+    for model in (run / "finetune" / "model.safetensors", run / "finetune" / "selftrain" / "model.safetensors"):
+        ckpt = load_model_file(model)
+        assert ckpt["detector"]["detections_per_img"] == 50  # the shipped model's config, not the preset's 30
+        assert 0 < _largest_change(ckpt["model"], start) < 0.02, model  # a few AdamW steps at 1e-3 from it
+    other = load_model_file(write_tiny_model(tmp_path / "other.safetensors", seed=1))["model"]
+    assert _largest_change(other, start) > 0.1  # another start would be told apart
+
+
+def _largest_change(state: dict, start: dict) -> float:
+    return max((state[k].float() - start[k].float()).abs().max().item() for k in start)
+
+
+def test_without_pre_training_the_estimate_and_the_fitting_are_the_fine_tuning_alone():
+    from cupre.experiments.workflow import estimate_seconds, fit_schedule, step_times, training_seconds
+
+    cfg = load_workflow(preset_path("cpu"), labels="x")
+    fp32 = step_times(cfg, "fp32")
+
+    def seconds(p, f):
+        return training_seconds(estimate_seconds(cfg, p, f, n_unlabeled=460, n_val=0, timing=fp32), False)
+
+    parts = estimate_seconds(cfg, None, cfg.finetune, n_unlabeled=460, n_val=0, timing=fp32)
+    assert "pretrain" not in parts and parts["finetune"] == cfg.finetune.optim.iterations * fp32.finetune
+    assert seconds(None, cfg.finetune) < seconds(cfg.pretrain, cfg.finetune)
+    pre, ft, share = fit_schedule(None, cfg.finetune, seconds, 5)
+    assert pre is None and 0.25 <= share < 1.0 and 4.5 * 60 < seconds(None, ft) <= 5 * 60
+    assert ft.optim.iterations == round(cfg.finetune.optim.iterations * share)
+    assert fit_schedule(None, cfg.finetune, seconds, 30) == (None, cfg.finetune, 1.0)
+
+
+def test_a_run_continues_only_from_the_start_it_began_with(few, data):
+    from cupre.experiments.workflow import continued
+
+    run, _ = few
+    cfg = load_workflow(tiny_workflow(data), labels=str(data / "labeled" / "annotations.json"),
+                        unlabeled=[str(data / "unlabeled" / "images")])
+    assert continued(cfg, run).init == "cupre"
+    with pytest.raises(CupreError, match="holds a run on other init"):
+        continued(cfg.replace(init="nuclei"), run)
+    with pytest.raises(CupreError, match="init"):
+        load_workflow(tiny_workflow(data), labels="x", init="cellpose")

@@ -181,3 +181,32 @@ def test_segment_runs_in_a_napari_process_that_drew_first(tiny_model, tmp_path):
     assert "objects in" in done.stdout
     shot = iio.imread(tmp_path / "shot.png")
     assert shot.shape[0] >= 800 and shot.shape[1] >= 1200  # the whole window, widget docked
+
+
+def test_an_empty_model_field_segments_with_the_shipped_model(viewer, qtbot, tmp_path, monkeypatch):
+    """The shipped nuclei model comes first: an empty model field (no fine-tuning yet) runs
+    it, and typing ``nuclei`` names it; without it in the install, an empty field is one line."""
+    import cupre.models.loading
+    from cupre.errors import CupreError
+    from cupre.napari_plugin import widgets
+    from tests.helpers import install_shipped_model
+
+    shipped = install_shipped_model(monkeypatch, tmp_path / "package")
+    monkeypatch.setattr(widgets, "SHIPPED_HERE", ["nuclei"])
+    monkeypatch.setattr(widgets, "LAST_MODEL", {})
+    files, build = [], cupre.models.loading.build_from_file
+    monkeypatch.setattr(cupre.models.loading, "build_from_file",
+                        lambda path, **kw: files.append(path) or build(path, **kw))
+    (image,) = viewer.open_sample("cupre", "cells")
+    for field in (Path(), Path("nuclei")):
+        worker = widgets.segment_widget()(viewer=viewer, image=image, model=field, score_threshold=0.0,
+                                          diameter=0.0, tile_size=1024)
+        _wait(qtbot, worker)
+    assert files == [shipped, shipped] and "synthetic cells masks" in viewer.layers
+    assert widgets.chosen_model(tmp_path / "mine.safetensors") == tmp_path / "mine.safetensors"
+    monkeypatch.setattr(widgets, "LAST_MODEL", {"path": tmp_path / "tuned.safetensors"})
+    assert widgets.chosen_model(Path()) == tmp_path / "tuned.safetensors"  # Segment: the last fine-tuned first
+    assert widgets.chosen_model(Path(), last=False) == "nuclei"  # Fine-tune: from the shipped model
+    monkeypatch.setattr(widgets, "SHIPPED_HERE", [])
+    with pytest.raises(CupreError, match="no model chosen: pick a model file"):
+        widgets.chosen_model(Path(), last=False)

@@ -15,14 +15,15 @@ from cupre.cli.detection import add_detection_arguments, detection_options
 from cupre.errors import file_error
 from cupre.export.bioimageio import export_bioimageio
 from cupre.inference.options import DetectionOptions
-from cupre.modelfile import resolve_model_file
+from cupre.shipped import resolve_model
 
 # each format's module docstring, first paragraph: what the file holds
 DESCRIPTION = "\n\n".join(m.__doc__.split("\n\n")[0] for m in (_bioimageio, _torchscript, _onnx))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (model.safetensors) or a run folder holding one")
+    parser.add_argument("model", help="a shipped model's name (nuclei), a model file (model.safetensors) or a run "
+                                      "folder holding one")
     parser.add_argument("--format", default="bioimageio", choices=("bioimageio", "torchscript", "onnx"),
                         help="bioimageio: a bioimage.io model package (zip, with TorchScript weights beside the "
                              "state dict); torchscript: one TorchScript file, raw image in, label image out; "
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    model = resolve_model_file(args.model)
+    model = resolve_model(args.model)
     if args.out.exists() and not args.overwrite:
         raise file_error(args.out, "exists; pass --overwrite to replace it")
     options = DetectionOptions(**detection_options(args))

@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "configs/finetune-cpu.yaml)")
     p.add_argument("--init", help=f"{', '.join(INIT_NAMES[:-1])} or {INIT_NAMES[-1]} (default {d.init})")
     p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder (every --init but scratch)")
-    p.add_argument("--from-model", help="or: continue a trained cell model (model file or run folder), e.g. "
-                   "after correcting its masks; --init and --from are not used")
+    p.add_argument("--from-model", help="or: continue a trained cell model (model file, run folder, or a shipped "
+                   "model's name: nuclei), e.g. after correcting its masks; --init and --from are not used")
     p.add_argument("--train", help="annotated dataset (any supported format)")
     p.add_argument("--split", help="split JSON from `cupre split` (default: every image of --train)")
     p.add_argument("--fraction", type=float, help="fraction of --train to fine-tune on (seeded; default: all)")

@@ -14,9 +14,16 @@ DESCRIPTION = _lib.__doc__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (model.safetensors), or a run folder: a cupre finetune run's, "
-                                      "or a cupre train run's (its finetune/ model)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (recursive) or globs; without --model, a first INPUT that is a "
+                             "*.safetensors (or cupre < 0.2 *.pt) file or a run folder (holding model.safetensors, "
+                             "finetune/model.safetensors or a cupre run's config.yaml) is the model, as in "
+                             "`cupre predict MODEL INPUT...`; a folder of images never is")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="a shipped model's name (nuclei), a model file (model.safetensors) or a run folder: a "
+                             "cupre finetune run's, or a cupre train run's (its finetune/ model); a file or folder "
+                             "named like a shipped model is written ./nuclei (default: the first INPUT when it is a "
+                             "model, else cupre's shipped nuclei model)")
     parser.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     add_detection_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=None,
@@ -44,9 +51,28 @@ def main(args: argparse.Namespace) -> int:
         precision=args.precision or "auto", outputs=tuple(name for name in OPTIONAL if getattr(args, name)),
         overwrite=args.overwrite, resume=args.resume, cluster=args.cluster, workers=args.workers,
     )
-    summary = run_predict(args.model, args.inputs, out=args.out, options=options)
+    model, inputs = model_and_images(args.model, args.inputs)
+    summary = run_predict(model, inputs, out=args.out, options=options)
     print(f"predicted {summary.predicted} image(s), {summary.objects} objects -> {summary.out}")
     if summary.failed:
         print(f"{len(summary.failed)} image(s) failed (listed above and in {summary.out / 'images.json'})")
         return 1
     return 0
+
+
+def model_and_images(model: str | None, inputs: list[str]) -> tuple[str | Path, list[str]]:
+    """The model and the images of ``cupre predict [--model M] INPUT...``: ``--model``, else
+    a first INPUT that is a model (:func:`cupre.shipped.is_model_argument`), else the
+    shipped default, said in one line."""
+    from cupre.errors import CupreError
+    from cupre.shipped import DEFAULT_MODEL, is_model_argument, shipped_model
+
+    if model is not None:
+        return model, inputs
+    if is_model_argument(inputs[0]):
+        if len(inputs) == 1:
+            raise CupreError(f"{inputs[0]}: a model, and no images after it (cupre predict MODEL IMAGES... -o OUT)")
+        return Path(inputs[0]), inputs[1:]
+    path = shipped_model(DEFAULT_MODEL)
+    print(f"no model given: using cupre's shipped {DEFAULT_MODEL} model ({path})", flush=True)
+    return path, inputs

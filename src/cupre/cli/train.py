@@ -6,6 +6,7 @@ import argparse
 
 import cupre.experiments.workflow as _lib
 from cupre.experiments.workflow import load_workflow, preset_path, run_workflow
+from cupre.shipped import TRAIN_INIT, TRAIN_INITS
 
 DESCRIPTION = _lib.__doc__
 
@@ -27,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="your own YAML of workflow keys instead of a preset (see configs/train-cpu.yaml)")
     p.add_argument("--seed", type=int, default=None, help="seed of the splits and of training (default 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--init", default=None, choices=TRAIN_INITS,
+                   help=f"where training starts: cupre (the COCO stage and AMT2 on your images, then fine-tuning) or "
+                        f"a model shipped with cupre ({', '.join(TRAIN_INITS[1:])}: fine-tuning, and --self-train, "
+                        f"from it, no pre-training; default {TRAIN_INIT})")
     p.add_argument("--self-train", action="store_true", help="then self-train: the fine-tuned model pseudo-labels "
                    "the --unlabeled images and a student learns from them, kept only if validation improves (needs a "
                    "validation set)")
@@ -35,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     source = args.config or preset_path(args.preset)
     cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
-                        seed=args.seed, device=args.device, precision=args.precision,
+                        init=args.init, seed=args.seed, device=args.device, precision=args.precision,
                         self_train=True if args.self_train else None)
     if args.keep_checkpoints:
         cfg.pretrain.keep_checkpoints = cfg.finetune.keep_checkpoints = True

@@ -31,6 +31,12 @@ have, everything the paper does before you get masks:
     RUN/finetune/selftrain/     with --self-train: its model.safetensors is your model
     RUN/masks/                  a `cupre predict` run over the unlabeled images
 
+With ``--init nuclei`` (a model shipped with cupre, :mod:`cupre.shipped`) stages 1 and 2
+are skipped: fine-tuning (and self-training) start from the shipped model, whose own
+detector config stands; there is no ``RUN/pretrain/`` nor ``RUN/data/objects/``, and
+the estimate and the schedule fitting count no pre-training. ``--init cupre`` is the
+path above.
+
 The preset (``--preset cpu``, ``gpu``; ``auto``: ``gpu`` when CUDA is there) sizes
 everything for the device; before it starts the run prints its estimated time, from
 seconds per step measured on the machine named in the preset. Running the same command
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,10 +67,12 @@ from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
 from cupre.experiments.config import SyntheticConfig
 from cupre.experiments.grid import write_split, write_synthetic_data
+from cupre.shipped import TRAIN_INIT, TRAIN_INITS, shipped_model
 from cupre.train.inits import pretrain_done
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
 PRESET_NAMES = ("cpu", "gpu")
+TrainInit = typing.Literal[TRAIN_INITS]  # type: ignore[valid-type]
 
 
 class Timing(ConfigBase):
@@ -85,6 +94,7 @@ class WorkflowConfig(ConfigBase):
     unlabeled: list[str] = Field(default_factory=list)  # folders / files of unlabeled images (MoCo, then masks)
     val: str | None = None  # a separate validation set (then nothing is held out of `labels`)
     coco: list[str] = Field(default_factory=list)  # COCO-format data for the COCO stage (none: synthetic objects)
+    init: TrainInit = TRAIN_INIT  # cupre: COCO stage + AMT2, then fine-tuning; a shipped model: fine-tuning from it
     synthetic_objects: SyntheticConfig = Field(default_factory=lambda: SyntheticConfig(images=200, size=256))
     min_val_images: Count = 10  # hold out a validation part only from this many annotated images on
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -114,7 +124,7 @@ def preset_path(name: str) -> Path:
 
 def load_workflow(path: str | Path, **inputs) -> WorkflowConfig:
     """A preset (or your own YAML of :class:`WorkflowConfig` keys) with ``inputs`` on top
-    (``labels``, ``unlabeled``, ``val``, ``coco``, ``seed``, ``device``, ``precision``; None
+    (``labels``, ``unlabeled``, ``val``, ``coco``, ``init``, ``seed``, ``device``, ``precision``; None
     values are ignored). Input paths become absolute."""
     raw = load_yaml(path)
     raw.update({k: v for k, v in inputs.items() if v is not None})
@@ -130,6 +140,11 @@ def check_inputs(cfg: WorkflowConfig) -> None:
     """One line for the first missing or empty input, before anything is written."""
     if not cfg.labels:
         raise CupreError("train: --labels DATA is required (your annotated images, any supported format)")
+    if not pretrains(cfg):
+        shipped_model(cfg.init)  # a shipped model missing from this install
+        if cfg.coco:
+            raise CupreError(f"train: --coco feeds the COCO stage, which --init {cfg.init} skips (it fine-tunes the "
+                             "shipped model); drop --coco, or use --init cupre")
     from cupre.data.formats import open_dataset
     from cupre.data.unlabeled import walk_images
 
@@ -170,6 +185,11 @@ def hold_out(cfg: WorkflowConfig, out: Path) -> tuple[list[int], list[int], list
     return parts["train"], parts["val"], held
 
 
+def pretrains(cfg: WorkflowConfig) -> bool:
+    """Whether the run pre-trains (``init: cupre``); from a shipped model it only fine-tunes."""
+    return cfg.init == "cupre"
+
+
 def pretrain_config(cfg: WorkflowConfig, out: Path, held_out: list[str]) -> PretrainConfig:
     """The COCO stage and AMT2 on the user's data (MoCo: unlabeled plus training-label images)."""
     coco = list(cfg.coco) or [str(out / "data" / "objects" / "annotations.json")]
@@ -178,13 +198,17 @@ def pretrain_config(cfg: WorkflowConfig, out: Path, held_out: list[str]) -> Pret
 
 
 def finetune_config(cfg: WorkflowConfig, out: Path, has_val: bool, self_train: bool = False) -> FinetuneConfig:
-    """Fine-tuning from the CUPre weights on the training part of the labels (then
-    self-training on the unlabeled images when ``self_train``)."""
-    detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
+    """Fine-tuning from the CUPre weights (or from the shipped model ``cfg.init``, with its
+    own detector config) on the training part of the labels (then self-training on the
+    unlabeled images when ``self_train``)."""
     data = cfg.finetune.to_dict()
-    data.update(init="cupre", pretrain_dir=str(out / "pretrain"), train=cfg.labels,
-                split=str(out / "splits" / "train.json"), seed=cfg.seed, device=cfg.device,
-                precision=cfg.precision, detector=detector, unlabeled=list(cfg.unlabeled) if self_train else [])
+    if pretrains(cfg):
+        detector = {k: v for k, v in cfg.pretrain.detector.to_dict().items() if k != "num_classes"}
+        data.update(init="cupre", pretrain_dir=str(out / "pretrain"), detector=detector)
+    else:
+        data.update(from_model=cfg.init, pretrain_dir=None, detector={})
+    data.update(train=cfg.labels, split=str(out / "splits" / "train.json"), seed=cfg.seed, device=cfg.device,
+                precision=cfg.precision, unlabeled=list(cfg.unlabeled) if self_train else [])
     if cfg.val:
         data.update(val=cfg.val, val_split=None)
     elif has_val:
@@ -197,18 +221,23 @@ def step_times(cfg: WorkflowConfig, precision: str) -> Timing:
     return cfg.timing_fp32 if precision == "fp32" and cfg.timing_fp32.finetune > 0 else cfg.timing
 
 
-def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig, ft: FinetuneConfig, *, n_unlabeled: int,
+def estimate_seconds(cfg: WorkflowConfig, pre: PretrainConfig | None, ft: FinetuneConfig, *, n_unlabeled: int,
                      n_val: int, timing: Timing | None = None) -> dict[str, float]:
     """Seconds per stage from the preset's measured seconds per step (self-training: every
-    round run, each a pass per view over the unlabeled images and a fine-tuning)."""
-    t, amt2, st = timing or cfg.timing, pre.amt2, ft.self_train
-    moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
+    round run, each a pass per view over the unlabeled images and a fine-tuning); no
+    ``pretrain`` entry when ``pre`` is None (a run from a shipped model)."""
+    t, st = timing or cfg.timing, ft.self_train
     evaluations = (math.ceil(ft.optim.iterations / ft.eval_every) + 1) if n_val else 0
     finetune = ft.optim.iterations * t.finetune + evaluations * n_val * t.evaluate
     pseudo = min(n_unlabeled, st.max_images or n_unlabeled)
+    pretrain = {}
+    if pre is not None:
+        amt2 = pre.amt2
+        moco_its = max(amt2.moco.optim.iterations, math.ceil(n_unlabeled / amt2.moco.optim.batch_size))
+        pretrain["pretrain"] = (pre.warmup.iterations * t.warmup
+                                + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco))
     return {
-        "pretrain": pre.warmup.iterations * t.warmup
-        + amt2.rounds * (moco_its * t.moco + amt2.coco.iterations * t.coco),
+        **pretrain,
         "finetune": finetune,
         "self-training": st.rounds * (pseudo * t.predict * (1 + len(st.views)) + finetune) if n_unlabeled else 0.0,
         "predict": (n_unlabeled * t.predict) if cfg.predict else 0.0,
@@ -222,25 +251,31 @@ def training_seconds(parts: dict[str, float], self_train: bool) -> float:
     return sum(v for k, v in parts.items() if k != "predict" and (self_train or k != "self-training"))
 
 
-def fit_schedule(pre: PretrainConfig, ft: FinetuneConfig, seconds: Callable[[PretrainConfig, FinetuneConfig], float],
-                 minutes: float, *, floor: float = 0.25) -> tuple[PretrainConfig, FinetuneConfig, float]:
+def fit_schedule(pre: PretrainConfig | None, ft: FinetuneConfig,
+                 seconds: Callable[[PretrainConfig | None, FinetuneConfig], float],
+                 minutes: float, *, floor: float = 0.25) -> tuple[PretrainConfig | None, FinetuneConfig, float]:
     """The schedule shortened so that its estimate (``seconds``) fits in ``minutes``: the
     warm-up, AMT2's COCO steps and the fine-tuning (with their warm-up and validation
     interval) keep the same share of their iterations, the largest that fits, at least
     ``floor``; MoCo (one pass over the unlabeled images at least) and the masks are
-    kept whole. Returns the configs and the share kept (1.0: nothing shortened)."""
+    kept whole. ``pre`` None (a run from a shipped model): the fine-tuning alone.
+    Returns the configs and the share kept (1.0: nothing shortened)."""
     budget = 60 * minutes
     if seconds(pre, ft) <= budget:
         return pre, ft, 1.0
 
-    def shortened(share: float) -> tuple[PretrainConfig, FinetuneConfig]:
+    def shortened(share: float) -> tuple[PretrainConfig | None, FinetuneConfig]:
         def cut(n: int) -> int:
             return max(1, round(n * share))
 
-        warm, coco, opt = pre.warmup, pre.amt2.coco, ft.optim
-        return (pre.replace(warmup=warm.replace(iterations=cut(warm.iterations),
-                                                warmup_iterations=min(warm.warmup_iterations, cut(warm.iterations))),
-                            amt2=pre.amt2.replace(coco=coco.replace(iterations=cut(coco.iterations)))),
+        opt = ft.optim
+        if pre is not None:
+            warm, coco = pre.warmup, pre.amt2.coco
+            pre_cut = pre.replace(warmup=warm.replace(iterations=cut(warm.iterations),
+                                                      warmup_iterations=min(warm.warmup_iterations,
+                                                                            cut(warm.iterations))),
+                                  amt2=pre.amt2.replace(coco=coco.replace(iterations=cut(coco.iterations))))
+        return (pre_cut if pre is not None else None,
                 ft.replace(optim=opt.replace(iterations=cut(opt.iterations),
                                              warmup_iterations=min(opt.warmup_iterations, cut(opt.iterations))),
                            eval_every=cut(ft.eval_every)))
@@ -269,7 +304,7 @@ def self_train_plan(cfg: WorkflowConfig, plan: dict[str, float], *, has_val: boo
                   "kept only if validation improves")
 
 
-INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "seed")
+INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "init", "seed")
 
 
 def continued(cfg: WorkflowConfig, out: Path) -> WorkflowConfig:
@@ -303,10 +338,10 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     check_inputs(cfg)
     cfg = continued(cfg, out)
     Run(out, tensorboard=False).save_config(cfg.to_dict())
-    if not cfg.coco:
+    if pretrains(cfg) and not cfg.coco:
         write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")
     train_ids, val_ids, held = hold_out(cfg, out)
-    pre = pretrain_config(cfg, out, held)
+    pre = pretrain_config(cfg, out, held) if pretrains(cfg) else None
     ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=True)
     n_unlabeled = len(UnlabeledImages(cfg.unlabeled)) if cfg.unlabeled else 0
     n_val = len(held)  # the validation images, held out of the labels or --val's
@@ -320,7 +355,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     if cfg.within_minutes is not None:  # the training's budget: the masks of the unlabeled images come after it
         full = training_seconds(plan, self_train)
 
-        def seconds(p: PretrainConfig, f: FinetuneConfig) -> float:
+        def seconds(p: PretrainConfig | None, f: FinetuneConfig) -> float:
             parts = estimate_seconds(cfg, p, f, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
             return training_seconds(parts, self_train)
 
@@ -329,12 +364,15 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
             plan = estimate_seconds(cfg, pre, ft, n_unlabeled=n_unlabeled, n_val=n_val, timing=timing)
             if not self_train:
                 plan["self-training"] = 0.0
+            what = "warm-up, COCO steps and fine-tuning are" if pre is not None else "fine-tuning is"
             print(f"train: the preset's whole training would take {format_minutes(full)} on this machine "
-                  f"({precision}); warm-up, COCO steps and fine-tuning are shortened to {share:.0%} of their "
-                  f"iterations to fit its {cfg.within_minutes:g} min (within_minutes; a shorter schedule gives a "
-                  "weaker model: set within_minutes: null in --config for the whole one)")
+                  f"({precision}); {what} shortened to {share:.0%} of the iterations to fit its "
+                  f"{cfg.within_minutes:g} min (within_minutes; a shorter schedule gives a weaker model: set "
+                  "within_minutes: null in --config for the whole one)")
+    start = (f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}" if pre is not None else
+             f"fine-tuning from cupre's shipped {cfg.init} model ({shipped_model(cfg.init)}), no pre-training")
     print(f"train: {len(train_ids)} annotated images to train on, {n_val} to validate, {n_unlabeled} unlabeled; "
-          f"COCO stage on {'your COCO data' if cfg.coco else 'synthetic objects'}")
+          f"{start}")
     if not n_val:
         print("train: too few annotated images to hold some out "
               f"(fewer than {cfg.min_val_images}): the schedule runs to its end and nothing checks the model; "
@@ -347,7 +385,7 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
           + f"; from step times measured on {timing.machine or 'an unnamed machine'}, not on this one", flush=True)
     print(why, flush=True)
     started = time.time()
-    if not pretrain_done(out / "pretrain", ["cupre"]):
+    if pre is not None and not pretrain_done(out / "pretrain", ["cupre"]):
         run_pretrain(pre, out / "pretrain")
         print(f"train: pre-training done after {format_minutes(time.time() - started)}", flush=True)
     finetune_dir = out / "finetune"

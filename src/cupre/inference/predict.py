@@ -1,6 +1,11 @@
 """Segment your own images with a trained model.
 
-MODEL is a model file (``model.safetensors``) or a run folder holding one. INPUT is any mix of
+The model is cupre's shipped nuclei model unless one is given: ``--model nuclei`` names it,
+``--model PATH`` a model file (``model.safetensors``) or a run folder holding one. The form
+``cupre predict MODEL INPUT...`` still works: without ``--model``, the first INPUT is the model
+when it is a ``*.safetensors`` (or cupre < 0.2 ``*.pt``) file or a run folder (a folder holding
+``model.safetensors``, ``finetune/model.safetensors`` or a cupre run's ``config.yaml``); a folder
+of images is none of these, so it is always read as images. INPUT is any mix of
 image files, OME-Zarr images, folders (walked recursively; ``*_masks.*`` label files are
 skipped) and glob patterns; every kind of image cupre reads works (8/16-bit, float, grey, RGB, RGBA,
 multi-page TIFF: each page is its own image, written as ``name_pNNN`` with NNN the page
@@ -75,9 +80,9 @@ from cupre.inference.ledger import RESULT_OPTIONS, Ledger, model_identity
 from cupre.inference.options import DetectionOptions
 from cupre.inference.outputs import WholeImage, write_all
 from cupre.inference.slides import Slide, predict_slide, write_slide_outputs
-from cupre.modelfile import resolve_model_file
 from cupre.models.detector import weights_for_inference
 from cupre.scale import MAX_FACTOR, MIN_FACTOR
+from cupre.shipped import resolve_model
 
 DEFAULT_CATEGORIES = [{"id": 1, "name": "cell"}]
 
@@ -99,7 +104,7 @@ def load_model(model: str | Path, *, device: torch.device,
     from cupre.models.loading import build_from_file
 
     weights_dtype = torch.bfloat16 if precision == "bf16" else None  # converted as read: no fp32 copy at once
-    net, _, ckpt = build_from_file(resolve_model_file(model), weights_dtype=weights_dtype)
+    net, _, ckpt = build_from_file(resolve_model(model), weights_dtype=weights_dtype)
     net = weights_for_inference(net.eval(), precision).to(device)
     return net, list(ckpt.get("categories") or DEFAULT_CATEGORIES)
 
@@ -220,8 +225,9 @@ def run_predict(
     """Predict every input image and write its outputs (see the module docstring).
 
     Args:
-        model: a model file or run folder, or an already built detector (put in eval
-            mode on the device; its categories default to one "cell" category).
+        model: a shipped model's name (``"nuclei"``), a model file or run folder
+            (:func:`cupre.shipped.resolve_model`), or an already built detector (put in
+            eval mode on the device; its categories default to one "cell" category).
         inputs: image files, folders and glob patterns.
         out: the output folder (created).
         options: see :class:`PredictOptions`.
@@ -235,7 +241,7 @@ def run_predict(
     """
     options.check()
     # a missing model is reported before anything else
-    model_file = resolve_model_file(model) if isinstance(model, (str, Path)) else None
+    model_file = resolve_model(model) if isinstance(model, (str, Path)) else None
     out = Path(out)
     jobs = plan_jobs(expand_inputs(inputs, exclude=out), channel=options.channel)
     ledger = Ledger(out, {"model": model_identity(model_file or model),

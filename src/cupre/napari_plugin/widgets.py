@@ -1,7 +1,9 @@
 """The plugin's two widgets (magicgui), each running its work in a worker thread.
 
 *Segment cells* runs a model on the selected image layer and adds (or replaces) the
-Labels layer ``<image> masks``; *Fine-tune* trains the model further on an image layer
+Labels layer ``<image> masks``; with its model field empty it runs the model the last
+fine-tuning wrote, else cupre's shipped nuclei model (:mod:`cupre.shipped`; typing
+``nuclei`` names it too); *Fine-tune* trains the model further on an image layer
 and the Labels layer painted or corrected on it (``cupre finetune --from-model``) and
 points *Segment cells* at the model it writes, so predict -> correct -> fine-tune ->
 predict runs inside napari. The work itself is plain cupre
@@ -25,9 +27,27 @@ from napari.viewer import Viewer
 
 from cupre.inference.options import DEFAULTS, DetectionOptions
 from cupre.napari_plugin.features import features_table
+from cupre.shipped import available, is_shipped_name
 
 MODEL_FILTER = "*.safetensors"
 LAST_MODEL: dict[str, Path] = {}  # the model the last fine-tuning wrote, for Segment cells
+SHIPPED_HERE = available()  # the shipped models this install holds: the first is the empty field's
+MODEL_LABEL = f"model file (empty: {SHIPPED_HERE[0]}, shipped)" if SHIPPED_HERE else "model file"
+
+
+def chosen_model(model: Path, *, last: bool = True) -> Path | str:
+    """What a widget's model field names: a model file or run folder, or a shipped model's
+    name typed in (``nuclei``); left empty, the model the last fine-tuning wrote (``last``),
+    else the first shipped model this install holds."""
+    if model not in (Path(), Path(".")):
+        return str(model) if is_shipped_name(str(model)) else model
+    if last and "path" in LAST_MODEL:
+        return LAST_MODEL["path"]
+    if SHIPPED_HERE:
+        return SHIPPED_HERE[0]
+    from cupre.errors import CupreError
+
+    raise CupreError("no model chosen: pick a model file (this install holds no shipped model)")
 
 
 def load_triton_apart() -> None:
@@ -53,7 +73,7 @@ def load_triton_apart() -> None:
         sys.setdlopenflags(flags)
 
 
-def segment_layer(data: np.ndarray, model: Path, options: DetectionOptions = DEFAULTS,
+def segment_layer(data: np.ndarray, model: Path | str, options: DetectionOptions = DEFAULTS,
                   device: str = "auto") -> tuple[np.ndarray, list[dict]]:
     """The label image and object table of one image array (what the widget runs)."""
     from cupre.devices import pick_device, resolve_precision
@@ -76,7 +96,9 @@ def _add_masks(viewer: Viewer, name: str, label: np.ndarray, rows: list[dict]) -
 
 @magic_factory(
     call_button="Segment",
-    model={"label": "model file", "filter": MODEL_FILTER, "tooltip": "model.safetensors (or its run folder)"},
+    model={"label": MODEL_LABEL, "filter": MODEL_FILTER,
+           "tooltip": "model.safetensors (or its run folder), or a shipped model's name (nuclei); empty: the model "
+                      "the last fine-tuning wrote, else cupre's shipped nuclei model"},
     score_threshold={"min": 0.0, "max": 1.0, "step": 0.05,
                      "tooltip": "keep detections scoring above this; 0: the threshold validated with the model"},
     diameter={"min": 0.0, "max": 2000.0, "tooltip": "typical cell diameter in pixels; 0: estimated by the model"},
@@ -87,7 +109,7 @@ def segment_widget(viewer: Viewer, image: Image, model: Path = Path(),
                    tile_size: int = DEFAULTS.tile_size):  # no return annotation: magicgui leaves it be
     """Segment the image layer; adds the Labels layer ``<image> masks`` with its features.
     Returns the started worker (FunctionWorker)."""
-    model = LAST_MODEL.get("path", model) if model in (Path(), Path(".")) else model
+    model = chosen_model(model)
     data = np.asarray(image.data)
     load_triton_apart()
 
@@ -103,7 +125,7 @@ def segment_widget(viewer: Viewer, image: Image, model: Path = Path(),
     return worker
 
 
-def finetune_on_layers(image: np.ndarray, labels: np.ndarray, model: Path, out: Path, *, iterations: int,
+def finetune_on_layers(image: np.ndarray, labels: np.ndarray, model: Path | str, out: Path, *, iterations: int,
                        device: str = "auto") -> Path:
     """Fine-tune ``model`` further on one image and its label image; returns the new
     model file (``out/model.safetensors``)."""
@@ -124,7 +146,9 @@ def finetune_on_layers(image: np.ndarray, labels: np.ndarray, model: Path, out: 
 
 @magic_factory(
     call_button="Fine-tune",
-    model={"label": "model file", "filter": MODEL_FILTER},
+    model={"label": MODEL_LABEL, "filter": MODEL_FILTER,
+           "tooltip": "the model to train further: model.safetensors (or its run folder), or a shipped model's name "
+                      "(nuclei); empty: cupre's shipped nuclei model"},
     out={"label": "new run folder", "mode": "d", "tooltip": "an empty or new folder for the fine-tuned model"},
     iterations={"min": 1, "max": 10000, "tooltip": "training steps (about 1 s each on a laptop CPU)"},
 )
@@ -137,7 +161,7 @@ def finetune_widget(viewer: Viewer, image: Image, labels: Labels, model: Path = 
 
     @thread_worker(progress={"total": 0, "desc": "cupre: fine-tuning"})
     def work():
-        return finetune_on_layers(data, painted, model, out, iterations=iterations)
+        return finetune_on_layers(data, painted, chosen_model(model, last=False), out, iterations=iterations)
 
     def done(path: Path) -> None:
         LAST_MODEL["path"] = path

@@ -27,6 +27,7 @@ from cupre.errors import CupreError, CupreWarning
 from cupre.evaluation.selection import Validation
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
 from cupre.modelfile import MODEL_FILE, load_model_file, write_model_file
+from cupre.shipped import resolve_model
 from cupre.train import distributed, loop
 from cupre.train.checkpoint import seed_everything
 from cupre.train.inits import build_init, continue_model, get_init, product_files
@@ -70,6 +71,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     # everything that can be wrong with the inputs is found before the run folder is made
     if cfg.from_model is None:
         product_files(cfg.init, cfg.pretrain_dir)
+    else:
+        resolve_model(cfg.from_model)  # a missing file, or a shipped model this install lacks
     train = training_images(cfg)
     val, test = held_out(cfg.val, cfg.val_split), held_out(cfg.test, cfg.test_split)
     device = pick_device(cfg.device)

@@ -27,8 +27,9 @@ import torch
 
 from cupre.config import INIT_NAMES, DetectorConfig
 from cupre.errors import CupreError
-from cupre.modelfile import check_state, load_model_file, resolve_model_file
+from cupre.modelfile import check_state, load_model_file
 from cupre.models.loading import build_from_file
+from cupre.shipped import resolve_model
 
 # What `cupre pretrain` writes, by product name, and the setting that asks for it.
 PRODUCTS = {
@@ -140,13 +141,14 @@ def build_init(
 
 
 def continue_model(path: str | Path, overrides: dict[str, Any]) -> tuple[torch.nn.Module, DetectorConfig]:
-    """A trained cell model to fine-tune further (``from_model``): every weight loaded, its
+    """A trained cell model to fine-tune further (``from_model``: a model file, a run folder
+    or a shipped model's name, :func:`cupre.shipped.resolve_model`): every weight loaded, its
     one-class predictors kept (a model of several classes gets them re-initialised).
 
     Raises:
         CupreError: no model file there, or not a cupre model.
     """
-    model, cfg, _ = build_from_file(resolve_model_file(path), overrides=overrides)
+    model, cfg, _ = build_from_file(resolve_model(path), overrides=overrides)
     if cfg.num_classes != 1:
         model.reset_predictors(1)
         cfg.num_classes = 1
