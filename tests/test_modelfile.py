@@ -12,6 +12,7 @@ from cupre.config import DetectorConfig
 from cupre.errors import CupreError
 from cupre.modelfile import (
     convert_legacy,
+    half_storage,
     load_model_file,
     write_model_file,
 )
@@ -44,6 +45,20 @@ def test_round_trip_keeps_tensors_config_categories_and_facts(tmp_path):
     again, loaded_cfg, ckpt = build_from_file(tmp_path / "m.safetensors")
     assert loaded_cfg == cfg and ckpt["categories"] == CELL and ckpt["iteration"] == 7
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_half_storage_halves_the_file_and_loads_as_fp32(tmp_path):
+    model, cfg = tiny()
+    write_model_file(tmp_path / "full.safetensors", model, cfg, CELL)
+    write_model_file(tmp_path / "half.safetensors", half_storage(model.state_dict()), cfg, CELL)
+    full, half = (tmp_path / f"{n}.safetensors" for n in ("full", "half"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    again, _, _ = build_from_file(half)
+    for name, value in again.state_dict().items():
+        want = model.state_dict()[name]
+        assert value.dtype == want.dtype, name  # computed in fp32, whatever the storage
+        if want.dtype == torch.float32:
+            assert torch.equal(value, want.half().float()), name
 
 
 def test_a_model_file_crafted_to_run_code_is_never_executed(tmp_path, capsys):

@@ -65,6 +65,12 @@ def write_model_file(path: str | Path, model: torch.nn.Module | dict[str, torch.
     return Path(path)
 
 
+def half_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its fp32 tensors stored as fp16 (half the file; read back as fp32
+    by :func:`load_model_file`)."""
+    return {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+
+
 def is_pickle(path: Path) -> bool:
     """Whether ``path`` (not a safetensors file) looks like a torch pickle: a zip archive,
     or a raw pickle (protocol 2-5 opcode)."""
@@ -77,7 +83,9 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
     """Read and check a model file.
 
     Args:
-        weights_dtype: None: the tensors are views of the file (mapped, read as used).
+        weights_dtype: None: the tensors are views of the file (mapped, read as used),
+            except fp16 ones (a file stored at half size: :func:`half_storage`), which
+            are converted to fp32: fp16 is how a model is stored, never how it computes.
             A dtype: tensors of two or more dimensions (the weights of convolutions and
             linear layers) are converted to it and the others copied, one at a time, each
             view's pages dropped once read; so loading never holds the whole file
@@ -102,7 +110,7 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
                 view = fh.get_tensor(name)
                 _digest_update(digest, name, view)
                 if weights_dtype is None:
-                    state[name] = view
+                    state[name] = view.float() if view.dtype == torch.float16 else view  # fp16: storage only
                     continue
                 state[name] = view.to(weights_dtype, copy=True) if view.ndim >= 2 else view.clone()
                 mappings = file_mappings(path) if mappings is None else mappings
