@@ -339,7 +339,8 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | N
     out = Path(out)
     check_inputs(cfg)
     cfg = continued(cfg, out, config=config)
-    count_labelled(open_dataset(cfg.labels, class_agnostic=True), cfg.labels, minimum=MIN_LABELLED_IMAGES)  # before anything is written
+    # the labels' usable images are counted (and too few refused) before anything is written
+    count_labelled(open_dataset(cfg.labels, class_agnostic=True), cfg.labels, minimum=MIN_LABELLED_IMAGES)
     Run(out, tensorboard=False).save_config(cfg.to_dict())
     if not cfg.coco:
         write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")
