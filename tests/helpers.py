@@ -61,3 +61,27 @@ def install_shipped_model(monkeypatch, package: Path, **detector) -> Path:
     path = write_tiny_model(package / cupre.shipped.SHIPPED["nuclei"], **detector)
     monkeypatch.setattr(cupre.shipped, "PACKAGE", package)
     return path
+
+
+def deflate_bomb_tiff(path: Path, side: int = 100_000, tile: int = 512) -> Path:
+    """A grey 8-bit TIFF declaring ``side`` x ``side`` px, deflate-compressed in tiles that
+    all point at the same few hundred bytes: about 300 KB claiming 10 GB of pixels (a
+    crafted file, or the header of one cut short)."""
+    import struct
+    import zlib
+
+    data = zlib.compress(bytes(tile * tile), 9)
+    n = (-(-side // tile)) ** 2
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+               (277, 3, 1, 1), (322, 3, 1, tile), (323, 3, 1, tile), (324, 4, n, None), (325, 4, n, None)]
+    ifd = 8
+    tables = ifd + 2 + 12 * len(entries) + 4
+    offsets, counts, tile_at = tables, tables + 4 * n, tables + 8 * n
+    head = struct.pack("<2sHI", b"II", 42, ifd) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {324: offsets, 325: counts}.get(tag, value)
+        head += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3
+                                                          else struct.pack("<I", value))
+    head += struct.pack("<I", 0)
+    path.write_bytes(head + struct.pack(f"<{n}I", *[tile_at] * n) + struct.pack(f"<{n}I", *[len(data)] * n) + data)
+    return path

@@ -6,9 +6,10 @@ the catalogue: case, exit code, seconds, the first line cupre printed on stderr.
 Each case is its own ``python -m cupre.cli ...`` process on files this script makes in
 ``--work`` (a tiny untrained model, a few images, configs). A case passes when the
 command ends within the timeout, prints no traceback, exits with the code the case
-expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning), prints
-no error or warning line over 300 characters (a list of the valid keys aside) and leaves every file outside its ``-o``
-folder as it was. Exit status: 1 if any case fails.
+expects (2: refused; 1: an image skipped, the rest done; 0: done with a warning), says what
+it must say (a case that says nothing of its problem is *silent*), prints no error or
+warning line over 300 characters (a list of the valid keys aside) and leaves every file
+outside its ``-o`` folder as it was. Exit status: 1 if any case fails.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Case:
     args: list[str]
     expect: int = 2
     env: dict | None = None
+    says: str | None = None  # what stderr must hold (else the case is silent)
+    absent: str | None = None  # what stderr must not hold
+    python: tuple[str, ...] = ()  # flags of python itself (-X importtime)
 
 
 def tiny_models(work: Path) -> None:
@@ -158,11 +162,75 @@ def make_inputs(work: Path) -> None:
     (far / "gt_ok.json").write_text(json.dumps({**gt, "annotations": gt["annotations"][:1]}))
     (far / "dt.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": s, "segmentation": [q]}
                                              for s, q in ((0.9, good), (0.8, wild))]))
+    round3_inputs(work)
     layout = work / "unknown_layout"
     layout.mkdir()
     for k in range(2):
         Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(layout / f"img{k}.png")
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(layout / f"img{k}_outline.png")
+
+
+def round3_inputs(work: Path) -> None:
+    """Issue 37's last cases: a TIFF claiming 10 Gpx, a link to the parent folder, a lost
+    OME-Zarr chunk, a 1 px tall image, a copied BBBC038 mask, labels a reader skips."""
+    import tifffile
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, of this checkout
+    from tests.data.test_lazy import write_ome_zarr
+    from tests.helpers import deflate_bomb_tiff
+
+    rng = np.random.default_rng(1)
+    for folder in ("tiff_bomb", "tiff_bomb_labels", "line"):
+        (work / folder).mkdir()
+    deflate_bomb_tiff(work / "tiff_bomb" / "bomb.tif")
+    Image.new("L", (16, 16)).save(work / "tiff_bomb_labels" / "a.png")
+    deflate_bomb_tiff(work / "tiff_bomb_labels" / "a_masks.tif")
+    tifffile.imwrite(work / "line" / "line.tif", (rng.random((1, 100000)) * 255).astype(np.uint8))
+    linked = work / "linked" / "images"  # images/parent -> .. : the walk would take linked/outside.png
+    linked.mkdir(parents=True)
+    Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(linked / "a.png")
+    Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(work / "linked" / "outside.png")
+    (linked / "parent").symlink_to("..", target_is_directory=True)
+    write_ome_zarr(work / "lost_chunk.zarr", (rng.random((128, 128)) * 200 + 20).astype(np.uint8), "yx")
+    (work / "lost_chunk.zarr" / "0" / "c" / "1" / "1").unlink()
+    dup = work / "dup_bbbc038" / "s1"
+    (dup / "images").mkdir(parents=True)
+    (dup / "masks").mkdir()
+    img = np.zeros((32, 32), np.uint8)
+    img[4:10, 4:10] = 200
+    Image.fromarray(img).save(dup / "images" / "s1.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(dup / "masks" / "m1.png")
+    Image.fromarray((img > 0).astype(np.uint8) * 255).save(dup / "masks" / "m1_copy.png")
+    for bad in (4, 2, 1):  # COCO files of 4 images, the annotations of `bad` of them naming no category
+        skipped = work / f"skipped{bad}"
+        skipped.mkdir()
+        images, anns = [], []
+        for k in range(4):
+            cell = np.full((64, 64), 20, np.uint8)
+            cell[8:20, 8:20] = cell[36:50, 30:44] = 200
+            Image.fromarray(cell).save(skipped / f"i{k}.png")
+            images.append({"id": k + 1, "file_name": f"i{k}.png", "height": 64, "width": 64})
+            for j, (x, y, n) in enumerate(((8, 8, 12), (30, 36, 14))):
+                anns.append({"id": 10 * k + j + 1, "image_id": k + 1, "category_id": 7 if k < bad else 1,
+                             "segmentation": [[x, y, x + n, y, x + n, y + n, x, y + n]], "bbox": [x, y, n, n],
+                             "area": n * n, "iscrowd": 0})
+        (skipped / "annotations.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}))
+
+
+def train_run(work: Path) -> None:
+    """A `cupre train` run folder as its first call left it (its resolved config), and the
+    config it was started with beside a changed one."""
+    import yaml
+
+    from cupre.experiments.workflow import load_workflow
+    from cupre.train.run import Run
+
+    (work / "train_started.yaml").write_text(yaml.safe_dump({"finetune": {"optim": {"iterations": 300}}}))
+    (work / "train_changed.yaml").write_text(yaml.safe_dump({"finetune": {"optim": {"iterations": 600}}}))
+    cfg = load_workflow(work / "train_started.yaml", labels=str(work / "skipped1" / "annotations.json"))
+    Run(work / "train_run", tensorboard=False).save_config(cfg.to_dict())
 
 
 def configs(work: Path) -> None:
@@ -374,6 +442,47 @@ def cases(work: Path) -> list[Case]:
     add("synth: --n 10^9", "synth", "cells", "-o", f"{o}/y5", "--n", "1000000000", "--size", "64")
     add("demo: --device cuda without a GPU", "demo", "-o", f"{o}/d1", "--device", "cuda")
     add("unknown subcommand", "segment", imgs)
+    c += round3_cases(work)
+    return c
+
+
+def round3_cases(work: Path) -> list[Case]:
+    """Issue 37's hangs, silent cases and a beginner's labels; each says what it must say."""
+    w, o = str(work), f"{work}/out"
+    m = f"{w}/model.safetensors"
+    ft = ["finetune", "--init", "scratch", "--iterations", "1", "--batch-size", "1", "--device", "cpu"]
+    c = [
+        Case("predict: a deflate TIFF of 300 KB claiming 100,000 x 100,000 px", ["predict", m,
+             f"{w}/tiff_bomb/bomb.tif", "-o", f"{o}/r1"], 1, says="a compression ratio of 32,495:1"),
+        Case("convert: a TIFF claiming 100,000 x 100,000 px as a label image", ["convert", f"{w}/tiff_bomb_labels",
+             "-o", f"{o}/r2.json"], 2, says="declares 100,000 x 100,000 px"),
+        Case("predict: a folder holding a parent -> .. link", ["predict", m, f"{w}/linked/images", "-o", f"{o}/r3"],
+             0, says="not followed (it would walk out of the folder)"),
+        Case("predict: a ** pattern over a parent -> .. link", ["predict", m, f"{w}/linked/images/**/*.png", "-o",
+             f"{o}/r4"], 2, says="'**' would walk out of it"),
+        Case("predict: an OME-Zarr image with a chunk lost", ["predict", m, f"{w}/lost_chunk.zarr", "-o", f"{o}/r6"],
+             0, says="1 of the 4 chunks of its full-resolution level are not stored"),
+        Case("predict: a 1 x 100000 px image", ["predict", m, f"{w}/line/line.tif", "-o", f"{o}/r7"], 1,
+             says="cannot segment this 1 x 100000 px image"),
+        Case("predict: --diameter for a model without object_size", ["predict", m, f"{w}/images/good0.png", "-o",
+             f"{o}/r8", "--diameter", "30"], 0, says="--diameter 30 is not used"),
+        Case("convert: a BBBC038 mask file copied twice", ["convert", f"{w}/dup_bbbc038", "-o", f"{o}/r9.json"], 0,
+             says="the same mask as m1.png (skipped"),
+        Case("convert: a BBBC038 mask file copied twice, --strict", ["convert", f"{w}/dup_bbbc038", "-o",
+             f"{o}/r10.json", "--strict"], 2, says="the same mask as m1.png"),
+        Case("finetune: every annotation skipped by the reader", [*ft, "--train", f"{w}/skipped4/annotations.json",
+             "-o", f"{o}/r11"], 2, says="0 of the 4 annotated images to fine-tune on have an object"),
+        Case("finetune: 2 of 4 images with usable labels", [*ft, "--train", f"{w}/skipped2/annotations.json",
+             "-o", f"{o}/r12"], 2, says="fine-tuning needs at least 3"),
+        Case("train: 2 of 4 images with usable labels", ["train", "--labels", f"{w}/skipped2/annotations.json",
+             "-o", f"{o}/r13"], 2, says="fine-tuning needs at least 3"),
+        Case("train: a changed --config for an existing run folder", ["train", "--config",
+             f"{w}/train_changed.yaml", "--labels", f"{w}/skipped1/annotations.json", "-o", f"{w}/train_run"], 2,
+             says="finetune.optim.iterations is 600, the run in"),
+    ]
+    for argv in (["--help"], ["train", "--help"], ["predict", "--help"], ["finetune", "--help"]):
+        c.append(Case(f"cupre {' '.join(argv)} imports no torch", argv, 0, absent="torch",
+                      python=("-X", "importtime")))
     return c
 
 
@@ -391,8 +500,8 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
     before = fingerprint(work, work / "out")
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "cupre.cli", *case.args], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=work)
+        done = subprocess.run([sys.executable, *case.python, "-m", "cupre.cli", *case.args], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=work)
         code, err = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:
         code, err = None, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
@@ -411,11 +520,16 @@ def run_case(case: Case, work: Path, timeout: float) -> dict:
         problems.append("traceback")
     if any(len(line.split("; valid keys: ")[0]) > LINE for line in said):  # the schema's key list is whole
         problems.append(f"a line over {LINE} characters")
+    if case.says is not None and case.says not in err:
+        problems.append(f"silent (no {case.says!r})")
+    if case.absent is not None and case.absent in err:
+        problems.append(f"said {case.absent!r}")
     if before != after:
         changed = sorted(set(before.items()) ^ set(after.items()))
         problems.append(f"files outside -o changed: {changed[0][0]}")
+    longest = max((len(line.split("; valid keys: ")[0]) for line in said), default=0)
     return {"case": case.name, "exit": code, "seconds": seconds, "first": first, "problems": problems,
-            "stderr": err}
+            "stderr": err, "longest": longest}
 
 
 def main() -> int:
@@ -442,6 +556,7 @@ def main() -> int:
         altered_metadata(work / "model.safetensors", work / "meta_json.safetensors",
                          lambda m: m.update(detector="{oops"))
         (work / "empty_folder").mkdir()
+        train_run(work)
         subprocess.run([sys.executable, "-m", "cupre.cli", "predict", str(work / "model.safetensors"),
                         str(work / "images"), "-o", str(work / "done"), "--device", "cpu"],
                        capture_output=True, check=True)
@@ -458,9 +573,15 @@ def main() -> int:
         print(f"| {k} | {case.name} | {rec['exit']} | {rec['seconds']:.1f} | {first} | "
               f"{'; '.join(rec['problems']) or 'ok'} |", flush=True)
     failed = [r for r in records if r["problems"]]
-    print(f"\n{len(records) - len(failed)} of {len(records)} cases ok; no traceback: "
-          f"{sum('traceback' not in r['problems'] for r in records)}; no hang: "
-          f"{sum('hang' not in r['problems'] for r in records)}")
+
+    def count(word: str) -> int:
+        return sum(any(p.startswith(word) for p in r["problems"]) for r in records)
+
+    longest = max(records, key=lambda r: r["longest"]) if records else None
+    print(f"\n{len(records) - len(failed)} of {len(records)} cases ok; tracebacks: {count('traceback')}; hangs: "
+          f"{count('hang')}; silent: {count('silent')}; files changed outside -o: {count('files outside')}; "
+          f"longest error or warning line: {longest['longest'] if longest else 0} characters"
+          + (f" ({longest['case']})" if longest else ""))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
     return 1 if failed else 0

@@ -33,6 +33,17 @@ def not_regular(path: str | Path) -> str | None:
     return "not a regular file"
 
 
+def link_above(path: str | Path, folder: str | Path) -> bool:
+    """True when ``path`` is a symbolic link to a folder holding ``folder`` (a ``parent ->
+    ..`` link): following it would walk out of ``folder``, into its parent and everything
+    beside it. A link to any other folder is no escape (a folder of links to the real data
+    is a common layout; a link back into ``folder`` is a loop that walks see once)."""
+    if not os.path.islink(path):
+        return False
+    target, top = os.path.realpath(path), os.path.realpath(folder)
+    return top.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def read_json(path: str | Path, *, missing: str = "file not found") -> Any:
     """Parse a JSON file.
 

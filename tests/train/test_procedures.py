@@ -306,8 +306,9 @@ def test_killed_finetune_resumes_with_the_same_losses(domains, pretrained, tmp_p
 
 
 def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, capsys):
+    """(Half of the 8 images: `cupre finetune` asks for 3 with objects, MIN_LABELLED_IMAGES.)"""
     args = ["finetune", "--init", "coco", "--from", str(pretrained), "--train",
-            str(domains / "cells" / "annotations.json"), "--fraction", "0.25", "--iterations", "2",
+            str(domains / "cells" / "annotations.json"), "--fraction", "0.5", "--iterations", "2",
             "--batch-size", "2", "--device", "cpu", "-o", str(tmp_path / "ft")]
     assert cli(args) == 0
     assert "no validation set checked it" in capsys.readouterr().out
@@ -318,7 +319,7 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
 
     # a trained cell model fine-tuned further (predict -> correct -> fine-tune): every weight is its start
     more = ["finetune", "--from-model", str(tmp_path / "ft"), "--train", str(domains / "cells" / "annotations.json"),
-            "--fraction", "0.25", "--iterations", "1", "--lr", "1e-12", "--batch-size", "2", "--device", "cpu"]
+            "--fraction", "0.5", "--iterations", "1", "--lr", "1e-12", "--batch-size", "2", "--device", "cpu"]
     assert cli([*more, "-o", str(tmp_path / "again")]) == 0
     before, after = _state(tmp_path / "ft" / "model.safetensors"), _state(tmp_path / "again" / "model.safetensors")
     assert before.keys() == after.keys()  # one step at lr 1e-12: the start is the trained model, not a fresh one

@@ -4,14 +4,18 @@ Every subcommand is one thin module here, ``cupre.cli.<command>``, exposing
 ``add_arguments(parser)`` and ``main(args)``: it maps the arguments to one ``run_*`` call
 of the library, whose module docstring is the command's description (``DESCRIPTION``).
 Library modules never see argparse. The table below is the whole map; modules are
-imported only when their command runs, so ``cupre --help`` stays fast.
+imported only when their command runs, so ``cupre --help`` stays fast; ``train``,
+``predict`` and ``finetune`` import their library in ``main`` and read its docstring with
+:func:`docstring`, so their ``--help`` does not load torch either.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import errno
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -65,6 +69,13 @@ def plain_text(doc: str | None) -> str | None:
     doc = re.sub(r"``([^`]+)``", r"\1", doc)
     doc = re.sub(r"\*\*([^*]+)\*\*", r"\1", doc)
     return re.sub(r"(\S)::$", r"\1:", re.sub(r"\s+::$", "", doc, flags=re.MULTILINE), flags=re.MULTILINE)
+
+
+def docstring(module: str) -> str | None:
+    """A module's docstring read from its source, without importing it: a command's
+    ``--help`` shows its library module's docstring without loading torch (seconds)."""
+    spec = importlib.util.find_spec(module)
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
 
 
 def os_problem(exc: OSError) -> str:
@@ -167,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     only = first if first in COMMANDS else "__none__"
-    if only in COMPUTE or only == "export":
+    asks_help = any(a in ("-h", "--help") for a in argv)
+    if (only in COMPUTE or only == "export") and not asks_help:  # help needs no torch (cupre.devices imports it)
         from cupre.devices import skip_gpu_compiler
 
         skip_gpu_compiler()  # before the command's module imports torchvision

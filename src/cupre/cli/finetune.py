@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cupre.train.finetune as _lib
+from cupre.cli import docstring
 from cupre.config import INIT_NAMES, FinetuneConfig, load_yaml
 from cupre.errors import CupreError
-from cupre.experiments.selftrain import run_selftrain
 from cupre.runlock import only_lock_in
-from cupre.train import distributed
-from cupre.train.finetune import run_finetune
 
-DESCRIPTION = _lib.__doc__
+DESCRIPTION = docstring("cupre.train.finetune")  # the library is imported by main: --help needs no torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cupre.experiments.selftrain import run_selftrain
+    from cupre.train import distributed
+    from cupre.train.finetune import MIN_LABELLED_IMAGES, run_finetune
+
     out = Path(args.out)
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
@@ -85,13 +86,15 @@ def main(args: argparse.Namespace) -> int:
     if not cfg.train:
         raise CupreError("finetune: --train DATA is required")
     if cfg.unlabeled:
-        model = run_selftrain(cfg, out, out / "selftrain")
+        model = run_selftrain(cfg, out, out / "selftrain", min_labelled=MIN_LABELLED_IMAGES)
         if distributed.is_main():
             print(f"model (after self-training): {model}")
+            print_labels_summary(out)
         return 0
-    last = run_finetune(cfg, out)
+    last = run_finetune(cfg, out, min_labelled=MIN_LABELLED_IMAGES)
     if not distributed.is_main():
         return 0
+    print_labels_summary(out)
     if last:
         print(f"{cfg.init}: AP_bbox {100 * last['bbox']['AP']:.1f}  AP_segm {100 * last['segm']['AP']:.1f} "
               f"(validation-best iteration {last['iteration']} by {cfg.select_by}, {out / 'val_metrics.json'})")
@@ -99,3 +102,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"model (last iteration; no validation set checked it): {out / 'model.safetensors'}")
     return 0
+
+
+def print_labels_summary(out: Path) -> None:
+    from cupre.train.finetune import labels_summary
+
+    said = labels_summary(out)
+    if said:
+        print(f"finetune: {said}")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cupre.inference.predict as _lib
+from cupre.cli import docstring
 from cupre.cli.detection import add_detection_arguments, detection_options
 from cupre.inference.outputs import OPTIONAL, OUTPUTS
-from cupre.inference.predict import PredictOptions, run_predict
 
-DESCRIPTION = _lib.__doc__
+DESCRIPTION = docstring("cupre.inference.predict")  # the library is imported by main: --help needs no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cupre.inference.predict import PredictOptions, run_predict
+
     options = PredictOptions(
         **detection_options(args), batch_size=args.batch_size, device=args.device, channel=args.channel,
         precision=args.precision or "auto", outputs=tuple(name for name in OPTIONAL if getattr(args, name)),

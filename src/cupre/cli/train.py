@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-import cupre.experiments.workflow as _lib
-from cupre.experiments.workflow import load_workflow, preset_path, run_workflow
+from cupre.cli import docstring
 from cupre.shipped import TRAIN_INIT, TRAIN_INITS
 
-DESCRIPTION = _lib.__doc__
+DESCRIPTION = docstring("cupre.experiments.workflow")  # the library is imported by main: --help needs no torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,12 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cupre.experiments.workflow import load_workflow, preset_path, run_workflow
+
     source = args.config or preset_path(args.preset)
     cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
                         init=args.init, seed=args.seed, device=args.device, precision=args.precision,
                         self_train=True if args.self_train else None)
     if args.keep_checkpoints:
         cfg.pretrain.keep_checkpoints = cfg.finetune.keep_checkpoints = True
-    model = run_workflow(cfg, args.out)
+    model = run_workflow(cfg, args.out, config=args.config)
     print(f"your model: {model}  (masks for new images: cupre predict {model} IMAGES... -o OUT)")
     return 0

@@ -14,6 +14,7 @@ numbered 1..N. Folders without ``masks/`` (the stage-1 test set) have no instanc
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -74,8 +75,8 @@ class Bbbc038Dataset(InstanceDataset):
         summary: ``summary.json`` giving each image's imaging kind; by default looked
             for next to ``root`` and inside it (no cell types when absent).
         class_agnostic: accepted for symmetry (there is one category anyway).
-        strict: turn skipped-item warnings (empty or mis-sized masks, folders without
-            an image) into errors.
+        strict: turn skipped-item warnings (empty, mis-sized or duplicated masks,
+            folders without an image) into errors.
         norm: intensity normalisation of the images.
         transforms: optional ``(image, target) -> (image, target)``.
     """
@@ -143,6 +144,7 @@ class Bbbc038Dataset(InstanceDataset):
         files = self.mask_files(index)
         masks = np.zeros((len(files), height, width), dtype=bool)
         keep = np.zeros(len(files), dtype=bool)
+        seen: dict[bytes, Path] = {}  # a mask file copied twice is one nucleus, not two (as the COCO reader)
         for i, path in enumerate(files):
             mask = read_mask_png(path)
             if mask.shape != (height, width):
@@ -150,7 +152,10 @@ class Bbbc038Dataset(InstanceDataset):
                 warn_or_raise(path, problem, strict=self.strict)
             elif not mask.any():
                 warn_or_raise(path, "mask is empty", strict=self.strict)
+            elif (key := hashlib.sha1(np.packbits(mask)).digest()) in seen:
+                warn_or_raise(path, f"the same mask as {seen[key].name}", strict=self.strict)
             else:
+                seen[key] = path
                 masks[i] = mask
                 keep[i] = True
         masks = masks[keep] if not keep.all() else masks

@@ -32,6 +32,55 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 DECOMPRESSION_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
+# A TIFF's header says how many pixels it holds before any is decoded; a few hundred KB can
+# claim 100,000 x 100,000 (tiles left out, or all pointing at one small tile), and the tiled
+# path of `cupre predict` would start 10^10 px of work. Two bounds, checked from the header:
+# - a plane of more than MAX_PLANE_PIXELS (2^34, 17 Gpx: 131,072 x 131,072) is refused: the
+#   largest whole-slide scans (a 40x section, about 150,000 x 100,000 px) stay under it, and a
+#   50,000 x 50,000 slide (2.5 Gpx) is far from it;
+# - from MAX_RATIO_FROM pixels on (8,192 x 8,192: below, decoding is quick whatever the header
+#   says), a file whose declared pixel bytes exceed its own size MAX_RATIO times over is
+#   refused. Deflate cannot pass 1,032:1 on any data, LZW about 1,400:1, PackBits 64:1, and
+#   images with sensor noise compress 2-10:1 (a mostly empty slide a few hundred to one);
+#   only a file whose pixels are almost all one value, or missing, passes 2,000:1.
+MAX_PLANE_PIXELS = 1 << 34
+MAX_RATIO = 2000
+MAX_RATIO_FROM = 1 << 26
+
+
+def check_declared_size(path: Path, shape: tuple[int, ...], axes: str, itemsize: int,
+                        stored: int | None) -> None:
+    """Refuse, from its header alone, an image whose size is implausible (see above).
+
+    Args:
+        shape, axes: of the whole series (every plane), as the header declares it.
+        itemsize: bytes per sample.
+        stored: the file's size in bytes (None: not known, e.g. a Zarr folder).
+
+    Raises:
+        CupreError: one line naming the file, its declared size and the bound it passes.
+    """
+    if "Y" not in axes or "X" not in axes:
+        return  # tiff_planes names this
+    height, width = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+    plane = height * width
+    if plane > MAX_PLANE_PIXELS:
+        raise file_error(path, f"declares a {height:,} x {width:,} px plane, over the {MAX_PLANE_PIXELS:,} px "
+                               "cupre reads (2^34; the largest whole-slide scans are under it); not decoded")
+    declared = int(np.prod(shape, dtype=object)) * itemsize
+    if stored and plane >= MAX_RATIO_FROM and declared > MAX_RATIO * stored:
+        raise file_error(path, f"declares {height:,} x {width:,} px ({declared / 2**30:,.1f} GiB of pixels) in "
+                               f"{stored / 2**20:,.1f} MiB, a compression ratio of {declared / stored:,.0f}:1; real "
+                               f"images stay under {MAX_RATIO:,}:1 (deflate cannot pass 1,032:1): a damaged or "
+                               "crafted file, not decoded")
+
+
+def check_tiff_series(path: Path, series) -> None:
+    """:func:`check_declared_size` for a tifffile series of the file ``path``."""
+    check_declared_size(path, tuple(series.shape), series.axes, np.dtype(series.dtype).itemsize,
+                        path.stat().st_size)
+
+
 def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     """Read one image as a numpy array ``HxW`` or ``HxWxC`` in its stored dtype.
 
@@ -115,7 +164,23 @@ def open_ome_zarr(path: Path):
     except (KeyError, IndexError, TypeError, ValueError, OSError) as exc:
         raise file_error(path, f"not an OME-Zarr image ({exc.__class__.__name__}: {exc})") from None
     names = names or list("tczyx"[-array.ndim:])
-    return array, "".join(n.upper() for n in names)
+    axes = "".join(n.upper() for n in names)
+    check_declared_size(path, tuple(array.shape), axes, array.dtype.itemsize, None)
+    return array, axes
+
+
+def check_zarr_chunks(path: Path, array) -> None:
+    """Warn, naming the image, when chunks of its level 0 are not stored: zarr reads them as
+    the fill value without a word. A chunk holding only the fill value may be left out on
+    purpose (zarr's default), but a copy cut short or a lost file looks the same."""
+    try:
+        stored, total = int(array.nchunks_initialized), int(array.nchunks)
+    except Exception:  # noqa: BLE001 - a store that cannot list its chunks: nothing to say
+        return
+    if stored < total:
+        warnings.warn(f"{path}: {total - stored:,} of the {total:,} chunks of its full-resolution level are not "
+                      f"stored; read as the fill value ({array.fill_value}) (zarr leaves out chunks of only that "
+                      "value, but a copy cut short looks the same: check the image)", CupreWarning, stacklevel=3)
 
 
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:
@@ -127,6 +192,7 @@ def _read_tiff(path: Path, page: int | None) -> np.ndarray:
         if not tif.series:
             raise ValueError("no image data in the TIFF")
         series = tif.series[0]
+        check_tiff_series(path, series)
         try:
             arr = series.asarray()
         except ValueError as exc:
@@ -256,6 +322,7 @@ def plane_layout(path: str | Path) -> PlaneLayout:
     path = Path(path)
     if is_zarr(path):
         array, axes = open_ome_zarr(path)
+        check_zarr_chunks(path, array)  # here, once per file: the tile readers open it again and again
         return _layout(path, axes, tuple(array.shape))
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return PlaneLayout()
@@ -266,6 +333,7 @@ def plane_layout(path: str | Path) -> PlaneLayout:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 axes, shape = series.axes, tuple(series.shape)
+                check_tiff_series(path, series)
         except (OSError, ValueError, IndexError) as exc:
             raise file_error(path, f"cannot read TIFF ({exc}{said_text(said)})") from None
     return _layout(path, axes, shape)

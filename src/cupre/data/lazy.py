@@ -27,6 +27,7 @@ from cupre.data.imageio import (
     IMAGE_AXES,
     TIFF_SUFFIXES,
     Normalization,
+    check_tiff_series,
     intensities,
     is_zarr,
     open_ome_zarr,
@@ -34,7 +35,7 @@ from cupre.data.imageio import (
     plane_index,
     read_image,
 )
-from cupre.errors import file_error
+from cupre.errors import CupreError, file_error
 
 EXACT_PIXELS = 1 << 24  # planes up to 16.8 Mpx (4096 x 4096) get exact percentiles
 WINDOW = 2048  # side of the windows a plane is scanned in
@@ -72,8 +73,12 @@ class LazyImage:
         try:
             self._tif = tifffile.TiffFile(self.path)
             series = self._tif.series[0]
+            check_tiff_series(self.path, series)  # before a window of an implausible plane is read
             self._array = zarr.open(series.aszarr(level=0), mode="r")
             self._set_plane(series.axes, tuple(series.shape))
+        except CupreError:
+            self.close()
+            raise
         except Exception as exc:  # noqa: BLE001 - tifffile and zarr raise many kinds on broken files
             self.close()
             raise file_error(self.path, f"cannot read TIFF ({exc.__class__.__name__}: {exc})") from None

@@ -145,6 +145,11 @@ class InstanceDataset(torch.utils.data.Dataset):
         ``self.source_categories`` (class-agnostic mapping is applied by the caller)."""
         raise NotImplementedError
 
+    def count_objects(self, index: int) -> int:
+        """How many objects (crowd regions aside) image ``index`` has, after the reader's
+        checks skipped what they skip."""
+        return int((~self.read_raw(index).iscrowd).sum())
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         rec = self.records[index]
         arr = self.read_image_array(index)

@@ -9,6 +9,7 @@ Challenge truth). A COCO ``.json`` among the paths stands for the images it list
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,7 +24,8 @@ from cupre.data.imageio import (
     read_image,
 )
 from cupre.data.label_images import MASK_SUFFIXES
-from cupre.errors import CupreError, file_error, warn_or_raise
+from cupre.errors import CupreError, CupreWarning, file_error, warn_or_raise
+from cupre.fileio import link_above
 
 LABEL_FOLDERS = {"masks"}
 LABEL_PREFIXES = ("man_seg", "man_track")
@@ -37,10 +39,15 @@ def is_label_file(path: Path) -> bool:
 
 def walk_images(folder: Path, *, recursive: bool = True) -> list[Path]:
     """Image files (and OME-Zarr image folders) under ``folder`` (sorted), label files and
-    hidden entries skipped."""
+    hidden entries skipped; linked folders are followed, but not a link to a folder that
+    holds ``folder`` (:func:`cupre.fileio.link_above`: a warning says it)."""
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):  # linked folders are walked too (once each)
         real = os.path.realpath(root)
+        for name in [d for d in dirs if link_above(Path(root) / d, folder)]:
+            dirs.remove(name)
+            warnings.warn(f"{Path(root) / name}: a link to {os.path.realpath(Path(root) / name)}, which holds "
+                          f"{folder}; not followed (it would walk out of the folder)", CupreWarning, stacklevel=2)
         zarrs = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")]  # OME-Zarr images
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in zarrs] \
             if recursive and real not in seen else []

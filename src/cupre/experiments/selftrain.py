@@ -58,14 +58,15 @@ from cupre.train.pseudo import Thresholds, counts, pseudo_label, write_pseudo_la
 from cupre.train.run import Run
 
 
-def run_selftrain(cfg: FinetuneConfig, teacher_dir: str | Path, out: str | Path) -> Path:
+def run_selftrain(cfg: FinetuneConfig, teacher_dir: str | Path, out: str | Path, *, min_labelled: int = 1) -> Path:
     """Fine-tune into ``teacher_dir`` (kept as it is when finished), then self-train into
     ``out`` (see the module docstring). ``out`` ends as a run folder of its own, holding
     the final model's ``model.safetensors``, ``val_metrics.json`` and predictions (the last
     kept student's, or the fine-tuned model's when no round was kept) and ``summary.json``.
-    Returns ``out``'s model file; without unlabeled images or rounds, the fine-tuned one."""
+    Returns ``out``'s model file; without unlabeled images or rounds, the fine-tuned one.
+    ``min_labelled``: of :func:`cupre.train.finetune.run_finetune`, for the fine-tuning."""
     teacher_dir, out = Path(teacher_dir), Path(out)
-    teacher = run_finetune(cfg, teacher_dir)
+    teacher = run_finetune(cfg, teacher_dir, min_labelled=min_labelled)
     st = cfg.self_train
     if not cfg.unlabeled or st.rounds == 0:
         return teacher_dir / MODEL_FILE

@@ -307,12 +307,21 @@ def self_train_plan(cfg: WorkflowConfig, plan: dict[str, float], *, has_val: boo
 INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "init", "seed")
 
 
-def continued(cfg: WorkflowConfig, out: Path) -> WorkflowConfig:
+# What a call may change when it continues a run: where and how it computes, and the flags
+# of the command line that are no settings of the run.
+CALL_KEYS = ("device", "precision", "self_train", "pretrain.keep_checkpoints", "finetune.keep_checkpoints")
+
+
+def continued(cfg: WorkflowConfig, out: Path, *, config: str | Path | None = None) -> WorkflowConfig:
     """``cfg``, or for a folder holding a run the saved config with this call's device and
     precision: a stopped run continues as it started (even if the preset has changed since).
 
+    Args:
+        config: the ``--config`` file ``cfg`` was read from, if one was given: then it
+            must hold the settings the run started with.
+
     Raises:
-        CupreError: the folder holds a run on other inputs.
+        CupreError: the folder holds a run on other inputs, or ``config`` changes a setting.
     """
     saved = out / "config.yaml"
     if not saved.is_file():
@@ -322,21 +331,51 @@ def continued(cfg: WorkflowConfig, out: Path) -> WorkflowConfig:
     if changed:
         raise CupreError(f"{out}: holds a run on other {', '.join(changed)} ({saved}); continue it with the same "
                          "inputs, or use another -o")
+    settings = [k for k in changed_keys(before.to_dict(), cfg.to_dict()) if k not in CALL_KEYS]
+    if config is not None and settings:
+        was, now = (flat(c.to_dict())[settings[0]] for c in (before, cfg))
+        more = f" and {len(settings) - 1} more" if len(settings) > 1 else ""
+        raise CupreError(f"{config}: {settings[0]} is {now!r}, the run in {out} started with {was!r}{more}; a "
+                         "run continues as it started: give its --config (or none), or use another -o")
     return before.replace(device=cfg.device, precision=cfg.precision)
 
 
-def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
-    """Run (or continue) the whole path into ``out``; returns the model file."""
+def flat(data: dict, prefix: str = "") -> dict:
+    """A nested config dict as ``{"finetune.optim.lr": value, ...}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(before: dict, after: dict) -> list[str]:
+    """The dotted keys whose values differ between two config dicts, in order."""
+    a, b = flat(before), flat(after)
+    return [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | None = None) -> Path:
+    """Run (or continue) the whole path into ``out``; returns the model file.
+
+    ``config``: the ``--config`` file ``cfg`` was read from (a run continues only with the
+    settings it started with: :func:`continued`)."""
+    from cupre.data.formats import open_dataset
     from cupre.data.unlabeled import UnlabeledImages
     from cupre.experiments.selftrain import run_selftrain
     from cupre.inference.ledger import FOLDER as LEDGER
     from cupre.inference.predict import PredictOptions, run_predict
     from cupre.train.pretrain import run_pretrain
+    from cupre.train.finetune import MIN_LABELLED_IMAGES, count_labelled, labels_summary
     from cupre.train.run import Run
 
     out = Path(out)
     check_inputs(cfg)
-    cfg = continued(cfg, out)
+    cfg = continued(cfg, out, config=config)
+    # the labels' usable images are counted (and too few refused) before anything is written
+    count_labelled(open_dataset(cfg.labels, class_agnostic=True), cfg.labels, minimum=MIN_LABELLED_IMAGES)
     Run(out, tensorboard=False).save_config(cfg.to_dict())
     if pretrains(cfg) and not cfg.coco:
         write_synthetic_data("objects", cfg.synthetic_objects, out / "data" / "objects")
@@ -391,8 +430,11 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path) -> Path:
     finetune_dir = out / "finetune"
     if (finetune_dir / "state.pt").is_file() and not (finetune_dir / "val_metrics.json").is_file():
         print("train: continuing the stopped fine-tuning from its last checkpoint")
-    model_file = run_selftrain(ft, finetune_dir, finetune_dir / "selftrain")  # resumes from state.pt; finished runs are kept as they are
-    print(f"train: model {model_file} after {format_minutes(time.time() - started)}", flush=True)
+    model_file = run_selftrain(ft, finetune_dir, finetune_dir / "selftrain",  # resumes from state.pt; finished
+                               min_labelled=MIN_LABELLED_IMAGES)  # runs are kept as they are
+    said = labels_summary(finetune_dir)
+    print(f"train: model {model_file} after {format_minutes(time.time() - started)}"
+          + (f"; {said}" if said else ""), flush=True)
     masks = out / "masks"
     if cfg.predict and cfg.unlabeled and not (masks / "images.json").is_file():
         options = PredictOptions(device=cfg.device, precision=cfg.precision,

@@ -4,6 +4,7 @@ page), their output paths, and the check that nothing existing is overwritten.""
 from __future__ import annotations
 
 import glob
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from cupre.data.imageio import IMAGE_SUFFIXES, is_zarr, plane_layout
 from cupre.data.unlabeled import is_label_file, walk_images
 from cupre.errors import CupreError, CupreWarning, file_error
+from cupre.fileio import link_above
 from cupre.inference.outputs import chosen
 
 RUN_FILES = ("results_coco.json", "images.json")
@@ -59,6 +61,7 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
         elif path.is_file():
             found.setdefault(path, path.stem)
         elif _has_magic(str(item)):
+            check_recursive_pattern(str(item))
             matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
             matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES
                        and not is_label_file(m) and not _under(m, exclude)]
@@ -79,6 +82,25 @@ def expand_inputs(inputs: list[str | Path], *, exclude: Path | None = None) -> l
                              "predict them in separate runs")
         by_name[name] = f
     return sorted(found.items())
+
+
+def check_recursive_pattern(pattern: str) -> None:
+    """Refuse a ``**`` pattern whose fixed folder holds a link to a folder above it: glob
+    follows every link, so ``**`` would walk out of the folder into its parent (and again,
+    as deep as the system lets links nest). Patterns without ``**`` look one level deep.
+
+    Raises:
+        CupreError: the link, and what to do instead.
+    """
+    if "**" not in pattern:
+        return
+    parts = Path(pattern).parts
+    base = Path(*parts[: next(k for k, part in enumerate(parts) if _has_magic(part))] or ".")
+    for root, dirs, _ in os.walk(base):  # links are not followed here: this looks within base only
+        for name in dirs:
+            if link_above(Path(root) / name, base):
+                raise file_error(Path(root) / name, f"a link to a folder holding {base}: '**' would walk out of it "
+                                 "(give the folder, not a pattern: its walk skips such links)")
 
 
 def _under(path: Path, folder: Path | None) -> bool:

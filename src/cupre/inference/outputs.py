@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import numpy as np
 
-from cupre.detect.objects import Objects
 from cupre.errors import CupreError
 from cupre.inference import omezarr, writers
+
+if TYPE_CHECKING:  # for annotations: torch is not imported for the flags of --help
+    from cupre.detect.objects import Objects
 
 
 class Predicted(Protocol):

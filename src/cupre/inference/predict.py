@@ -145,6 +145,19 @@ def _read(job: Job) -> tuple[np.ndarray, torch.Tensor]:
         raise CupreError(problem_line(job.file, exc)) from None
 
 
+# The shortest side an image may have. A cell and the background around it need more than a
+# few pixels, and the detector's smallest anchors are 4-8 px: an image 1 px tall (a line scan, a
+# header that swapped its axes) holds no whole cell, and would be predicted empty without a word.
+MIN_SIDE = 8
+
+
+def check_side(job: Job, height: int, width: int) -> None:
+    """Refuse (this image, not the run) a plane with a side under :data:`MIN_SIDE` px."""
+    if min(height, width) < MIN_SIDE:
+        raise CupreError(f"{job.file}: the model cannot segment this {height} x {width} px image (a side under "
+                         f"{MIN_SIDE} px holds no whole cell; give images of cells, cropped or resized)")
+
+
 def write_image_outputs(paths: dict[str, Path], objs, raw: np.ndarray, image: torch.Tensor, job: Job,
                         categories: list[dict]) -> tuple[list[dict], int]:
     """All per-image files of one prediction (:func:`cupre.inference.outputs.write_all`);
@@ -263,6 +276,11 @@ def run_predict(
             net.eval().to(device)
     cats = categories or cats
     options = options.for_model(net)
+    if options.diameter is not None and getattr(net, "object_size", None) is None:
+        warnings.warn(f"{model_file or 'the model'}: --diameter {options.diameter:g} is not used: this model has "
+                      "no object_size (it was trained at its images' own pixels), so images are predicted as they "
+                      "are; resize them so cells measure what they did in its training images", CupreWarning,
+                      stacklevel=2)
     done = ledger.start(resume=options.resume)
     todo = [job for job in jobs if job.image_id not in done]
     if done:
@@ -342,6 +360,7 @@ def predict_large(job: Job, map_tasks, *, object_size: float | None, out: Path, 
     """Predict and write one large image tile by tile (:mod:`cupre.inference.slides`);
     ``map_tasks`` runs the tile tasks (here or on the cluster)."""
     try:
+        check_side(job, *(job.size or image_size(job.file, job.page)))
         slide = Slide.open(job.file, job.page)
         objs, factor = predict_slide(slide, map_tasks=map_tasks, object_size=object_size,
                                      diameter=options.diameter, tile_size=options.tile_size,
@@ -377,7 +396,9 @@ def predict_batch(net, jobs: list[Job], *, out: Path, categories: list[dict], op
     records, loaded = [], []
     for job in jobs:
         try:
-            loaded.append((job, *_read(job)))
+            raw, image = _read(job)
+            check_side(job, *image.shape[-2:])
+            loaded.append((job, raw, image))
         except CupreError as exc:
             records.append((job.image_id, [], _image_entry(job, None, 0, str(exc))))
     try:

@@ -14,7 +14,7 @@ import csv
 import json
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import numpy as np
 import roifile
@@ -22,8 +22,10 @@ import tifffile
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from cupre.detect.objects import Objects
 from cupre.fileio import atomic_path
+
+if TYPE_CHECKING:  # for annotations: torch is not imported for the flags of --help
+    from cupre.detect.objects import Objects
 
 CSV_COLUMNS = ("id", "score", "area", "centroid_y", "centroid_x", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
                "mean_intensity", "category")

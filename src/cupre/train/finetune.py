@@ -56,12 +56,53 @@ def training_images(cfg: FinetuneConfig):
     return dataset.subset(choose_images(cfg, dataset))
 
 
-def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
+# What `cupre train` and `cupre finetune` ask of a user's labels: three images with objects
+# (the library itself, its tests and the napari widget's corrections, asks for one).
+MIN_LABELLED_IMAGES = 3
+
+
+def count_labelled(train, source: str | Path, *, minimum: int = 1) -> dict[str, int]:
+    """How many of the images ``train`` (read from ``source``) have an object to learn from,
+    said when fewer than were given (an image whose every annotation a reader skipped
+    trains as background).
+
+    Raises:
+        CupreError: fewer than ``minimum`` such images.
+    """
+    counts = [train.count_objects(k) for k in range(len(train))]
+    given, usable = len(counts), sum(n > 0 for n in counts)
+    if usable < minimum:
+        raise CupreError(f"{source}: {usable} of the {given} annotated images to fine-tune on have an object to "
+                         f"learn from (the rest have none, or the readers skipped all of theirs: see the warnings "
+                         f"above); fine-tuning needs at least {minimum}")
+    if usable < given and distributed.is_main():
+        empty = next(train.records[k].file for k, n in enumerate(counts) if n == 0)
+        print(f"finetune: {labels_said(given, usable)} (first without: {empty}); the others train as background "
+              "only", flush=True)
+    return {"given": given, "usable": usable}
+
+
+def labels_said(given: int, usable: int) -> str:
+    return f"only {usable} of the {given} annotated images have an object to learn from"
+
+
+def labels_summary(run_dir: str | Path) -> str | None:
+    """The fine-tuning run's 'fewer usable labels than given' line, for a final summary."""
+    path = Path(run_dir) / "val_metrics.json"
+    labels = json.loads(path.read_text()).get("labels") if path.is_file() else None
+    if not labels or labels["usable"] >= labels["given"]:
+        return None
+    return f"trained on {labels['usable']} of the {labels['given']} annotated images given ({labels_said(**labels)})"
+
+
+def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, min_labelled: int = 1) -> dict:
     """Fine-tune, evaluate, and write ``model.safetensors``, ``split.json``, ``val_metrics.json``.
 
     ``model.safetensors`` is the validation-best model (by ``cfg.select_by``, the earliest
     evaluation on ties), saved when it is found; without a validation set it is the
     last iterate. ``state.pt`` holds the last state, for ``--resume`` only.
+    ``min_labelled``: refuse (before the run folder is made) when fewer training images
+    have an object (:func:`count_labelled`).
     Returns the chosen evaluation (empty without a validation set).
     """
     started = time.perf_counter()
@@ -74,6 +115,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     else:
         resolve_model(cfg.from_model)  # a missing file, or a shipped model this install lacks
     train = training_images(cfg)
+    labels = count_labelled(train, cfg.train, minimum=min_labelled)
     val, test = held_out(cfg.val, cfg.val_split), held_out(cfg.test, cfg.test_split)
     device = pick_device(cfg.device)
     distributed.init(device)
@@ -114,7 +156,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path) -> dict:
     seconds = {"total": time.perf_counter() - started, **validation.seconds}  # this process's share
     seconds["training"] = seconds["total"] - sum(validation.seconds.values())
     run.save_json({"history": validation.history, "best": best, "select_by": cfg.select_by, "drift": drift,
-                   "last": validation.history[-1] if validation.history else {}, "seconds": seconds},
+                   "last": validation.history[-1] if validation.history else {}, "seconds": seconds,
+                   "labels": labels},
                   "val_metrics.json")
     ctx.finish()
     run.close()
