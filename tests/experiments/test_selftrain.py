@@ -64,9 +64,9 @@ def test_the_student_trains_on_labels_and_pseudo_labels(cells, tmp_path, monkeyp
     seen = []
     real = selftrain.run_finetune
 
-    def spy(cfg, out):
+    def spy(cfg, out, **kwargs):
         seen.append(cfg.pseudo_labels)
-        return real(cfg, out)
+        return real(cfg, out, **kwargs)
 
     monkeypatch.setattr(selftrain, "run_finetune", spy)
     selftrain.run_selftrain(config(cells), tmp_path, tmp_path / "selftrain")
