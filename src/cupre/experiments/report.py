@@ -2,11 +2,12 @@
 
 The page holds everything in one file (figures embedded as PNG data), so it can be
 mailed or opened from any folder. Its sections: the machine and settings the figures
-came from, the table as ``table2.md`` has it, the overlays of held-out images per method
-(and the other figures that have something to show), and where the time went: each
-pre-training run and each fine-tuning cell (training, validation, test). Times come from
-``OUT/timing.json`` (pre-training, written by the runner) and each cell's
-``val_metrics.json``.
+came from, a summary in words where the caller gives one (the demo's, with the overlays
+of held-out images right after it), the table as ``table2.md`` has it, the overlays per
+method at full size (and the other figures that have something to show), and where the
+time went: each pre-training run and each fine-tuning cell (training, validation, test),
+then the run's wall time. Times come from ``OUT/timing.json`` (pre-training, written by
+the runner) and each cell's ``val_metrics.json``.
 """
 
 from __future__ import annotations
