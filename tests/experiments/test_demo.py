@@ -4,6 +4,7 @@ and the shipped pretrain config."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -42,14 +43,19 @@ def test_the_real_nuclei_demo_scores_held_out_images_and_writes_its_report(tmp_p
     nuclei (5 annotated, 3 validation, 9 test images); MoCo sees the annotated and
     unlabeled images only; the report holds the table and the overlays."""
     import base64
-    import re
 
     import cupre.experiments.demo as demo
+    import cupre.shipped
     from cupre.cli import main
 
     shipped = demo.demo_config
     monkeypatch.setattr(demo, "demo_config", lambda **kw: tiny(shipped(**kw)))
+    monkeypatch.setattr(cupre.shipped, "PACKAGE", tmp_path / "no-models")  # an install without the nuclei model
     assert main(["demo", "-o", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cupre's nuclei model, no training: skipped, the model is not in this install") == 1
+
+    assert "nuclei (shipped)" not in (tmp_path / "table2.md").read_text()
     table = (tmp_path / "table2.md").read_text()
     assert "test part = a separate set" in table and all(f"| {m} " in table for m in ("scratch", "coco", "cupre"))
     assert json.loads((tmp_path / "splits" / "f1-s0.json").read_text())["image_ids"] == [1, 2, 3, 4, 5]
@@ -61,7 +67,7 @@ def test_the_real_nuclei_demo_scores_held_out_images_and_writes_its_report(tmp_p
     assert "Where the time went" in page and "pre-training (pretrain)" in page and "cupre f1 s0: training" in page
     [png] = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)  # the overlays; one point: no curve
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "report.html" in capsys.readouterr().out
+    assert "report.html" in out and "What the demo found" in out and "wall clock" in out
     assert not list(tmp_path.rglob("state.pt"))  # finished parts keep their models, not their training states
 
 
@@ -71,7 +77,10 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     for method in ("scratch", "coco", "cupre"):
         assert (tmp_path / "cells" / method / "f0.1" / "s0" / "model.safetensors").is_file()
     assert (tmp_path / "table2.md").read_text().strip() == table.strip()
-    assert table.strip() in capsys.readouterr().out
+    out = capsys.readouterr().out  # the summary, not the paper's table: the figures of each row, in words
+    assert re.search(r"AP x100 on \d+ validation images \(no test part\)", out) and "SYNTHETIC" in out
+    assert all(re.search(rf"\| {m}: \d+ labels", out) for m in ("scratch", "coco", "cupre"))
+    assert "cupre's nuclei model" not in out.split("What the demo found")[1]  # no shipped model scored here
     for part in ("warmup/model.safetensors", "coco/model.safetensors", "amt2/model.safetensors"):
         assert (tmp_path / "pretrain" / part).is_file()
     assert (tmp_path / "data" / "cells" / "annotations.json").is_file()
@@ -107,3 +116,45 @@ def test_shipped_pretrain_config_parses():
     cfg = PretrainConfig.from_dict(resolve_paths(load_yaml(path), path.parent))
     assert cfg.coco[0].endswith("instances_train2017.json") and Path(cfg.coco[0]).is_absolute()
     assert cfg.amt2.rounds == 2 and cfg.detector.backbone == "resnet18"
+
+
+def test_the_demo_scores_the_shipped_model_first_and_says_what_each_row_is(tmp_path, capsys, monkeypatch):
+    """With a nuclei model in the install (a tiny stand-in), the demo scores it on the held-out
+    images before anything trains; it is the first row of the table, of the summary and of
+    the overlays, and the summary says what each row is, what AP means, the caveat, where the
+    models are, the next commands and the wall time."""
+    from PIL import Image
+
+    from cupre.experiments.config import OverlayConfig
+    from tests.helpers import install_shipped_model
+
+    install_shipped_model(monkeypatch, tmp_path / "package")
+    cfg = tiny(demo_config(device="cpu"))
+    out = tmp_path / "demo"
+    run_demo(out, cfg=cfg)
+    printed = capsys.readouterr().out
+    scored = printed.index("cupre's nuclei model, no training: test AP_bbox")
+    assert scored < printed.index("experiment: pre-training pretrain done") < printed.index("What the demo found")
+    summary = printed[printed.index("## What the demo found"):]
+    table = [line for line in summary.splitlines() if line.startswith("| ") and "AP_bbox" not in line]
+    assert [line.split("|")[1].strip() for line in table] == [
+        "cupre's nuclei model, no training", "scratch: 5 labels, random start",
+        "coco: 5 labels, from the object warm-up", "cupre: 5 labels, from CUPre pre-training"]
+    assert "AP x100 on 9 held-out test images" in summary and "What AP means" in summary
+    assert "differences of a few AP" in summary and "cupre predict IMAGES -o OUT" in summary
+    assert "cupre train --labels" in summary and str(out / "cells" / "cupre" / "f1" / "s0") in summary
+    assert re.search(r"This run took \d+ (s|min)", summary)
+    t2 = (out / "table2.md").read_text()
+    assert t2.index("| nuclei (shipped) |") < t2.index("| scratch |")
+    metrics = json.loads((out / "shipped" / "nuclei" / "val_metrics.json").read_text())
+    assert metrics["best"]["iteration"] == 0 and "test" in metrics["best"] and metrics["shipped"]
+    assert (out / "shipped" / "nuclei" / "predictions_test.json").is_file()
+    assert not (out / "shipped" / "nuclei" / "model.safetensors").exists()  # the package's own file is scored
+    with Image.open(out / "figures" / "fig8_overlays.png") as im:  # ground truth, shipped, three methods
+        assert im.width == 5 * OverlayConfig().panel_size
+    page = (out / "report.html").read_text()
+    assert page.index("What the demo found") < page.index("fig8") < page.index("The full tables")
+    assert "wall time of this run" in page and "nuclei (shipped): val" in page
+    # a second run scores nothing again
+    run_demo(out, cfg=cfg)
+    assert "cupre's nuclei model, no training: scored before" in capsys.readouterr().out

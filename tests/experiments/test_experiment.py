@@ -15,7 +15,7 @@ from PIL import Image
 from cupre.cli import main as cli_main
 from cupre.data.synthetic import write_synthetic
 from cupre.errors import CupreError
-from cupre.experiments.config import ExperimentConfig, load_experiment
+from cupre.experiments.config import ExperimentConfig, OverlayConfig, load_experiment
 from cupre.experiments.grid import pretrain_config
 from cupre.experiments.overlays import choose_images, outline
 from cupre.experiments.table import format_table2, select_best
@@ -127,7 +127,7 @@ def test_figures_are_pngs(grid):
             im.load()
             assert im.format == "PNG" and im.width > 100 and im.height > 100
     with Image.open(out / "figures" / "fig8_overlays.png") as im:
-        assert im.width == 3 * 320  # ground truth + two methods
+        assert im.width == 3 * OverlayConfig().panel_size  # ground truth + two methods
 
 
 def test_rerun_skips_finished_cells(grid):

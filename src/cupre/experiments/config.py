@@ -25,6 +25,7 @@ from cupre.config import (
 )
 from cupre.errors import CupreError
 from cupre.inference.options import FALLBACK_SCORE_THRESHOLD
+from cupre.shipped import SHIPPED
 from cupre.train.inits import INITS
 
 SELF_TRAIN = "+st"  # method suffix: the method's cell, then self-training on the train part's unlabeled images
@@ -74,6 +75,7 @@ class OverlayConfig(ConfigBase):
     images: NonNegative = 4
     methods: list[str] = Field(default_factory=lambda: ["scratch", "coco", "cupre"])
     score_threshold: Fraction = FALLBACK_SCORE_THRESHOLD  # drawn: scoring above it
+    panel_size: Count = 480  # px, each panel's side: a 256 px image shown about twice its size
 
 
 class ExperimentConfig(ConfigBase):
@@ -86,6 +88,8 @@ class ExperimentConfig(ConfigBase):
     fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = Field(default_factory=lambda: list(INITS))  # initialisations, each optionally `+st`
+    shipped: list[str] = Field(default_factory=list)  # models shipped with cupre (cupre.shipped), scored as they
+    # are on validation and test before anything trains: the table's first rows (skipped where not installed)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)  # shared by every cell
     eval_every: Count = 500  # validation every this many fine-tuning iterations (and at the end)
     select_by: Literal["segm_AP", "bbox_AP"] = "segm_AP"  # validation figure that picks each seed's iteration
@@ -165,6 +169,10 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
     if unknown:
         raise bad(f"methods: {unknown[0]!r} is not one of {', '.join(INITS)} (each optionally with {SELF_TRAIN}: "
                   "self-training after it)")
+    unknown = [m for m in cfg.shipped if m not in SHIPPED]
+    if unknown or len(set(cfg.shipped)) != len(cfg.shipped):
+        raise bad(f"shipped: {(unknown or cfg.shipped)[0]!r}: list distinct models shipped with cupre "
+                  f"({', '.join(SHIPPED)})")
     if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
         raise bad(f"`methods` must list distinct initialisations from {', '.join(INITS)}")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):

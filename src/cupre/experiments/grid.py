@@ -154,28 +154,44 @@ def write_split(path: Path, content: dict, *, write: bool) -> None:
         write_text_atomic(path, json.dumps(content, indent=1))
 
 
+def target_parts(d: DataConfig, records: list) -> dict[str, list[int]]:
+    """The seeded partition of ``d``'s labeled images: ``{part: sorted image ids}`` for
+    train, val (and test) as ``d.partition`` names them; with ``test_groups``, those whole
+    acquisitions are the test part and the rest is partitioned. The one rule every run of a
+    config (and tools/make_demo_nuclei.py, which draws the demo's held-out images from the
+    CPU recipe's test part) reads its parts by.
+
+    Args:
+        d: the dataset's config.
+        records: its images (``open_dataset(d.labeled).records``).
+    """
+    from cupre.data.splits import partition
+
+    names = PART_NAMES[: len(d.partition)]
+    if not d.test_groups:
+        return partition(records, d.partition, seed=d.partition_seed, names=names)
+    # whole acquisitions are the test part; the rest is partitioned into train, val
+    groups = {r.image_id: image_group(r) for r in records}
+    missing = sorted(set(d.test_groups) - set(groups.values()))
+    if missing:
+        raise CupreError(f"data {dataset_name(d)}: test group {missing[0]} has no image; groups: "
+                         f"{', '.join(sorted(set(groups.values())))}")
+    parts = partition([r for r in records if groups[r.image_id] not in d.test_groups], d.partition,
+                      seed=d.partition_seed, names=names)
+    parts["test"] = sorted(i for i, g in groups.items() if g in d.test_groups)
+    return parts
+
+
 def prepare_target(cfg: ExperimentConfig, d: DataConfig, out: Path, *, single: bool, write: bool) -> Target:
     """Partition the labeled dataset and draw every few-shot split (files written once)."""
     from cupre.data.formats import open_dataset
-    from cupre.data.splits import fewshot_split, partition
+    from cupre.data.splits import fewshot_split
 
     name = dataset_name(d)
     level = () if single else (name,)
     split_dir = out.joinpath("splits", *level)
     records = open_dataset(d.labeled, class_agnostic=True).records
-    names = PART_NAMES[: len(d.partition)]
-    if d.test_groups:  # whole acquisitions are the test part; the rest is partitioned into train, val
-        groups = {r.image_id: image_group(r) for r in records}
-        missing = sorted(set(d.test_groups) - set(groups.values()))
-        if missing:
-            raise CupreError(f"data {name}: test group {missing[0]} has no image; groups: "
-                             f"{', '.join(sorted(set(groups.values())))}")
-        test_ids = sorted(i for i, g in groups.items() if g in d.test_groups)
-        parts = partition([r for r in records if groups[r.image_id] not in d.test_groups], d.partition,
-                          seed=d.partition_seed, names=names)
-        parts["test"] = test_ids
-    else:
-        parts = partition(records, d.partition, seed=d.partition_seed, names=names)
+    parts = target_parts(d, records)
     for part, ids in parts.items():
         write_split(split_dir / f"{part}.json", {"dataset": d.labeled, "part": part, "partition": list(d.partition),
                                                  "seed": d.partition_seed, "image_ids": ids}, write=write)

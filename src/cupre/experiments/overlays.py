@@ -6,7 +6,9 @@ cell's ``predictions_test.json`` (the kept model on the test part) or, without a
 part, ``predictions_val.json``. Images are chosen round-robin over cell types, so each
 imaging kind shows up before any repeats. Every image is scaled to the panel (small ones
 enlarged) before its outlines are drawn, so an outline is one sharp pixel line at any
-image size, and nothing is filled over the cells.
+image size, and nothing is filled over the cells. The experiment's panels are 480 px
+(``overlays.panel_size``), so a 256 px image shows each nucleus about twice as large as
+it is: large enough to judge a mask's outline, not only to count them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
@@ -28,7 +30,8 @@ from cupre.masks import segmentation_to_rle
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 255)
 UNSURE_COLOR = (255, 200, 0)
-LABEL_HEIGHT = 16
+LABEL_HEIGHT = 22
+LABEL_FONT_SIZE = 16
 
 
 def spread(items: list) -> list:
@@ -122,12 +125,19 @@ def _panel(image: np.ndarray, title: str, size: int) -> Image.Image:
     pic = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     panel = Image.new("RGB", (size, size + LABEL_HEIGHT), (255, 255, 255))
     panel.paste(pic, (0, LABEL_HEIGHT))
-    ImageDraw.Draw(panel).text((2, 2), title, fill=(0, 0, 0))
+    ImageDraw.Draw(panel).text((3, 2), title, fill=(0, 0, 0), font=_font())
     return panel
 
 
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=LABEL_FONT_SIZE)
+    except TypeError:  # Pillow < 10.1: the small bitmap font only
+        return ImageFont.load_default()
+
+
 def render_overlays(data: str | Path, split: str | Path | None, predictions: dict[str, Path], path: Path, *,
-                    n_images: int = 4, score_threshold: float = DEFAULTS.score_threshold, panel_size: int = 320) -> Path:
+                    panel_size: int, n_images: int = 4, score_threshold: float = DEFAULTS.score_threshold) -> Path:
     """Write the Fig. 8 grid for ``n_images`` held-out images.
 
     Args:

@@ -4,7 +4,8 @@ On a CPU, small models use their threads poorly: two R18 fine-tuning runs on one
 each make about 1.35x the steps per second of one run on two threads (2-core machine,
 bf16). Each cell runs in a process of its own (``run_finetune``), so its results do not
 depend on what ran beside it, beyond float rounding from the thread count. Progress bars
-are off in those processes; the runner prints a line per finished cell.
+are off in those processes; the runner prints a line per finished cell, and a
+progress line now and then from the cells' ``metrics.csv`` (:mod:`cupre.experiments.progress`).
 
 A failing cell stops the grid: the cells still running are stopped too (like an
 interrupt, they resume from their last checkpoint when the command runs again).
@@ -22,6 +23,7 @@ from cupre.errors import CupreError
 
 # What each cell process needs, imported once by the fork server its processes start from.
 CELL_MODULES = ["cupre.experiments.parallel", "cupre.train.finetune", "cupre.experiments.selftrain"]
+TICK_SECONDS = 5.0  # how often the waiting process looks at the cells' progress
 
 
 def run_cell(cfg, folder: Path, teacher: Path | None) -> None:
@@ -79,10 +81,12 @@ def _context(on_cpu: bool):
 
 
 def run_cells(jobs: list[tuple[object, object, Path, Path | None]], *, parallel: int, threads: int,
-              on_done: Callable[[object], None]) -> None:
+              on_done: Callable[[object], None], on_tick: Callable[[], None] | None = None,
+              tick: float = TICK_SECONDS) -> None:
     """Run ``jobs`` (``(key, FinetuneConfig, folder, teacher folder or None)``: :func:`run_cell`)
     at most ``parallel`` at a time, each
-    process on ``threads`` intra-op threads; ``on_done(key)`` here after each.
+    process on ``threads`` intra-op threads; ``on_done(key)`` here after each, ``on_tick()``
+    here at least every ``tick`` seconds while they run (the runner's progress lines).
 
     Raises:
         CupreError: a cell failed (its folder and error named); the others were stopped.
@@ -101,7 +105,10 @@ def run_cells(jobs: list[tuple[object, object, Path, Path | None]], *, parallel:
                 process.start()
                 send.close()
                 running[process.sentinel] = (key, folder, process, receive)
-            for sentinel in wait(list(running)):
+            ready = wait(list(running), timeout=tick if on_tick else None)
+            if on_tick is not None:
+                on_tick()
+            for sentinel in ready:
                 key, folder, process, receive = running.pop(sentinel)
                 process.join()
                 error = receive.recv() if receive.poll() else f"the process ended with exit code {process.exitcode}"

@@ -29,6 +29,17 @@ COLUMNS = (*KEYS, "iteration", "split", *METRICS)
 Key = tuple[str, str, float, int]
 
 
+def final_metrics(folder: Path) -> dict[str, Any] | None:
+    """A finished cell's ``val_metrics.json`` (a cell is finished once it holds it and its
+    model file), or a shipped model's scores (:mod:`cupre.experiments.shipped_rows`: no
+    model file of its own, ``"shipped"`` names it); None for anything else."""
+    path = Path(folder) / "val_metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if (Path(folder) / MODEL_FILE).is_file() or metrics.get("shipped") else None
+
+
 def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[str, Any]]:
     """Rows from finished cells: every history entry of ``val_metrics.json`` (split
     ``val``, and split ``test`` where the entry holds a test score).
@@ -38,10 +49,10 @@ def collect_results(cells: Iterable[tuple[dict[str, Any], Path]]) -> list[dict[s
     """
     rows = []
     for key, folder in cells:
-        path = Path(folder) / "val_metrics.json"
-        if not path.is_file() or not (Path(folder) / MODEL_FILE).is_file():
+        metrics = final_metrics(folder)
+        if metrics is None:
             continue
-        for entry in json.loads(path.read_text())["history"]:
+        for entry in metrics["history"]:
             for split, scores in (("val", entry), ("test", entry.get("test"))):
                 if scores is None:
                     continue
@@ -205,10 +216,9 @@ def format_per_kind(cells: Iterable[tuple[dict[str, Any], Path]], *, methods: li
     """
     per: dict[tuple[str, str, float], dict[str, dict[str, list]]] = {}
     for key, folder in cells:
-        path = Path(folder) / "val_metrics.json"
-        if not path.is_file() or not (Path(folder) / MODEL_FILE).is_file():
+        metrics = final_metrics(folder)
+        if metrics is None:
             continue
-        metrics = json.loads(path.read_text())
         kept = metrics.get("best", {}).get("iteration")
         entry = next((h for h in metrics["history"] if h["iteration"] == kept), {})
         kinds = (entry.get("test") or {}).get("per_cell_type") or {}
