@@ -83,7 +83,7 @@ def fake_finetune(scores: list[float | None]):
     """run_finetune that writes a model file and returns the next validation score."""
     calls = []
 
-    def run(cfg, out):
+    def run(cfg, out, **kwargs):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         calls.append(out)
