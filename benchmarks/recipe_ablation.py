@@ -48,8 +48,8 @@ CHANGES: dict[str, tuple[str, dict]] = {
 }
 SCREEN_ITERATIONS = 600
 # "base" is the CPU recipes as they were before these changes, whatever the config files say now
-OLD_RECIPE = {"pretrain.detector.anchor_sizes": [4, 8, 16, 32, 64]}
-BASE_WHAT = "the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity)"
+OLD_RECIPE = {"pretrain.detector.anchor_sizes": [4, 8, 16, 32, 64], "pretrain.detector.invert_bright": False}
+BASE_WHAT = "the CPU recipe as it was (anchors 4..64, 256 RoIs, jitter 1.25, mild intensity, no inversion)"
 
 
 def changes_of(variant: str) -> list[str]:
