@@ -53,6 +53,8 @@ def test_half_storage_halves_the_file_and_loads_as_fp32(tmp_path):
     write_model_file(tmp_path / "half.safetensors", half_storage(model.state_dict()), cfg, CELL)
     full, half = (tmp_path / f"{n}.safetensors" for n in ("full", "half"))
     assert half.stat().st_size < 0.6 * full.stat().st_size
+    as_bf16, _, _ = build_from_file(half, weights_dtype=torch.bfloat16)  # bf16 inference: no fp16 left over
+    assert not any(v.dtype == torch.float16 for v in as_bf16.state_dict().values())
     again, _, _ = build_from_file(half)
     for name, value in again.state_dict().items():
         want = model.state_dict()[name]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -213,3 +214,16 @@ def test_the_shipped_model_matches_its_digest_and_loads_without_running_code(mon
     monkeypatch.setattr(pickle, "loads", refuse)
     model, cfg, ckpt = build_from_file(resolve_model("nuclei"))
     assert cfg.num_classes == 1 and ckpt["categories"] and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_the_shipped_model_segments_the_demos_held_out_nuclei_of_every_kind(tmp_path, capsys):
+    """``cupre predict IMAGES -o OUT`` with no model, on the demo's test images (none of
+    them seen in training), in the CPU's default precision: every image gets nuclei."""
+    test = REPO / "src" / "cupre" / "presets" / "nuclei" / "test"
+    kinds = ("fluo", "colour", "bright")
+    images = [str(next(p for p in sorted(test.glob(f"{k}_*.png")) if not p.stem.endswith("_masks"))) for k in kinds]
+    assert main(["predict", *images, "-o", str(tmp_path / "out"), "--threads", "1"]) == 0
+    assert "using cupre's shipped nuclei model" in capsys.readouterr().out
+    for image in images:
+        labels = tifffile.imread(tmp_path / "out" / f"{Path(image).stem}_masks.tif")
+        assert labels.max() >= 3, image

@@ -103,7 +103,9 @@ given; `--model nuclei` names it; `cupre train --init nuclei` fine-tunes from it
   test images, which it never saw (nor did any choice). Training took
   {seconds.get('training', 0) / 60:.0f} min ({seconds.get('total', 0) / 60:.0f} min with
   validation and test) on {cpu_name()}, precision {cfg.get('precision', 'auto')} (bf16 where
-  the CPU computes it natively).
+  the CPU computes it natively), on one thread while other training shared the two cores; fp32
+  was not timed (fp32 steps ran 1.46x the bf16 ones on this CPU: about 95 min). The start
+  (scratch) was not compared with the COCO and CUPre starts for this model.
 - **Works at**: every image rescaled so that its typical nucleus measures
   {det.get('object_size')} px (the model estimates each image's scale itself, or takes
   `--diameter`); images with a bright background are inverted first (`invert_bright`).

@@ -112,7 +112,8 @@ def load_model_file(path: str | Path, *, weights_dtype: torch.dtype | None = Non
                 if weights_dtype is None:
                     state[name] = view.float() if view.dtype == torch.float16 else view  # fp16: storage only
                     continue
-                state[name] = view.to(weights_dtype, copy=True) if view.ndim >= 2 else view.clone()
+                state[name] = (view.to(weights_dtype, copy=True) if view.ndim >= 2
+                               else view.float() if view.dtype == torch.float16 else view.clone())
                 mappings = file_mappings(path) if mappings is None else mappings
                 forget_file_pages(view, mappings)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
