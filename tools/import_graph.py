@@ -6,7 +6,7 @@ Every ``import`` / ``from ... import`` of a ``cupre`` module, at the top of a fi
 a function, is an arrow from the importing package to the imported one. The layers, from
 the top: ``cli`` and the napari plugin; ``experiments``, ``inference`` and ``export``;
 ``train``; ``models``, ``detect``, ``evaluation``, ``data`` and ``losses``; and the neutral modules
-(``config``, ``errors``, ``fileio``, ``devices``, ``masks``, ``modelfile``, ``scale``,
+(``config``, ``errors``, ``fileio``, ``devices``, ``masks``, ``modelfile``, ``shipped``, ``scale``,
 ``runlock``). An arrow may point down or sideways, never up; arrows between packages
 must not close a circle.
 """
@@ -24,7 +24,8 @@ LAYERS = [
     {"experiments", "inference", "export"},
     {"train"},
     {"models", "detect", "evaluation", "data", "losses"},
-    {"config", "errors", "fileio", "devices", "masks", "modelfile", "scale", "runlock", "presets", "__init__"},
+    {"config", "errors", "fileio", "devices", "masks", "modelfile", "shipped", "scale", "runlock", "presets",
+     "__init__"},
 ]
 LEVEL = {name: len(LAYERS) - i for i, layer in enumerate(LAYERS) for name in layer}
 
