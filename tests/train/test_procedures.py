@@ -328,7 +328,18 @@ def test_finetune_cli_and_refusal_to_overwrite(domains, pretrained, tmp_path, ca
     assert "not both" in capsys.readouterr().err
 
 
-def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, pretrained, tmp_path, monkeypatch):
+def test_killed_pretrain_resumes_to_the_same_cupre_weights(domains, tmp_path, tmp_path_factory, monkeypatch):
+    threads = torch.get_num_threads()  # the straight run and the resumed one at the same threads: other
+    torch.set_num_threads(1)  # tests' commands set them, and fp32 sums differ with them
+    try:
+        straight_run = tmp_path_factory.mktemp("straight")
+        run_pretrain(pretrain_cfg(domains), straight_run)
+        _killed_then_resumed(domains, tmp_path, monkeypatch, straight_run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _killed_then_resumed(domains, tmp_path, monkeypatch, pretrained):
     real_loop = stage_module.train_loop
 
     def killed_loop(**kw):
