@@ -6,7 +6,7 @@ few-shot split, so every imaging kind has one) become "my annotated images" and 
 other train image becomes "my unlabeled images"; the COCO stage reads ``coco-mini`` (100
 real COCO images). Then, timed, one command::
 
-    cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu
+    cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu [--init nuclei]
 
 and afterwards (not timed) the model's masks on the 99 test images (and the self-trained
 model's, where ``--self-train`` made one) are scored against their ground truth with
@@ -14,8 +14,12 @@ model's, where ``--self-train`` made one) are scored against their ground truth 
 into the shared data; nothing is copied. Prints the wall time, the AP and where the
 overlays are. A second run with the same ``--work`` continues where the first stopped.
 
+With ``--init nuclei`` training starts from cupre's shipped nuclei model (no pre-training);
+``--unlabeled 0`` gives ``cupre train`` no unlabeled images (no MoCo, no masks at the end),
+only the annotated ones.
+
 Usage: python benchmarks/train_bbbc038.py [--data ../shared/data] [--work runs/train-bbbc038] [--labeled 5]
-       [--threads 2] [--precision fp32] [--config MY_WORKFLOW.yaml]
+       [--unlabeled N] [--init cupre|nuclei] [--threads 2] [--precision fp32] [--config MY_WORKFLOW.yaml]
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     parser.add_argument("--work", default="runs/train-bbbc038", help="where the inputs and the run go")
     parser.add_argument("--labeled", type=int, default=5, help="annotated images to train on")
+    parser.add_argument("--unlabeled", type=int, default=None,
+                        help="unlabeled images given to cupre train (default: every other train image; 0: none)")
+    parser.add_argument("--init", default=None, help="passed to cupre train (cupre, nuclei)")
     parser.add_argument("--threads", default=None, help="passed to cupre (default: every core)")
     parser.add_argument("--precision", default=None, choices=("auto", "bf16", "fp32"), help="passed to cupre")
     parser.add_argument("--config", default=None, help="a workflow YAML instead of --preset cpu")
@@ -76,10 +83,11 @@ def main() -> None:
         kinds = [r.cell_type for r in labeled]
         labeled.remove(next(r for r in reversed(labeled) if r.cell_type == max(kinds, key=kinds.count)))
     chosen = {r.image_id for r in labeled}
-    unlabeled = [r for r in train if r.image_id not in chosen]
+    unlabeled = [r for r in train if r.image_id not in chosen][:args.unlabeled]
     test = [by_id[i] for i in parts["test"]]
     link_samples(labeled, work / "labeled")
-    link_images(unlabeled, work / "unlabeled")
+    if unlabeled:
+        link_images(unlabeled, work / "unlabeled")
     link_samples(test, work / "test")
     kinds = sorted({r.cell_type for r in labeled})
     print(f"{len(labeled)} annotated images ({', '.join(kinds)}), {len(unlabeled)} unlabeled, "
@@ -87,11 +95,13 @@ def main() -> None:
     threads = ["--threads", args.threads] if args.threads else []
     precision = ["--precision", args.precision] if args.precision else []
     preset = ["--config", args.config] if args.config else ["--preset", "cpu"]
+    init = ["--init", args.init] if args.init else []
+    given = ["--unlabeled", str(work / "unlabeled")] if unlabeled else []
+    if args.init in (None, "cupre"):  # a shipped model's fine-tuning has no COCO stage
+        given += ["--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json")]
     run = work / "run"
     start = time.perf_counter()
-    cupre("train", "--labels", str(work / "labeled"), "--unlabeled", str(work / "unlabeled"),
-          "--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json"),
-          "-o", str(run), *preset, *threads, *precision)
+    cupre("train", "--labels", str(work / "labeled"), *given, "-o", str(run), *preset, *init, *threads, *precision)
     minutes = (time.perf_counter() - start) / 60
     cupre("convert", str(work / "test"), "-o", str(work / "test.json"), "--overwrite")  # a rerun continues
     models = {"fine-tuned": run / "finetune" / "model.safetensors"}

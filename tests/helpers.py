@@ -85,3 +85,32 @@ def deflate_bomb_tiff(path: Path, side: int = 100_000, tile: int = 512) -> Path:
     head += struct.pack("<I", 0)
     path.write_bytes(head + struct.pack(f"<{n}I", *[tile_at] * n) + struct.pack(f"<{n}I", *[len(data)] * n) + data)
     return path
+
+
+def fifo_dataset(root: Path, layout: str) -> Path:
+    """A BBBC038 (``layout="bbbc038"``) or Cell Tracking Challenge (``"ctc"``) dataset of
+    one object at ``root``, plus a named pipe named like a mask or label image beside the
+    real one (opening it would wait for a writer forever); returns the pipe."""
+    import os
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    img = np.zeros((32, 32), np.uint8)
+    img[4:10, 4:10] = 200
+    if layout == "bbbc038":
+        (root / "s1" / "images").mkdir(parents=True)
+        (root / "s1" / "masks").mkdir()
+        Image.fromarray(img).save(root / "s1" / "images" / "s1.png")
+        Image.fromarray((img > 0).astype(np.uint8) * 255).save(root / "s1" / "masks" / "m1.png")
+        pipe = root / "s1" / "masks" / "m2.png"
+    else:
+        (root / "01").mkdir(parents=True)
+        (root / "01_GT" / "SEG").mkdir(parents=True)
+        for t in range(2):
+            tifffile.imwrite(root / "01" / f"t00{t}.tif", img)
+        tifffile.imwrite(root / "01_GT" / "SEG" / "man_seg000.tif", (img > 0).astype(np.uint16))
+        pipe = root / "01_GT" / "SEG" / "man_seg001.tif"
+    os.mkfifo(pipe)
+    return pipe

@@ -121,22 +121,12 @@ def make_inputs(work: Path) -> None:
         mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 255
     Image.fromarray(mask).save(binary / "a_masks.png")
     Image.fromarray(mask // 2 + 20).save(binary / "a.png")
-    img = np.zeros((32, 32), np.uint8)  # named pipes named like a mask (BBBC038) or label image (CTC)
-    img[4:10, 4:10] = 200
-    bbbc = work / "fifo_bbbc038" / "s1"
-    (bbbc / "images").mkdir(parents=True)
-    (bbbc / "masks").mkdir()
-    Image.fromarray(img).save(bbbc / "images" / "s1.png")
-    Image.fromarray((img > 0).astype(np.uint8) * 255).save(bbbc / "masks" / "m1.png")
-    ctc = work / "fifo_ctc"
-    (ctc / "01").mkdir(parents=True)
-    (ctc / "01_GT" / "SEG").mkdir(parents=True)
-    for t in range(2):
-        tifffile.imwrite(ctc / "01" / f"t00{t}.tif", img)
-    tifffile.imwrite(ctc / "01_GT" / "SEG" / "man_seg000.tif", (img > 0).astype(np.uint16))
-    if hasattr(os, "mkfifo"):
-        os.mkfifo(bbbc / "masks" / "m2.png")
-        os.mkfifo(ctc / "01_GT" / "SEG" / "man_seg001.tif")
+    if hasattr(os, "mkfifo"):  # named pipes named like a mask (BBBC038) or label image (CTC)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, of this checkout
+        from tests.helpers import fifo_dataset
+
+        fifo_dataset(work / "fifo_bbbc038", "bbbc038")
+        fifo_dataset(work / "fifo_ctc", "ctc")
     bomb = work / "bomb_labels"  # a 1-bit PNG of 20000 x 20000 zeros: a few tens of KB, 4e8 pixels
     bomb.mkdir()
     Image.new("L", (16, 16)).save(bomb / "a.png")

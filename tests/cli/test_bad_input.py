@@ -565,35 +565,6 @@ def _cupre(*args: str, timeout: float = 120) -> "subprocess.CompletedProcess":
                           timeout=timeout, env=env)
 
 
-def _fifo_layouts(tmp_path: Path, layout: str) -> tuple[Path, Path]:
-    """A BBBC038 or CTC dataset of one object, plus a named pipe named like a mask or
-    label image beside the real one; returns ``(dataset root, the pipe)``."""
-    import os
-
-    import tifffile
-    from PIL import Image
-
-    img = np.zeros((32, 32), np.uint8)
-    img[4:10, 4:10] = 200
-    if layout == "bbbc038":
-        root = tmp_path / "stage1_train"
-        (root / "s1" / "images").mkdir(parents=True)
-        (root / "s1" / "masks").mkdir()
-        Image.fromarray(img).save(root / "s1" / "images" / "s1.png")
-        Image.fromarray((img > 0).astype(np.uint8) * 255).save(root / "s1" / "masks" / "m1.png")
-        pipe = root / "s1" / "masks" / "m2.png"
-    else:
-        root = tmp_path / "Fluo-N2DH-X"
-        (root / "01").mkdir(parents=True)
-        (root / "01_GT" / "SEG").mkdir(parents=True)
-        for t in range(2):
-            tifffile.imwrite(root / "01" / f"t00{t}.tif", img)
-        tifffile.imwrite(root / "01_GT" / "SEG" / "man_seg000.tif", (img > 0).astype(np.uint16))
-        pipe = root / "01_GT" / "SEG" / "man_seg001.tif"
-    os.mkfifo(pipe)
-    return root, pipe
-
-
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
 @pytest.mark.parametrize("layout", ["bbbc038", "ctc"])
 def test_a_named_pipe_named_like_a_mask_is_skipped_not_opened(tmp_path, layout):
@@ -601,7 +572,10 @@ def test_a_named_pipe_named_like_a_mask_is_skipped_not_opened(tmp_path, layout):
     (``--strict``: one line naming it) and read the rest."""
     import json
 
-    root, pipe = _fifo_layouts(tmp_path, layout)
+    from tests.helpers import fifo_dataset
+
+    root = tmp_path / ("stage1_train" if layout == "bbbc038" else "Fluo-N2DH-X")
+    pipe = fifo_dataset(root, layout)
     what = "mask file" if layout == "bbbc038" else "label image"
     done = _cupre("convert", str(root), "-o", str(tmp_path / "a.json"))
     assert done.returncode == 0, done.stderr
