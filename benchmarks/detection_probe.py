@@ -9,7 +9,7 @@ its labels' object scale (one pass): the probe measures the backbone, not the sc
 estimate.
 
 Backbones: a fresh (Kaiming) one, and every product each ``cupre pretrain`` folder holds
-(warmup, coco, cupre = after AMT2, cupre-nol2sp, cells-moco); name the folders to compare
+(warmup, cupre = after AMT2, cupre-nol2sp, coco, cells-moco); name the folders to compare
 pre-training settings side by side (each row is labelled ``folder:product``; ``--only``
 keeps the rows whose label contains a given text, ``--no-fresh`` leaves the fresh row out).
 
@@ -41,9 +41,9 @@ from cupre.devices import cpu_name, set_threads
 from cupre.evaluation.livecell import evaluate
 from cupre.evaluation.model_eval import predict_dataset
 from cupre.experiments.overlays import choose_images
+from cupre.methods import PRODUCTS
 from cupre.modelfile import load_model_file
 from cupre.models.detector import build_detector
-from cupre.train.inits import PRODUCTS
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.stage import RunContext, detection_step, run_stage
@@ -55,8 +55,8 @@ def backbone_sources(folders: list[Path]) -> tuple[list[tuple[str, dict | None]]
     rows: list[tuple[str, dict | None]] = []
     cfg = None
     for folder in folders:
-        for name, rel in PRODUCTS.items():
-            path = folder / rel
+        for name, product in PRODUCTS.items():
+            path = folder / product.file
             if not path.is_file():
                 continue
             loaded = load_model_file(path)
@@ -64,7 +64,8 @@ def backbone_sources(folders: list[Path]) -> tuple[list[tuple[str, dict | None]]
             state = {k[len("backbone."):]: v for k, v in loaded["model"].items() if k.startswith("backbone.")}
             rows.append((f"{folder}:{name}", state))
     if cfg is None:
-        raise SystemExit(f"{', '.join(map(str, folders))}: no pre-training products (expected e.g. {PRODUCTS['cupre']})")
+        raise SystemExit(f"{', '.join(map(str, folders))}: no pre-training products "
+                         f"(expected e.g. {PRODUCTS['cupre'].file})")
     cfg.num_classes = 1
     return [("fresh", None), *rows], cfg
 

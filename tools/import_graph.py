@@ -7,7 +7,7 @@ a function, is an arrow from the importing package to the imported one. The laye
 the top: ``cli`` and the napari plugin; ``experiments``, ``inference`` and ``export``;
 ``train``; ``models``, ``detect``, ``evaluation``, ``data`` and ``losses``; and the neutral modules
 (``config``, ``errors``, ``fileio``, ``devices``, ``masks``, ``modelfile``, ``shipped``, ``scale``,
-``runlock``). An arrow may point down or sideways, never up; arrows between packages
+``runlock``, ``methods``). An arrow may point down or sideways, never up; arrows between packages
 must not close a circle.
 """
 
@@ -24,8 +24,8 @@ LAYERS = [
     {"experiments", "inference", "export"},
     {"train"},
     {"models", "detect", "evaluation", "data", "losses"},
-    {"config", "errors", "fileio", "devices", "masks", "modelfile", "shipped", "scale", "runlock", "presets",
-     "__init__"},
+    {"config", "errors", "fileio", "devices", "masks", "modelfile", "shipped", "scale", "runlock", "methods",
+     "presets", "__init__"},
 ]
 LEVEL = {name: len(LAYERS) - i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from cupre.errors import CupreError
+from cupre.methods import METHOD_NAMES
 
 T = TypeVar("T", bound="ConfigBase")
 # YAML gives lists; tuples of numbers are accepted from lists, every scalar is strict.
@@ -37,10 +38,7 @@ Iterations = Annotated[int, Field(ge=1, le=100_000_000)]
 BatchSize = Annotated[int, Field(ge=1, le=4096)]
 Pixels = Annotated[int, Field(ge=1, le=65_536)]  # crop sizes
 LearningRate = Annotated[float, Field(gt=0, le=10)]
-# The initialisations of fine-tuning, the paper's methods: named once here; what each loads is
-# cupre.train.inits.INIT_TABLE, and the runner, the CLI help and the plots read these names.
-INIT_NAMES = ("scratch", "coco", "cells-moco", "coco++", "cupre", "cupre-nol2sp", "cupre++")
-InitName = typing.Literal[INIT_NAMES]  # type: ignore[valid-type]
+InitName = typing.Literal[METHOD_NAMES]  # type: ignore[valid-type]  # the paper's methods (cupre.methods)
 # bf16 autocast or fp32; auto: bf16 where the GPU or CPU computes it natively (cupre.devices)
 Precision = typing.Literal["auto", "bf16", "fp32"]
 

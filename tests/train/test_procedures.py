@@ -385,12 +385,11 @@ def test_warmup_can_start_from_imagenet_weights_of_the_backbone(domains, tmp_pat
 
 
 def test_the_initialisations_are_named_once():
-    from cupre.config import INIT_NAMES, FinetuneConfig
+    from cupre.config import FinetuneConfig
     from cupre.errors import CupreError
     from cupre.experiments.config import ExperimentConfig
-    from cupre.train.inits import INIT_TABLE, INITS
+    from cupre.methods import METHOD_NAMES
 
-    assert tuple(INIT_TABLE) == INITS == INIT_NAMES
-    assert ExperimentConfig().methods == list(INIT_NAMES)
+    assert ExperimentConfig().methods == list(METHOD_NAMES)
     with pytest.raises(CupreError, match="cupre-nol2sp"):  # the config's error lists the same names
         FinetuneConfig.from_dict({"init": "imagenet"})

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from cupre.cli import docstring
-from cupre.config import INIT_NAMES, FinetuneConfig, load_yaml
+from cupre.config import FinetuneConfig, load_yaml
 from cupre.errors import CupreError
+from cupre.methods import METHOD_NAMES
 from cupre.runlock import only_lock_in
 
 DESCRIPTION = docstring("cupre.train.finetune")  # the library is imported by main: --help needs no torch
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
     p.add_argument("--config", help="YAML with FinetuneConfig keys (flags below override it; see "
                    "configs/finetune-cpu.yaml)")
-    p.add_argument("--init", help=f"{', '.join(INIT_NAMES[:-1])} or {INIT_NAMES[-1]} (default {d.init})")
+    p.add_argument("--init", help=f"{', '.join(METHOD_NAMES[:-1])} or {METHOD_NAMES[-1]} (default {d.init})")
     p.add_argument("--from", dest="pretrain_dir", help="the `cupre pretrain` output folder (every --init but scratch)")
     p.add_argument("--from-model", help="or: continue a trained cell model (model file, run folder, or a shipped "
                    "model's name: nuclei), e.g. after correcting its masks; --init and --from are not used")

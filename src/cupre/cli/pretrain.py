@@ -8,9 +8,9 @@ from pathlib import Path
 import cupre.train.pretrain as _lib
 from cupre.config import PretrainConfig, load_yaml
 from cupre.errors import CupreError
+from cupre.methods import PRODUCTS
 from cupre.runlock import only_lock_in
 from cupre.train import distributed
-from cupre.train.inits import PRODUCTS
 from cupre.train.pretrain import resolve_paths, run_pretrain
 
 DESCRIPTION = _lib.__doc__
@@ -48,6 +48,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = PretrainConfig.from_dict(data, where=args.config or str(out / "config.yaml"))
     run_pretrain(cfg, out)
     if distributed.is_main():
-        made = [f for f in PRODUCTS.values() if (out / f).is_file()]
+        made = [p.file for p in PRODUCTS.values() if (out / p.file).is_file()]
         print(f"pretrained models in {out}: {', '.join(made)}")
     return 0

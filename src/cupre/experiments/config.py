@@ -25,16 +25,8 @@ from cupre.config import (
 )
 from cupre.errors import CupreError
 from cupre.inference.options import FALLBACK_SCORE_THRESHOLD
+from cupre.methods import METHOD_NAMES, PRODUCTS, SELF_TRAIN, base_method
 from cupre.shipped import SHIPPED
-from cupre.train.inits import INITS
-
-SELF_TRAIN = "+st"  # method suffix: the method's cell, then self-training on the train part's unlabeled images
-
-
-def base_method(method: str) -> str:
-    """The initialisation a method starts from (``cupre+st`` -> ``cupre``)."""
-    return method.removesuffix(SELF_TRAIN)
-
 
 PART_NAMES = ("train", "val", "test")
 
@@ -43,7 +35,7 @@ RUNNER_FINETUNE_KEYS = ("init", "pretrain_dir", "train", "split", "fraction", "v
                         "device", "precision", "eval_every", "select_by")
 
 
-RUNNER_PRETRAIN_KEYS = ("device", "precision", "cells_moco", "nol2sp", "coco_baseline", "exclude")
+RUNNER_PRETRAIN_KEYS = ("device", "precision", *(p.setting for p in PRODUCTS.values() if p.setting), "exclude")
 
 
 class DataConfig(ConfigBase):
@@ -87,7 +79,7 @@ class ExperimentConfig(ConfigBase):
     data: list[DataConfig] = Field(default_factory=list)
     fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = Field(default_factory=lambda: list(INITS))  # initialisations, each optionally `+st`
+    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))  # initialisations, each optionally `+st`
     shipped: list[str] = Field(default_factory=list)  # models shipped with cupre (cupre.shipped), scored as they
     # are on validation and test before anything trains: the table's first rows (skipped where not installed)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)  # shared by every cell
@@ -165,16 +157,16 @@ def validate(cfg: ExperimentConfig, where: str) -> None:
 
     if not cfg.data:
         raise bad("no labeled dataset given (key `data` with `labeled: PATH`)")
-    unknown = [m for m in cfg.methods if base_method(m) not in INITS]
+    unknown = [m for m in cfg.methods if base_method(m) not in METHOD_NAMES]
     if unknown:
-        raise bad(f"methods: {unknown[0]!r} is not one of {', '.join(INITS)} (each optionally with {SELF_TRAIN}: "
-                  "self-training after it)")
+        raise bad(f"methods: {unknown[0]!r} is not one of {', '.join(METHOD_NAMES)} (each optionally with "
+                  f"{SELF_TRAIN}: self-training after it)")
     unknown = [m for m in cfg.shipped if m not in SHIPPED]
     if unknown or len(set(cfg.shipped)) != len(cfg.shipped):
         raise bad(f"shipped: {(unknown or cfg.shipped)[0]!r}: list distinct models shipped with cupre "
                   f"({', '.join(SHIPPED)})")
     if not cfg.methods or len(set(cfg.methods)) != len(cfg.methods):
-        raise bad(f"`methods` must list distinct initialisations from {', '.join(INITS)}")
+        raise bad(f"`methods` must list distinct initialisations from {', '.join(METHOD_NAMES)}")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
         raise bad("`seeds` must list distinct non-negative integers")
     names = [dataset_name(d) for d in cfg.data]

@@ -12,16 +12,9 @@ from typing import Any
 
 from cupre.config import FinetuneConfig, PretrainConfig, load_yaml
 from cupre.errors import CupreError
-from cupre.experiments.config import (
-    PART_NAMES,
-    SELF_TRAIN,
-    DataConfig,
-    ExperimentConfig,
-    SyntheticConfig,
-    base_method,
-    dataset_name,
-)
+from cupre.experiments.config import PART_NAMES, DataConfig, ExperimentConfig, SyntheticConfig, dataset_name
 from cupre.fileio import write_text_atomic
+from cupre.methods import PRODUCTS, SELF_TRAIN, base_method, get_method, needed_products
 from cupre.modelfile import MODEL_FILE
 
 IGNORED_IN_COMPARISON = ("device", "num_workers", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
@@ -82,19 +75,17 @@ class Cell:
 
 def pretrain_config(cfg: ExperimentConfig, methods: list[str], out: Path,
                     targets: list[Target], *, seed: int | None = None) -> PretrainConfig | None:
-    """The pre-training for ``methods`` (None when only ``scratch`` is asked), with
+    """The pre-training for ``methods`` (None when they load no product: ``scratch`` alone), with
     ``seed`` (None: the config's).
 
     The validation and test images of every labeled set are kept out of MoCo, but for a
     transductive target's test images, which join the unlabeled images instead.
     """
-    methods = [base_method(m) for m in methods]
-    if all(m == "scratch" for m in methods):
+    needed = needed_products(methods)
+    if not needed:
         return None
     pre = PretrainConfig.from_dict(cfg.pretrain.to_dict(), where="pretrain")
-    pre.cells_moco = any(m in methods for m in ("cells-moco", "coco++"))
-    pre.nol2sp = "cupre-nol2sp" in methods
-    pre.coco_baseline = any(m in methods for m in ("coco", "coco++"))
+    pre = pre.replace(**{p.setting: p.name in needed for p in PRODUCTS.values() if p.setting})
     shown = {f for t in targets if t.transductive for f in t.test_files}
     pre.exclude = sorted({f for t in targets for f in t.held_out} - shown)
     sources = [Path(u).resolve() for u in pre.unlabeled]
@@ -234,7 +225,7 @@ def cell_config(cfg: ExperimentConfig, cell: Cell, pretrain_dir: Path) -> Finetu
         data.update(unlabeled=[cell.target.labeled],
                     self_train={**data["self_train"], "transductive": cell.target.transductive})
     data.update(
-        init=init, pretrain_dir=None if init == "scratch" else str(pretrain_dir),
+        init=init, pretrain_dir=str(pretrain_dir) if get_method(init).products else None,
         train=cell.target.labeled, split=str(cell.split_file), fraction=None, val=cell.target.val,
         val_split=str(cell.target.val_split) if cell.target.val_split else None,
         test=cell.target.test, test_split=str(cell.target.test_split) if cell.target.test_split else None,

@@ -26,6 +26,7 @@ from cupre.data.sample import ImageRecord
 from cupre.fileio import atomic_path
 from cupre.inference.options import DEFAULTS, kept
 from cupre.masks import segmentation_to_rle
+from cupre.methods import method_label
 
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 255)
@@ -171,7 +172,8 @@ def render_overlays(data: str | Path, split: str | Path | None, predictions: dic
         small, (gt, *found) = to_panel_scale(rgb, panel_size, target["masks"].numpy(), *found)
         panels = [_panel(outline(small, gt, GT_COLOR), f"ground truth ({len(gt)})", panel_size)]
         for method, masks in zip(by_method, found):
-            panels.append(_panel(outline(small, masks, PRED_COLOR), f"{method} ({len(masks)})", panel_size))
+            title = f"{method_label(method)} ({len(masks)})"
+            panels.append(_panel(outline(small, masks, PRED_COLOR), title, panel_size))
         rows.append(panels)
     cols = 1 + len(by_method)
     sheet = Image.new("RGB", (cols * panel_size, max(1, len(rows)) * (panel_size + LABEL_HEIGHT)), (255, 255, 255))

@@ -4,9 +4,9 @@
   column per label fraction, one line per method (mean over seeds, ± std band);
 * Fig. 4 ``fig4_ap_vs_fraction.png``: AP at each seed's validation-chosen iteration
   against the label fraction (mean ± std error bars);
-* Fig. 6 ``fig6_ablations.png``: coco++, cupre-nol2sp, cupre and cupre++ as bars next to
-  coco for each fraction, the difference to coco written above each bar (needs coco and
-  at least one of them).
+* Fig. 6 ``fig6_ablations.png``: the ablations (:data:`cupre.methods.ABLATIONS`) as bars
+  next to the first of them, coco, for each fraction, the difference to coco written above
+  each bar (needs coco and at least one of the others).
 
 With several datasets each file name gets a ``_<dataset>`` suffix. Figures are AP x100.
 """
@@ -22,16 +22,15 @@ from matplotlib.figure import Figure
 
 from cupre.experiments.table import mean_std, ordered, summarize
 from cupre.fileio import atomic_path
-from cupre.train.inits import INITS
+from cupre.methods import ABLATIONS, METHOD_NAMES, method_label
 
-ABLATIONS = ("coco++", "cupre-nol2sp", "cupre", "cupre++")
 IOU_TYPES = (("bbox", "AP$_{bbox}$"), ("segm", "AP$_{segm}$"))
 
 
 def method_colors(methods: list[str]) -> dict[str, Any]:
     """One fixed colour per initialisation, the same in every figure."""
     palette = [f"C{i}" for i in range(10)]
-    names = list(INITS) + [m for m in methods if m not in INITS]
+    names = list(METHOD_NAMES) + [m for m in methods if m not in METHOD_NAMES]
     return {m: palette[i % len(palette)] for i, m in enumerate(names)}
 
 
@@ -82,7 +81,7 @@ def plot_ap_vs_iterations(rows: list[dict[str, Any]], path: Path, *, methods: li
                 stats = [mean_std(points[k]) for k in its]
                 mean = np.array([s[0] for s in stats])
                 std = np.array([s[1] for s in stats])
-                ax.plot(its, mean, marker="o", markersize=3, color=colors[m], label=m)
+                ax.plot(its, mean, marker="o", markersize=3, color=colors[m], label=method_label(m))
                 ax.fill_between(its, mean - std, mean + std, color=colors[m], alpha=0.15, linewidth=0)
             ax.set_title(f"{100 * fraction:g}% labels")
             ax.set_xlabel("fine-tuning iteration")
@@ -111,7 +110,7 @@ def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, met
                 continue
             x = [100 * f for f, _ in stats]
             ax.errorbar(x, [s[0] for _, s in stats], yerr=[s[1] for _, s in stats], marker="o", capsize=3,
-                        color=colors[m], label=m)
+                        color=colors[m], label=method_label(m))
         ax.set_xlabel("labeled training images (%)")
         ax.set_ylabel(f"validation {label}")
         ax.grid(alpha=0.3)
@@ -124,8 +123,9 @@ def plot_ap_vs_fraction(cells: dict[tuple[str, float], dict], path: Path, *, met
 def plot_ablations(cells: dict[tuple[str, float], dict], path: Path, *, methods: list[str]) -> Path | None:
     """Fig. 6: the ablations as bars next to coco, with their spread over seeds; None
     (nothing written) without them or with one seed (no spread to draw)."""
-    present = [m for m in ("coco", *ABLATIONS) if m in methods and any(mm == m for mm, _ in cells)]
-    if "coco" not in present or len(present) < 2:
+    base = ABLATIONS[0]
+    present = [m for m in ABLATIONS if m in methods and any(mm == m for mm, _ in cells)]
+    if base not in present or len(present) < 2:
         return None
     seeds = [s[2] for (m, _), c in cells.items() if m in present for s in [mean_std(c["val_segm_AP"])] if s]
     if not seeds or max(seeds) < 2:
@@ -142,16 +142,17 @@ def plot_ablations(cells: dict[tuple[str, float], dict], path: Path, *, methods:
                 if stats is None:
                     continue
                 x = j - 0.4 + width * (k + 0.5)
-                ax.bar(x, stats[0], width, yerr=stats[1], capsize=2, color=colors[m], label=m if j == 0 else None)
-                base = mean_std(cells["coco", f][f"val_{t}_AP"]) if ("coco", f) in cells else None
-                if m != "coco" and base is not None:
-                    ax.annotate(f"{stats[0] - base[0]:+.1f}", (x, stats[0] + stats[1]), ha="center",
+                ax.bar(x, stats[0], width, yerr=stats[1], capsize=2, color=colors[m],
+                       label=method_label(m) if j == 0 else None)
+                ref = mean_std(cells[base, f][f"val_{t}_AP"]) if (base, f) in cells else None
+                if m != base and ref is not None:
+                    ax.annotate(f"{stats[0] - ref[0]:+.1f}", (x, stats[0] + stats[1]), ha="center",
                                 va="bottom", fontsize="x-small")
         ax.set_xticks(range(len(fractions)), [f"{100 * f:g}%" for f in fractions])
         ax.set_ylabel(f"validation {label}")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small", ncols=len(present))
-    axes[0].set_title("ablations vs coco (difference to coco above each bar)")
+    axes[0].set_title(f"ablations vs {method_label(base)} (difference to {method_label(base)} above each bar)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     return path

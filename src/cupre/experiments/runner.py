@@ -32,13 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from cupre.errors import CupreError
-from cupre.experiments.config import (
-    ExperimentConfig,
-    base_method,
-    check_inputs_exist,
-    dataset_name,
-    in_folder,
-)
+from cupre.experiments.config import ExperimentConfig, check_inputs_exist, dataset_name, in_folder
 from cupre.experiments.grid import (
     Cell,
     cell_config,
@@ -54,6 +48,7 @@ from cupre.experiments.progress import CellProgress, duration
 from cupre.experiments.report import add_time, cell_seconds, write_report
 from cupre.experiments.shipped_rows import ShippedRow, plan_shipped, score_shipped
 from cupre.fileio import write_text_atomic
+from cupre.methods import base_method, needed_products
 from cupre.train.inits import pretrain_done
 from cupre.train.run import Run
 
@@ -82,7 +77,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, only_methods: list
     unknown = [m for m in methods if m not in cfg.methods]
     if unknown:
         raise CupreError(f"--only-method {unknown[0]}: not among the config's methods ({', '.join(cfg.methods)})")
-    check_inputs_exist(cfg, pretraining=any(base_method(m) != "scratch" for m in methods))
+    check_inputs_exist(cfg, pretraining=bool(needed_products(methods)))
     if not dry_run:
         Run(out, tensorboard=False).save_config(cfg.to_dict())
         for kind, synth in (("objects", cfg.synthetic_objects), ("cells", cfg.synthetic_cells)):

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from cupre.experiments.config import SELF_TRAIN, base_method
 from cupre.fileio import write_text_atomic
+from cupre.methods import REFERENCES, SELF_TRAIN, base_method, method_label
 from cupre.modelfile import MODEL_FILE
 
 FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -162,11 +162,12 @@ def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: 
             split = "test"
             parts += ["", "Test, at the iteration chosen on validation.\n", head, rule]
             parts += [_row(m, fs, cells, "test") for m in ms]
-        for ref in [r for r in ("coco", "scratch") if r in ms]:
+        for ref in [r for r in REFERENCES if r in ms]:
             others = [m for m in ms if m != ref]
             if others:
-                parts += ["", f"Paired difference against {ref} ({split}): per seed, the method's figure minus "
-                          f"{ref}'s of the same seed, mean ± std over seeds.\n", head, rule]
+                name = method_label(ref)
+                parts += ["", f"Paired difference against {name} ({split}): per seed, the method's figure minus "
+                          f"{name}'s of the same seed, mean ± std over seeds.\n", head, rule]
                 parts += [_paired_row(m, ref, fs, cells, split) for m in others]
         learners = [m for m in ms if m.endswith(SELF_TRAIN) and base_method(m) in ms]
         if learners:
@@ -177,7 +178,7 @@ def format_table2(rows: list[dict[str, Any]], *, methods: list[str], select_by: 
                   "|---" * (1 + len(fs)) + "|"]
         for m in ms:
             its = [" / ".join(str(i) for i in cells[m, f]["iterations"]) if (m, f) in cells else "–" for f in fs]
-            parts.append(f"| {m} | " + " | ".join(its) + " |")
+            parts.append(f"| {method_label(m)} | " + " | ".join(its) + " |")
         parts.append("")
     parts.append("std: sample standard deviation over seeds (n-1); n/a: no defined figure.")
     return "\n".join(parts)
@@ -189,7 +190,7 @@ def _row(method: str, fractions: list[float], cells: dict, split: str) -> str:
         s = cells.get((method, f))
         for t in ("bbox", "segm"):
             out.append("–" if s is None else format_mean_std(s[f"{split}_{t}_AP"]))
-    return f"| {method} | " + " | ".join(out) + " |"
+    return f"| {method_label(method)} | " + " | ".join(out) + " |"
 
 
 def paired_differences(cells: dict, method: str, ref: str, fraction: float, figure: str) -> list[float]:
@@ -204,7 +205,7 @@ def paired_differences(cells: dict, method: str, ref: str, fraction: float, figu
 def _paired_row(method: str, ref: str, fractions: list[float], cells: dict, split: str) -> str:
     out = [format_mean_std(paired_differences(cells, method, ref, f, f"{split}_{t}_AP")) if (method, f) in cells
            else "–" for f in fractions for t in ("bbox", "segm")]
-    return f"| {method} − {ref} | " + " | ".join(out) + " |"
+    return f"| {method_label(method)} − {method_label(ref)} | " + " | ".join(out) + " |"
 
 
 def format_per_kind(cells: Iterable[tuple[dict[str, Any], Path]], *, methods: list[str]) -> str:
@@ -238,7 +239,7 @@ def format_per_kind(cells: Iterable[tuple[dict[str, Any], Path]], *, methods: li
             parts += [f"### Test AP_{t} per imaging kind: {dataset}, {100 * fraction:g}% labels, mean ± std over "
                       "seeds\n", "| method | " + " | ".join(kinds) + " |", "|---" * (1 + len(kinds)) + "|"]
             for m in ordered(rows, methods):
-                parts.append(f"| {m} | " + " | ".join(format_mean_std(rows[m].get(k, {}).get(t, [])) for k in kinds)
-                             + " |")
+                parts.append(f"| {method_label(m)} | "
+                             + " | ".join(format_mean_std(rows[m].get(k, {}).get(t, [])) for k in kinds) + " |")
             parts.append("")
     return "\n".join(parts)

@@ -26,11 +26,12 @@ from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError, CupreWarning
 from cupre.evaluation.selection import Validation
 from cupre.losses.l2sp import L2SP, relative_drift, snapshot
+from cupre.methods import get_method
 from cupre.modelfile import MODEL_FILE, load_model_file, write_model_file
 from cupre.shipped import resolve_model
 from cupre.train import distributed, loop
 from cupre.train.checkpoint import seed_everything
-from cupre.train.inits import build_init, continue_model, get_init, product_files
+from cupre.train.inits import build_init, continue_model, product_files
 from cupre.train.optim import param_groups
 from cupre.train.run import Run
 from cupre.train.stage import RunContext, detection_step, run_stage, stage_seed
@@ -149,7 +150,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, min_labelled: int 
         collate_fn=collate,
         ctx=ctx,
         on_step=lambda it: keeper.step(it, cfg.eval_every, cfg.checkpoint_every, cfg.optim.iterations),
-        regularizer=build_l2sp(model, start, cfg) if cfg.from_model is None and get_init(cfg.init).l2sp else None,
+        regularizer=build_l2sp(model, start, cfg) if cfg.from_model is None and get_method(cfg.init).l2sp else None,
     )
     best = keeper.finish(cfg.optim.iterations)
     drift = {part: relative_drift(module, start[part]) for part, module in model.parts().items()}

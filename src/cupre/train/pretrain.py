@@ -1,6 +1,6 @@
 """CUPre pre-training: COCO warm-up, then AMT2 (and, on request, baselines/ablations).
 
-``cupre pretrain CONFIG.yaml -o RUN_DIR`` writes (names from :data:`cupre.train.inits.PRODUCTS`)::
+``cupre pretrain CONFIG.yaml -o RUN_DIR`` writes (names from :data:`cupre.methods.PRODUCTS`)::
 
     RUN_DIR/config.yaml            the resolved config
     RUN_DIR/warmup/model.safetensors        COCO warm-up
@@ -27,12 +27,12 @@ from cupre.data.formats import open_dataset
 from cupre.data.unlabeled import UnlabeledImages
 from cupre.devices import pick_device, resolve_precision
 from cupre.errors import CupreError
+from cupre.methods import PRODUCTS, Product
 from cupre.modelfile import MODEL_FILE, load_model_file
 from cupre.train import distributed
 from cupre.train.amt2 import run_amt2
 from cupre.train.checkpoint import seed_everything
 from cupre.train.coco import run_coco_warmup, start_from_torchvision_coco
-from cupre.train.inits import PRODUCTS
 from cupre.train.moco import build_objective, run_moco_stage
 from cupre.train.run import Run
 from cupre.train.stage import RunContext, stage_seed
@@ -69,7 +69,7 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
 
     seed_everything(stage_seed(cfg.seed, "init"))  # the Kaiming initialisation is part of the run
     model = build_detector(det_cfg).to(device)
-    if cfg.start == "imagenet-warmup" and not (out / PRODUCTS["warmup"]).is_file():
+    if cfg.start == "imagenet-warmup" and not (out / PRODUCTS["warmup"].file).is_file():
         from cupre.models.pretrained import timm_imagenet_backbone
 
         body = timm_imagenet_backbone(det_cfg.backbone, norm=det_cfg.norm, file=cfg.start_weights,
@@ -82,22 +82,24 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | Path) -> Path:
     else:
         run_coco_warmup(model=model, dataset=coco, cfg=cfg.warmup, detector_cfg=det_cfg,
                         run=Run(out / "warmup"), ctx=ctx)
-    warm_weights = {k: v.to(device) for k, v in load_model_file(out / PRODUCTS["warmup"])["model"].items()}
-    variants = [("cupre", True, True)]
-    variants += [("cupre-nol2sp", True, False)] if cfg.nol2sp else []
-    variants += [("coco", False, False)] if cfg.coco_baseline else []
-    for product, moco_steps, use_l2sp in variants:
+    warm_weights = {k: v.to(device) for k, v in load_model_file(out / PRODUCTS["warmup"].file)["model"].items()}
+    for product in [p for p in PRODUCTS.values() if p.amt2 and asked(cfg, p)]:
         model.load_state_dict(warm_weights)
         run_amt2(model=model, coco=coco, unlabeled=unlabeled, cfg=amt2, detector_cfg=det_cfg,
-                 run=Run(out / Path(PRODUCTS[product]).parent), moco_steps=moco_steps, use_l2sp=use_l2sp,
-                 product=product, ctx=ctx)
+                 run=Run(out / Path(product.file).parent), moco_steps=product.moco_steps, use_l2sp=product.l2sp,
+                 product=product.name, ctx=ctx)
     if cfg.cells_moco:
         cells_cfg = moco_cfg.replace(optim=moco_cfg.optim.replace(iterations=moco_cfg.optim.iterations * amt2.rounds))
         run_cells_moco(moco_cfg=cells_cfg, det_cfg=det_cfg, unlabeled=unlabeled,
-                       run=Run(out / Path(PRODUCTS["cells-moco"]).parent), categories=coco.categories,
+                       run=Run(out / Path(PRODUCTS["cells-moco"].file).parent), categories=coco.categories,
                        ctx=ctx)
     distributed.barrier()
     return out
+
+
+def asked(cfg: PretrainConfig, product: Product) -> bool:
+    """Whether ``cfg`` makes ``product`` (its flag set, or one made always)."""
+    return product.setting is None or getattr(cfg, product.setting)
 
 
 def check_exclusion(cfg: PretrainConfig, unlabeled: UnlabeledImages) -> None:
