@@ -260,8 +260,9 @@ def cases(work: Path) -> list[Case]:
     add = lambda name, *args, expect=2, env=None: c.append(Case(name, list(args), expect, env))  # noqa: E731
     # predict: the model
     add("predict: model path missing", "predict", f"{w}/none.safetensors", imgs, "-o", f"{o}/p1")
-    add("predict: model folder without a model file", "predict", f"{w}/cells", imgs, "-o", f"{o}/p2")
-    add("predict: text file as the model", "predict", f"{w}/plain.txt", imgs, "-o", f"{o}/p3")
+    # (given first without --model, a folder or file that is no model is an input: the shipped model segments it)
+    add("predict: --model folder without a model file", "predict", "--model", f"{w}/cells", imgs, "-o", f"{o}/p2")
+    add("predict: --model a text file", "predict", "--model", f"{w}/plain.txt", imgs, "-o", f"{o}/p3")
     add("predict: truncated safetensors", "predict", f"{w}/cut.safetensors", imgs, "-o", f"{o}/p4")
     add("predict: pickled .pt model", "predict", f"{w}/pickled.pt", imgs, "-o", f"{o}/p5")
     add("predict: metadata detector not a mapping", "predict", f"{w}/meta_detector.safetensors", imgs, "-o", f"{o}/p6")
