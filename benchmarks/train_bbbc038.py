@@ -6,7 +6,7 @@ few-shot split, so every imaging kind has one) become "my annotated images" and 
 other train image becomes "my unlabeled images"; the COCO stage reads ``coco-mini`` (100
 real COCO images). Then, timed, one command::
 
-    cupre train --labels LABELED --unlabeled UNLABELED --coco COCO -o RUN --preset cpu [--init nuclei]
+    cupre train --labels LABELED --unlabeled UNLABELED -o RUN --preset cpu [--init cupre --coco COCO]
 
 and afterwards (not timed) the model's masks on the 99 test images (and the self-trained
 model's, where ``--self-train`` made one) are scored against their ground truth with
@@ -14,7 +14,8 @@ model's, where ``--self-train`` made one) are scored against their ground truth 
 into the shared data; nothing is copied. Prints the wall time, the AP and where the
 overlays are. A second run with the same ``--work`` continues where the first stopped.
 
-With ``--init nuclei`` training starts from cupre's shipped nuclei model (no pre-training);
+Without ``--init`` training starts where the CPU preset starts, from cupre's shipped nuclei
+model (no pre-training); ``--init cupre`` runs the CUPre path, its COCO stage on coco-mini;
 ``--unlabeled 0`` gives ``cupre train`` no unlabeled images (no MoCo, no masks at the end),
 only the annotated ones.
 
@@ -97,7 +98,7 @@ def main() -> None:
     preset = ["--config", args.config] if args.config else ["--preset", "cpu"]
     init = ["--init", args.init] if args.init else []
     given = ["--unlabeled", str(work / "unlabeled")] if unlabeled else []
-    if args.init in (None, "cupre"):  # a shipped model's fine-tuning has no COCO stage
+    if args.init == "cupre":  # the CPU preset starts from the shipped model: no COCO stage
         given += ["--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json")]
     run = work / "run"
     start = time.perf_counter()

@@ -25,7 +25,7 @@ DEFAULT_MODEL = "nuclei"  # what `cupre predict` segments with when no model is 
 # Where `cupre train` starts (cupre.experiments.workflow): "cupre", the CUPre path (COCO stage and
 # AMT2 on your images, then fine-tuning), or a shipped model, fine-tuned with no pre-training.
 TRAIN_INITS = ("cupre", *SHIPPED)
-TRAIN_INIT = "cupre"  # `cupre train`'s default start; to be chosen by held-out AP (issue #36)
+TRAIN_INIT = "cupre"  # `cupre train`'s start unless its preset names one (the CPU preset: nuclei, docs/benchmarks.md)
 LEGACY_SUFFIX = ".pt"  # a pickled model file of cupre < 0.2 (refused when read, with how to convert it)
 RUN_CONFIG = "config.yaml"  # every cupre run folder holds its resolved config (cupre.train.run.Run)
 

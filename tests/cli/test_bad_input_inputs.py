@@ -247,13 +247,18 @@ def test_a_changed_config_for_an_existing_train_run_is_refused(tmp_path, capsys)
 
 
 def test_the_same_config_or_none_continues_an_existing_train_run(tmp_path):
+    from cupre.errors import CupreError
     from cupre.experiments.workflow import continued, load_workflow, preset_path
 
     run, config, labels = _train_run(tmp_path)
     same = load_workflow(config, labels=str(labels), device="cpu", precision="fp32")
     assert continued(same, run, config=config).finetune.optim.iterations == 300
     preset = load_workflow(preset_path("cpu"), labels=str(labels))  # no --config: the saved one goes on
-    assert continued(preset, run).finetune.optim.iterations == 300
+    assert preset.init == "nuclei"  # the CPU preset's start, not the run's
+    went_on = continued(preset, run, given=["labels"])  # as `cupre train --labels L -o RUN` calls it
+    assert went_on.finetune.optim.iterations == 300 and went_on.init == "cupre"  # the run's own start
+    with pytest.raises(CupreError, match=r"holds a run on other init "):  # a start typed is checked
+        continued(preset, run, given=["labels", "init"])
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["finetune", "--help"]])

@@ -153,6 +153,7 @@ def test_missing_inputs_are_one_line_before_anything_is_written(data, tmp_path):
 def test_presets_are_valid_and_the_shipped_example_is_the_cpu_preset(name):
     cfg = load_workflow(preset_path(name), labels="x")
     assert cfg.timing.machine and cfg.pretrain.detector.object_size
+    assert cfg.init == ("nuclei" if name == "cpu" else "cupre")  # the CPU start measured best in 30 min of fp32
     if name == "cpu":
         assert (CONFIGS / "train-cpu.yaml").resolve() == preset_path("cpu")  # one file, linked from configs/
         assert cfg.timing_fp32.machine and cfg.within_minutes == 30
@@ -218,6 +219,16 @@ def test_init_nuclei_fine_tunes_and_self_trains_from_the_shipped_model_with_no_p
         assert 0 < _largest_change(ckpt["model"], start) < 0.02, model  # a few AdamW steps at 1e-3 from it
     other = load_model_file(write_tiny_model(tmp_path / "other.safetensors", seed=1))["model"]
     assert _largest_change(other, start) > 0.1  # another start would be told apart
+
+
+def test_the_cpu_preset_starts_from_the_shipped_model_so_a_coco_stage_asks_for_init_cupre(data, tmp_path, capsys):
+    labels = str(data / "labeled" / "annotations.json")
+    run = tmp_path / "run"
+    assert cli_main(["train", "--preset", "cpu", "--labels", labels, "--coco", labels, "-o", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cupre: error: train: --coco feeds the COCO stage, which --init nuclei skips (it fine-tunes the shipped "
+        "model); drop --coco, or use --init cupre")
+    assert not run.exists()
 
 
 def _largest_change(state: dict, start: dict) -> float:

@@ -31,11 +31,11 @@ have, everything the paper does before you get masks:
     RUN/finetune/selftrain/     with --self-train: its model.safetensors is your model
     RUN/masks/                  a `cupre predict` run over the unlabeled images
 
-With ``--init nuclei`` (a model shipped with cupre, :mod:`cupre.shipped`) stages 1 and 2
-are skipped: fine-tuning (and self-training) start from the shipped model, whose own
-detector config stands; there is no ``RUN/pretrain/`` nor ``RUN/data/objects/``, and
-the estimate and the schedule fitting count no pre-training. ``--init cupre`` is the
-path above.
+With ``--init nuclei`` (a model shipped with cupre, :mod:`cupre.shipped`; the CPU preset's
+default) stages 1 and 2 are skipped: fine-tuning (and self-training) start from the
+shipped model, whose own detector config stands; there is no ``RUN/pretrain/`` nor
+``RUN/data/objects/``, and the estimate and the schedule fitting count no pre-training.
+``--init cupre`` (the GPU preset's default) is the path above.
 
 The preset (``--preset cpu``, ``gpu``; ``auto``: ``gpu`` when CUDA is there) sizes
 everything for the device; before it starts the run prints its estimated time, from
@@ -312,13 +312,16 @@ INPUT_KEYS = ("labels", "unlabeled", "val", "coco", "init", "seed")
 CALL_KEYS = ("device", "precision", "self_train", "pretrain.keep_checkpoints", "finetune.keep_checkpoints")
 
 
-def continued(cfg: WorkflowConfig, out: Path, *, config: str | Path | None = None) -> WorkflowConfig:
+def continued(cfg: WorkflowConfig, out: Path, *, config: str | Path | None = None,
+              given: typing.Iterable[str] | None = None) -> WorkflowConfig:
     """``cfg``, or for a folder holding a run the saved config with this call's device and
     precision: a stopped run continues as it started (even if the preset has changed since).
 
     Args:
         config: the ``--config`` file ``cfg`` was read from, if one was given: then it
             must hold the settings the run started with.
+        given: the :data:`INPUT_KEYS` the caller typed (None: all of them); one not typed
+            is the run's own (say ``init``, whose default a preset sets and may change).
 
     Raises:
         CupreError: the folder holds a run on other inputs, or ``config`` changes a setting.
@@ -327,7 +330,10 @@ def continued(cfg: WorkflowConfig, out: Path, *, config: str | Path | None = Non
     if not saved.is_file():
         return cfg
     before = WorkflowConfig.from_dict(load_yaml(saved), where=str(saved))
-    changed = [k for k in INPUT_KEYS if getattr(before, k) != getattr(cfg, k)]
+    given = set(INPUT_KEYS if given is None else given)
+    typed = [k for k in INPUT_KEYS if k in given]
+    cfg = cfg.replace(**{k: getattr(before, k) for k in INPUT_KEYS if k not in typed})
+    changed = [k for k in typed if getattr(before, k) != getattr(cfg, k)]
     if changed:
         raise CupreError(f"{out}: holds a run on other {', '.join(changed)} ({saved}); continue it with the same "
                          "inputs, or use another -o")
@@ -357,11 +363,12 @@ def changed_keys(before: dict, after: dict) -> list[str]:
     return [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
 
 
-def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | None = None) -> Path:
+def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | None = None,
+                 given: typing.Iterable[str] | None = None) -> Path:
     """Run (or continue) the whole path into ``out``; returns the model file.
 
-    ``config``: the ``--config`` file ``cfg`` was read from (a run continues only with the
-    settings it started with: :func:`continued`)."""
+    ``config``: the ``--config`` file ``cfg`` was read from, ``given``: the inputs the user
+    typed (a run continues only with the inputs and settings it started with: :func:`continued`)."""
     from cupre.data.formats import open_dataset
     from cupre.data.unlabeled import UnlabeledImages
     from cupre.experiments.selftrain import run_selftrain
@@ -372,8 +379,8 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | N
     from cupre.train.run import Run
 
     out = Path(out)
+    cfg = continued(cfg, out, config=config, given=given)
     check_inputs(cfg)
-    cfg = continued(cfg, out, config=config)
     # the labels' usable images are counted (and too few refused) before anything is written
     count_labelled(open_dataset(cfg.labels, class_agnostic=True), cfg.labels, minimum=MIN_LABELLED_IMAGES)
     Run(out, tensorboard=False).save_config(cfg.to_dict())
