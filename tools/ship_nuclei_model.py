@@ -87,8 +87,9 @@ that you can see what this kind of model does on images of a kind it never saw:
 | left out of training (all 107 images) | {pct(colour.get('bbox', test['bbox']['AP']))} / {pct(colour.get('segm', test['segm']['AP']))} |
 | in training (this model, the colour images of its test part) | {pct(trained.get('bbox'))} / {pct(trained.get('segm'))} |
 
-Expect a figure of the first row's order, not the second's, on an acquisition unlike BBBC038's;
-a handful of your own annotated images (`cupre train --init nuclei`) is the remedy.
+An acquisition further from BBBC038's than this one may score lower still: check the
+model on a few of your own annotated images (`cupre evaluate`) and fine-tune it on them
+(`cupre train --init nuclei`) where it falls short.
 """
 
 
