@@ -221,6 +221,23 @@ def test_init_nuclei_fine_tunes_and_self_trains_from_the_shipped_model_with_no_p
     assert _largest_change(other, start) > 0.1  # another start would be told apart
 
 
+def test_a_config_without_step_times_says_it_cannot_estimate_instead_of_zero(data, tmp_path, monkeypatch, capsys):
+    from tests.helpers import install_shipped_model
+
+    install_shipped_model(monkeypatch, tmp_path / "package")
+    cfg = yaml.safe_load(tiny_workflow(tmp_path).read_text())
+    del cfg["timing"]
+    cfg.update(self_train=False)
+    config = tmp_path / "no_timing.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--config", str(config), "--init", "nuclei", "--labels",
+                     str(data / "labeled" / "annotations.json"), "-o", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out
+    assert ("train: no time estimate: the config holds no seconds per step (`timing`, as in configs/train-cpu.yaml)"
+            in said.splitlines())
+    assert "train: estimated" not in said and (tmp_path / "run" / "finetune" / "model.safetensors").is_file()
+
+
 def test_the_cpu_preset_starts_from_the_shipped_model_so_a_coco_stage_asks_for_init_cupre(data, tmp_path, capsys):
     labels = str(data / "labeled" / "annotations.json")
     run = tmp_path / "run"

@@ -398,7 +398,8 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | N
     if not self_train:
         plan["self-training"] = 0.0
         ft = finetune_config(cfg, out, has_val=bool(val_ids), self_train=False)
-    if cfg.within_minutes is not None:  # the training's budget: the masks of the unlabeled images come after it
+    measured = timing.finetune > 0  # a config of one's own may hold no step times: then no estimate, no fitting
+    if cfg.within_minutes is not None and measured:  # the training's budget: the masks of the unlabeled images come after it
         full = training_seconds(plan, self_train)
 
         def seconds(p: PretrainConfig | None, f: FinetuneConfig) -> float:
@@ -424,11 +425,15 @@ def run_workflow(cfg: WorkflowConfig, out: str | Path, *, config: str | Path | N
               f"(fewer than {cfg.min_val_images}): the schedule runs to its end and nothing checks the model; "
               "give --val DATA to have it checked")
     training = {k: v for k, v in plan.items() if k != "predict"}
-    print(f"train: estimated {format_minutes(sum(training.values()))} of training ("
-          + ", ".join(f"{k} {format_minutes(v)}" for k, v in training.items())
-          + (f"), then about {format_minutes(plan['predict'])} for the masks of the {n_unlabeled} unlabeled images"
-             if plan["predict"] else ")")
-          + f"; from step times measured on {timing.machine or 'an unnamed machine'}, not on this one", flush=True)
+    if not measured:
+        print("train: no time estimate: the config holds no seconds per step (`timing`, as in "
+              "configs/train-cpu.yaml)", flush=True)
+    else:
+        print(f"train: estimated {format_minutes(sum(training.values()))} of training ("
+              + ", ".join(f"{k} {format_minutes(v)}" for k, v in training.items())
+              + (f"), then about {format_minutes(plan['predict'])} for the masks of the {n_unlabeled} unlabeled "
+                 "images" if plan["predict"] else ")")
+              + f"; from step times measured on {timing.machine or 'an unnamed machine'}, not on this one", flush=True)
     print(why, flush=True)
     started = time.time()
     if pre is not None and not pretrain_done(out / "pretrain", ["cupre"]):
