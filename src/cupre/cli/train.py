@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cupre.experiments.workflow import load_workflow, preset_path, run_workflow
+    from cupre.experiments.workflow import INPUT_KEYS, load_workflow, preset_path, run_workflow
 
     source = args.config or preset_path(args.preset)
     cfg = load_workflow(source, labels=args.labels, unlabeled=args.unlabeled, val=args.val, coco=args.coco,
@@ -47,8 +47,7 @@ def main(args: argparse.Namespace) -> int:
                         self_train=True if args.self_train else None)
     if args.keep_checkpoints:
         cfg.pretrain.keep_checkpoints = cfg.finetune.keep_checkpoints = True
-    typed = {"labels": args.labels, "unlabeled": args.unlabeled, "val": args.val, "coco": args.coco,
-             "init": args.init, "seed": args.seed}
-    model = run_workflow(cfg, args.out, config=args.config, given=[k for k, v in typed.items() if v is not None])
+    typed = [k for k in INPUT_KEYS if getattr(args, k) is not None]  # each input key is also its flag's name
+    model = run_workflow(cfg, args.out, config=args.config, given=typed)
     print(f"your model: {model}  (masks for new images: cupre predict {model} IMAGES... -o OUT)")
     return 0
