@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers (input makers) of this checkout
 
 LINE = 300  # characters: the longest error or warning line a case may print
 
@@ -122,7 +123,6 @@ def make_inputs(work: Path) -> None:
     Image.fromarray(mask).save(binary / "a_masks.png")
     Image.fromarray(mask // 2 + 20).save(binary / "a.png")
     if hasattr(os, "mkfifo"):  # named pipes named like a mask (BBBC038) or label image (CTC)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, of this checkout
         from tests.helpers import fifo_dataset
 
         fifo_dataset(work / "fifo_bbbc038", "bbbc038")
@@ -166,7 +166,6 @@ def round3_inputs(work: Path) -> None:
     import tifffile
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, of this checkout
     from tests.data.test_lazy import write_ome_zarr
     from tests.helpers import deflate_bomb_tiff
 
