@@ -97,12 +97,12 @@ def main() -> None:
     precision = ["--precision", args.precision] if args.precision else []
     preset = ["--config", args.config] if args.config else ["--preset", "cpu"]
     init = ["--init", args.init] if args.init else []
-    given = ["--unlabeled", str(work / "unlabeled")] if unlabeled else []
+    inputs = ["--unlabeled", str(work / "unlabeled")] if unlabeled else []
     if args.init == "cupre":  # the CPU preset starts from the shipped model: no COCO stage
-        given += ["--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json")]
+        inputs += ["--coco", str(data / "coco-mini" / "annotations" / "instances_train2017.json")]
     run = work / "run"
     start = time.perf_counter()
-    cupre("train", "--labels", str(work / "labeled"), *given, "-o", str(run), *preset, *init, *threads, *precision)
+    cupre("train", "--labels", str(work / "labeled"), *inputs, "-o", str(run), *preset, *init, *threads, *precision)
     minutes = (time.perf_counter() - start) / 60
     cupre("convert", str(work / "test"), "-o", str(work / "test.json"), "--overwrite")  # a rerun continues
     models = {"fine-tuned": run / "finetune" / "model.safetensors"}
